@@ -1,0 +1,306 @@
+"""The one interface every model family implements.
+
+An adapter wraps a *stock* diffusers pipeline and knows the per-family facts: how prompts become
+the embedding sequence the sharpener rewrites, what the null/negative embedding is, how the denoiser
+is called, and which keyword arguments hand (sharpened) embeddings back to the pipeline. The training
+loop and the sampling routine talk to adapters only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..sharpener import apply_sharpener
+
+logger = logging.getLogger("dice")
+
+
+class ModelLoadError(RuntimeError):
+    """A base model could not be loaded or is of the wrong family; the message says what to do."""
+
+
+@dataclasses.dataclass
+class Conditioning:
+    """The text side of one denoiser call, batched.
+
+    ``embeds`` [B, T, D] is the sequence the sharpener reads and rewrites. ``pooled`` (SDXL) and
+    ``mask`` (PixArt's T5 attention mask) travel alongside unchanged.
+    """
+
+    embeds: torch.Tensor
+    pooled: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+    def _map(self, fn) -> "Conditioning":
+        return Conditioning(*(None if x is None else fn(x) for x in (self.embeds, self.pooled, self.mask)))
+
+    def to(self, device=None, dtype=None) -> "Conditioning":
+        # The mask stays integer: only floating tensors take the dtype.
+        return self._map(lambda x: x.to(device=device, dtype=dtype if x.is_floating_point() else None))
+
+    def select(self, index) -> "Conditioning":
+        return self._map(lambda x: x[index])
+
+    def replace(self, **changes) -> "Conditioning":
+        return dataclasses.replace(self, **changes)
+
+    @staticmethod
+    def cat(items: list["Conditioning"]) -> "Conditioning":
+        first = items[0]
+        fields = [[getattr(c, f.name) for c in items] for f in dataclasses.fields(first)]
+        return Conditioning(*(None if xs[0] is None else torch.cat(xs) for xs in fields))
+
+    def __len__(self) -> int:
+        return self.embeds.shape[0]
+
+
+def _looks_like_file(model: str) -> bool:
+    return model.endswith((".safetensors", ".ckpt", ".pt", ".bin", ".pth"))
+
+
+def read_pipeline_class(model: str, revision: str | None = None) -> str | None:
+    """The ``_class_name`` in a model's ``model_index.json`` (local folder or hub cache), if found."""
+    if os.path.isdir(model):
+        index = Path(model) / "model_index.json"
+        if not index.is_file():
+            raise ModelLoadError(
+                f"'{model}' is a folder but has no model_index.json, so it is not a diffusers pipeline "
+                "folder. Pass the folder that holds model_index.json, a hub id, or a single "
+                ".safetensors/.ckpt file."
+            )
+        return json.loads(index.read_text()).get("_class_name")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(model, "model_index.json", revision=revision)).read_text()).get("_class_name")
+    except Exception:  # noqa: BLE001 - the real load below reports the failure with its cause
+        return None
+
+
+class Adapter:
+    """Base class: generic logic; subclasses fill in the per-family facts."""
+
+    family: ClassVar[str]
+    pipeline_class_name: ClassVar[str]
+    default_resolution: ClassVar[int]
+    # Family-specific options recorded in the checkpoint (name -> default).
+    option_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, pipe, model: str, options: dict[str, Any] | None = None):
+        unknown = set(options or {}) - set(self.option_defaults)
+        if unknown:
+            raise ValueError(f"unknown {self.family} options: {sorted(unknown)}")
+        self.pipe = pipe
+        self.model = model
+        self.options = {**self.option_defaults, **{k: v for k, v in (options or {}).items() if v is not None}}
+        from diffusers import DDPMScheduler
+
+        # The forward (noising) process of the model's own training schedule.
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+
+    # ---- loading ---------------------------------------------------------------------------
+    @classmethod
+    def pipeline_class(cls):
+        import diffusers
+
+        return getattr(diffusers, cls.pipeline_class_name)
+
+    @classmethod
+    def from_pretrained(
+        cls, model: str, *, revision: str | None = None, variant: str | None = None,
+        torch_dtype: torch.dtype | None = None, single_file_config: str | None = None,
+        components: dict[str, Any] | None = None, **options,
+    ) -> "Adapter":
+        """Load the base model from a hub id, a local diffusers folder or a single checkpoint file.
+
+        ``components`` replaces pipeline parts at load time (e.g. SDXL's fp16-fixed VAE).
+        """
+        from .registry import family_of_pipeline_class, family_of_single_file
+
+        model = str(model)
+        kwargs: dict[str, Any] = {"torch_dtype": torch_dtype, **(components or {})}
+        if os.path.isfile(model) or _looks_like_file(model):
+            if not os.path.isfile(model):
+                raise ModelLoadError(f"checkpoint file '{model}' does not exist.")
+            found = family_of_single_file(model)
+            if found is not None and found != cls.family:
+                raise ModelLoadError(
+                    f"'{model}' looks like a {found} checkpoint, but this is the {cls.family} trainer/"
+                    f"sampler. Use the {found} entry point (train_{found}.py) or a {cls.family} model."
+                )
+            try:
+                pipe = cls.pipeline_class().from_single_file(model, config=single_file_config, **kwargs)
+            except Exception as err:  # noqa: BLE001
+                hint = "" if single_file_config else (
+                    " Loading a single file needs the pipeline's config from the hub; offline, pass "
+                    "--single_file_config with a local diffusers folder of the same architecture."
+                )
+                raise ModelLoadError(f"could not load single-file checkpoint '{model}': {err}.{hint}") from err
+        else:
+            class_name = read_pipeline_class(model, revision)
+            found = family_of_pipeline_class(class_name) if class_name else None
+            if class_name and found != cls.family:
+                looks = f"a {found} model" if found else f"a {class_name}"
+                raise ModelLoadError(
+                    f"'{model}' is {looks} ({class_name}), not a {cls.family} model. "
+                    + (f"Use train_{found}.py / --family {found}." if found else "Supported: SD1.5, SDXL, PixArt-alpha.")
+                )
+            try:
+                pipe = cls.pipeline_class().from_pretrained(model, revision=revision, variant=variant, **kwargs)
+            except Exception as err:  # noqa: BLE001
+                offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+                where = (
+                    "it is not a local folder or file, and it is not in the Hugging Face cache while "
+                    "HF_HUB_OFFLINE=1" if offline else "check the hub id, --revision/--variant and your network"
+                )
+                raise ModelLoadError(
+                    f"could not load base model '{model}': {where}. Fix: pass a local diffusers folder or a "
+                    f".safetensors file, or download it first (huggingface-cli download {model}). "
+                    f"Cause: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                ) from err
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe, model, options)
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        """Family-specific command-line options (their values land in ``self.options``)."""
+
+    @classmethod
+    def from_args(cls, args, torch_dtype: torch.dtype | None = None) -> "Adapter":
+        options = {name: getattr(args, name, None) for name in cls.option_defaults}
+        return cls.from_pretrained(
+            args.pretrained_model_name_or_path, revision=args.revision, variant=args.variant,
+            torch_dtype=torch_dtype, single_file_config=args.single_file_config, **options,
+        )
+
+    # ---- frozen modules --------------------------------------------------------------------
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        return {name: module for name, module in self.pipe.components.items() if isinstance(module, nn.Module)}
+
+    @property
+    def denoiser(self) -> nn.Module:
+        return self.pipe.unet
+
+    def freeze(self, device: torch.device | str, dtype: torch.dtype) -> "Adapter":
+        """No gradients into the base model; move it and cast it to the mixed-precision dtype."""
+        for module in self.frozen_modules().values():
+            module.requires_grad_(False)
+            module.eval()
+        self.pipe.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.denoiser.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.denoiser.dtype
+
+    def enable_xformers(self) -> bool:
+        """Try xformers attention; on failure log once and keep PyTorch SDPA."""
+        try:
+            self.denoiser.enable_xformers_memory_efficient_attention()
+            logger.info("xformers memory-efficient attention enabled")
+            return True
+        except Exception as err:  # noqa: BLE001 - any failure means: fall back
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            logger.warning("xformers requested but unusable (%s); using PyTorch scaled_dot_product_attention", reason)
+            return False
+
+    # ---- text side -------------------------------------------------------------------------
+    @property
+    def text_dim(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def num_tokens(self) -> int:
+        raise NotImplementedError
+
+    def encode_prompts(self, prompts: list[str]) -> Conditioning:
+        raise NotImplementedError
+
+    def encode_negative(self, prompts: list[str]) -> Conditioning:
+        """The null/negative side ``u``; the empty prompt is the null embedding."""
+        return self.encode_prompts(prompts)
+
+    @property
+    def keep_first_token(self) -> bool:
+        return True
+
+    def sharpener_context_mask(self, uncond: Conditioning) -> torch.Tensor | None:
+        """Mask of context tokens the sharpener may attend to (None = all)."""
+        return None
+
+    def sharpen(self, sharpener: nn.Module, cond: Conditioning, uncond: Conditioning, alpha: float = 1.0) -> Conditioning:
+        embeds = apply_sharpener(
+            sharpener, cond.embeds, uncond.embeds, alpha,
+            u_mask=self.sharpener_context_mask(uncond), keep_first_token=self.keep_first_token,
+        )
+        return self.sharpened_conditioning(cond, embeds)
+
+    def sharpened_conditioning(self, cond: Conditioning, embeds: torch.Tensor) -> Conditioning:
+        return cond.replace(embeds=embeds)
+
+    # ---- image side ------------------------------------------------------------------------
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.pipe.vae_scale_factor
+
+    @property
+    def latent_channels(self) -> int:
+        return self.pipe.vae.config.latent_channels
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels in [-1, 1] -> scaled VAE latents (the mean of the posterior: deterministic)."""
+        vae = self.pipe.vae
+        latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode()
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return (latents - shift) * vae.config.scaling_factor
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return self.noise_scheduler.add_noise(latents, noise, timesteps)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.noise_scheduler.config.num_train_timesteps
+
+    def predict_noise(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, sizes: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The denoiser's output for noisy latents ``x_t`` at timesteps ``t`` [B].
+
+        ``sizes`` [B, 4] = (original height, original width, crop top, crop left) of each training
+        image, for families with size micro-conditioning (SDXL); others ignore it.
+        """
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def teacher_noise(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, uncond: Conditioning,
+        guidance_scale: float, sizes: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The CFG target; conditional and unconditional halves go through one denoiser call."""
+        from ..losses import cfg_combine
+
+        double = lambda x: None if x is None else torch.cat([x, x])  # noqa: E731
+        both = self.predict_noise(double(x_t), double(t), Conditioning.cat([uncond, cond]), double(sizes))
+        eps_uncond, eps_cond = both.chunk(2)
+        return cfg_combine(eps_uncond, eps_cond, guidance_scale)
+
+    # ---- back to the stock pipeline --------------------------------------------------------
+    def pipeline_kwargs(self, cond: Conditioning, uncond: Conditioning) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """What a checkpoint records about the base model and family choices."""
+        return {"family": self.family, "text_dim": self.text_dim, "num_tokens": self.num_tokens,
+                "family_options": dict(self.options)}

@@ -1,0 +1,32 @@
+"""Stable Diffusion 1.5 and its variants: CLIP ViT-L last hidden state, 77 x 768."""
+from __future__ import annotations
+
+import torch
+
+from .base import Adapter, Conditioning
+
+
+class SD15Adapter(Adapter):
+    family = "sd15"
+    pipeline_class_name = "StableDiffusionPipeline"
+    default_resolution = 512
+
+    @property
+    def text_dim(self) -> int:
+        return self.pipe.text_encoder.config.hidden_size
+
+    @property
+    def num_tokens(self) -> int:
+        return self.pipe.tokenizer.model_max_length
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> Conditioning:
+        # The stock encoder: the same tokenisation and hidden state the pipeline itself would use.
+        embeds, _ = self.pipe.encode_prompt(list(prompts), self.device, 1, False)
+        return Conditioning(embeds=embeds)
+
+    def predict_noise(self, x_t, t, cond, sizes=None):
+        return self.pipe.unet(x_t, t, encoder_hidden_states=cond.embeds.to(self.dtype)).sample
+
+    def pipeline_kwargs(self, cond, uncond):
+        return {"prompt_embeds": cond.embeds, "negative_prompt_embeds": uncond.embeds}

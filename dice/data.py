@@ -1,0 +1,213 @@
+"""Training data: MS-COCO 2017 captions, or a plain image folder with ``metadata.jsonl``.
+
+Every random choice (which image, which caption) is a pure function of (seed, position), so a run
+resumed at step N reads exactly the batches an uninterrupted run reads, on any number of processes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+logger = logging.getLogger("dice")
+
+EXPECTED_LAYOUTS = """Expected one of:
+  MS-COCO 2017                         plain image folder (Hugging Face imagefolder)
+  <train_data_dir>/                    <train_data_dir>/
+    train2017/000000000009.jpg ...       metadata.jsonl   lines {"file_name": "a.jpg", "text": "a caption"}
+    annotations/captions_train2017.json  a.jpg ...        ("text" may be a list of captions)"""
+
+
+class DataLayoutError(FileNotFoundError):
+    pass
+
+
+@dataclass
+class ImageRecord:
+    path: Path
+    captions: list[str]
+
+
+def _load_coco(root: Path) -> list[ImageRecord]:
+    annotations = json.loads((root / "annotations" / "captions_train2017.json").read_text())
+    files = {img["id"]: img["file_name"] for img in annotations["images"]}
+    captions: dict[int, list[str]] = {}
+    for ann in annotations["annotations"]:
+        captions.setdefault(ann["image_id"], []).append(ann["caption"].strip())
+    return [ImageRecord(root / "train2017" / files[i], caps) for i, caps in sorted(captions.items()) if i in files]
+
+
+def _load_imagefolder(root: Path) -> list[ImageRecord]:
+    by_file: dict[str, list[str]] = {}
+    for lineno, line in enumerate((root / "metadata.jsonl").read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            text = row["text"]
+            by_file.setdefault(row["file_name"], []).extend([text] if isinstance(text, str) else list(text))
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise DataLayoutError(
+                f"{root / 'metadata.jsonl'} line {lineno} is not a JSON object with \"file_name\" and \"text\" "
+                f"({err}).\n{EXPECTED_LAYOUTS}"
+            ) from err
+    return [ImageRecord(root / name, caps) for name, caps in by_file.items()]
+
+
+def load_records(train_data_dir: str | Path) -> tuple[str, list[ImageRecord]]:
+    """Recognise the layout of ``train_data_dir``; returns (layout name, records)."""
+    root = Path(train_data_dir)
+    if not root.is_dir():
+        raise DataLayoutError(f"--train_data_dir '{root}' does not exist or is not a folder.\n{EXPECTED_LAYOUTS}")
+    coco_json = root / "annotations" / "captions_train2017.json"
+    if coco_json.is_file() or (root / "train2017").is_dir():
+        if not (coco_json.is_file() and (root / "train2017").is_dir()):
+            raise DataLayoutError(f"'{root}' looks like MS-COCO but is incomplete.\n{EXPECTED_LAYOUTS}")
+        try:
+            layout, records = "coco2017", _load_coco(root)
+        except (json.JSONDecodeError, KeyError) as err:
+            raise DataLayoutError(f"{coco_json} is not a COCO captions file ({err}).\n{EXPECTED_LAYOUTS}") from err
+    elif (root / "metadata.jsonl").is_file():
+        layout, records = "imagefolder", _load_imagefolder(root)
+    else:
+        raise DataLayoutError(f"'{root}' has neither a COCO layout nor metadata.jsonl.\n{EXPECTED_LAYOUTS}")
+    if not records:
+        raise DataLayoutError(f"'{root}' ({layout}) lists no captioned images.\n{EXPECTED_LAYOUTS}")
+    return layout, records
+
+
+def _mix(*numbers: int) -> int:
+    """A 63-bit seed from several integers (stable across runs and platforms)."""
+    value = 0x9E3779B97F4A7C15
+    for n in numbers:
+        value = (value ^ (n & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        value ^= value >> 31
+    return value & 0x7FFFFFFFFFFFFFFF
+
+
+def step_generator(*keys: int) -> torch.Generator:
+    """A CPU generator keyed by e.g. (seed, step, micro_step, rank): resumable by construction."""
+    return torch.Generator().manual_seed(_mix(*keys))
+
+
+class CaptionedImages(torch.utils.data.Dataset):
+    """Items are addressed by ``(index, caption_seed)``; returns pixels in [-1, 1] and one caption.
+
+    An unreadable image is replaced by the next readable one and counted in ``skipped``.
+    """
+
+    def __init__(self, records: list[ImageRecord], resolution: int, max_skip: int = 50):
+        from torchvision import transforms
+
+        self.records = records
+        self.resolution = resolution
+        self.max_skip = max_skip
+        # SPEC section 4: centre crop, resize, no flip.
+        self.resize = transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR, antialias=True)
+        self.crop = transforms.CenterCrop(resolution)
+        self.to_tensor = transforms.ToTensor()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _load(self, index: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+        with Image.open(self.records[index].path) as img:
+            img = img.convert("RGB")
+        original = (img.height, img.width)
+        img = self.resize(img)
+        top, left = max(0, (img.height - self.resolution) // 2), max(0, (img.width - self.resolution) // 2)
+        img = self.crop(img)
+        return self.to_tensor(img) * 2.0 - 1.0, (*original, top, left)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, caption_seed = key
+        for skipped in range(self.max_skip):
+            candidate = (index + skipped) % len(self.records)
+            try:
+                pixels, sizes = self._load(candidate)
+            except (OSError, ValueError) as err:
+                logger.warning("skipping unreadable image %s (%s)", self.records[candidate].path, err)
+                continue
+            caption = random.Random(caption_seed).choice(self.records[candidate].captions)
+            return {"pixels": pixels, "caption": caption, "sizes": torch.tensor(sizes), "skipped": skipped}
+        raise RuntimeError(f"{self.max_skip} consecutive unreadable images from {self.records[index].path}; "
+                           "check the data folder")
+
+
+def collate(items: list[dict]) -> dict:
+    return {
+        "pixels": torch.stack([x["pixels"] for x in items]),
+        "captions": [x["caption"] for x in items],
+        "sizes": torch.stack([x["sizes"] for x in items]),
+        "skipped": sum(x["skipped"] for x in items),
+    }
+
+
+class ShardBatches(torch.utils.data.Sampler):
+    """Infinite per-process batches of dataset keys, starting at micro-batch ``start``.
+
+    Process ``rank`` owns indices ``rank::world``; each pass over its shard uses a fresh
+    permutation keyed by (seed, epoch, rank), and each caption choice by (seed, epoch, index).
+    """
+
+    def __init__(self, num_items: int, batch_size: int, rank: int, world: int, seed: int, start: int = 0):
+        self.shard = list(range(rank, num_items, world)) or list(range(num_items))
+        self.batch_size, self.rank, self.seed, self.start = batch_size, rank, seed, start
+
+    def _permutation(self, epoch: int) -> list[int]:
+        order = torch.randperm(len(self.shard), generator=step_generator(self.seed, epoch, self.rank)).tolist()
+        return [self.shard[i] for i in order]
+
+    def __iter__(self):
+        position = self.start * self.batch_size
+        epoch, perm = -1, []
+        while True:
+            batch = []
+            for _ in range(self.batch_size):
+                e, offset = divmod(position, len(self.shard))
+                if e != epoch:
+                    epoch, perm = e, self._permutation(e)
+                batch.append((perm[offset], _mix(self.seed, epoch, perm[offset])))
+                position += 1
+            yield batch
+
+
+def make_loader(records, resolution, batch_size, rank, world, seed, start_batch=0, num_workers=0):
+    dataset = CaptionedImages(records, resolution)
+    sampler = ShardBatches(len(dataset), batch_size, rank, world, seed, start_batch)
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def write_synthetic_dataset(folder: str | Path, num_images: int = 64, size: int = 48, seed: int = 0) -> Path:
+    """A small captioned image set in the imagefolder layout: coloured shapes with matching captions."""
+    from PIL import ImageDraw
+
+    colors = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (235, 210, 40),
+              "white": (245, 245, 245), "black": (15, 15, 15), "orange": (240, 140, 30), "purple": (140, 50, 170)}
+    shapes = ["ball", "cup", "house", "tree", "car", "flower"]
+    rng = random.Random(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(num_images):
+        fg, bg = rng.sample(list(colors), 2)
+        shape, size_word = rng.choice(shapes), rng.choice(["small", "large"])
+        img = Image.new("RGB", (size, size), colors[bg])
+        draw = ImageDraw.Draw(img)
+        r = size // 5 if size_word == "small" else size // 3
+        c = size // 2 + rng.randint(-size // 8, size // 8)
+        (draw.ellipse if shape in ("ball", "flower") else draw.rectangle)([c - r, c - r, c + r, c + r], fill=colors[fg])
+        name = f"{i:05d}.png"
+        img.save(folder / name)
+        lines.append(json.dumps({"file_name": name, "text": [
+            f"a {size_word} {fg} {shape} on a {bg} field", f"a photo of a {fg} {shape}"]}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return folder

@@ -1,0 +1,234 @@
+"""results.jsonl (one line per scored folder and metric) and the paper's Table 1 built from it.
+
+Each line: {"metric", "value", "count", "images", "sampling_options", "options", "time", "seconds"}.
+The table has one row per image folder (a sampling run) and, per metric, its latest value, with
+the paper's Table 1 number beside it when the run matches a paper row (SPEC §6).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+METRICS = ("fid", "clip_score", "aesthetic")
+METRIC_TITLES = {"fid": "FID", "clip_score": "CLIP", "aesthetic": "AS"}
+
+# Paper Table 1 (AAAI / arXiv v2; SPEC §6): the rows our sampler reproduces. 20 sampling steps;
+# "w=5" is CFG (NFE 40), "w=1" unguided (NFE 20), "DICE" the sharpened embeddings unguided (NFE 20).
+PAPER_TABLE1 = {
+    "SD1.5": {
+        "w=5": {"fid": 22.04, "clip_score": 30.22, "aesthetic": 5.36},
+        "w=1": {"fid": 32.80, "clip_score": 21.99, "aesthetic": 5.03},
+        "DICE": {"fid": 22.22, "clip_score": 28.54, "aesthetic": 5.28},
+    },
+    "DreamShaper": {
+        "w=5": {"fid": 30.35, "clip_score": 30.50, "aesthetic": 5.87},
+        "w=1": {"fid": 24.17, "clip_score": 27.22, "aesthetic": 5.74},
+        "DICE": {"fid": 30.36, "clip_score": 29.03, "aesthetic": 5.87},
+    },
+    "SDXL": {
+        "w=5": {"fid": 23.95, "clip_score": 32.10, "aesthetic": 5.60},
+        "w=1": {"fid": 61.19, "clip_score": 21.92, "aesthetic": 5.59},
+        "DICE": {"fid": 28.01, "clip_score": 30.63, "aesthetic": 5.68},
+    },
+    "PixArt-α": {
+        "w=5": {"fid": 38.39, "clip_score": 30.67, "aesthetic": 6.03},
+        "w=1": {"fid": 41.74, "clip_score": 25.30, "aesthetic": 6.11},
+        "DICE": {"fid": 39.80, "clip_score": 29.51, "aesthetic": 6.01},
+    },
+}
+PAPER_STEPS = 20
+
+# Hub ids of the paper's base models (compared case-insensitively).
+PAPER_MODEL_IDS = {
+    "SD1.5": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5"),
+    "DreamShaper": ("Lykon/DreamShaper",),
+    "SDXL": ("stabilityai/stable-diffusion-xl-base-1.0",),
+    "PixArt-α": ("PixArt-alpha/PixArt-XL-2-512x512", "PixArt-alpha/PixArt-XL-2-1024-MS"),
+}
+METHOD_ORDER = ("cfg", "unguided", "dice", "dice+cfg")
+
+
+@dataclass
+class MetricResult:
+    metric: str
+    value: float
+    count: int
+    images: str
+    sampling_options: dict | None = None
+    options: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_record(self) -> dict:
+        return {
+            "metric": self.metric,
+            "value": self.value,
+            "count": self.count,
+            "images": self.images,
+            "sampling_options": self.sampling_options,
+            "options": self.options,
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def append_result(results_path: str | os.PathLike, result: MetricResult) -> dict:
+    """Append one JSON line for ``result`` to results.jsonl (created with its folder) and return it."""
+    record = result.to_record()
+    Path(results_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(results_path, "a", encoding="utf-8") as file:
+        file.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return record
+
+
+def read_results(results_path: str | os.PathLike) -> list[dict]:
+    if not Path(results_path).is_file():
+        raise FileNotFoundError(f"Results file not found: {results_path} (the evaluation/*.py calc commands write it)")
+    records = []
+    for line_number, line in enumerate(Path(results_path).read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except ValueError as error:
+                raise ValueError(f"{results_path} line {line_number} is not JSON ({error})") from error
+    return records
+
+
+def paper_model_name(base_model: str | None) -> str | None:
+    """'SD1.5', 'DreamShaper', ... for a paper base model's hub id, else None."""
+    if not base_model:
+        return None
+    wanted = str(base_model).strip().rstrip("/").lower()
+    for name, ids in PAPER_MODEL_IDS.items():
+        if wanted in (i.lower() for i in ids):
+            return name
+    return None
+
+
+def paper_row_key(options: dict) -> str | None:
+    """'w=5', 'w=1' or 'DICE' when sampling options match a Table 1 row (20 steps, COCO 5k prompts)."""
+    if options.get("steps") != PAPER_STEPS or options.get("prompts") not in (None, "coco5k"):
+        return None
+    method, scale, alpha = options.get("method"), options.get("cfg_scale"), options.get("alpha")
+    if method == "cfg" and scale == 5:
+        return "w=5"
+    if method == "unguided" or (method == "cfg" and scale == 1):
+        return "w=1"
+    if method == "dice" and alpha in (None, 1) and scale in (None, 1):
+        return "DICE"
+    return None
+
+
+def paper_values(options: dict | None) -> dict | None:
+    if not options:
+        return None
+    model, row = paper_model_name(options.get("base_model")), paper_row_key(options)
+    return PAPER_TABLE1.get(model, {}).get(row) if model and row else None
+
+
+def _guidance_label(options: dict) -> str:
+    method, scale, alpha = options.get("method"), options.get("cfg_scale"), options.get("alpha")
+    alpha = 1 if alpha is None else alpha
+    if method == "cfg":
+        return f"w={scale:g}" if scale is not None else ""
+    if method == "unguided":
+        return "w=1"
+    if method == "dice":
+        return f"α={alpha:g}"
+    if method == "dice+cfg":
+        return f"α={alpha:g}, w={scale:g}" if scale is not None else f"α={alpha:g}"
+    return ""
+
+
+def build_table(records: list[dict]) -> list[dict]:
+    """One row per image folder: run description and the latest value of each metric."""
+    runs: dict[str, dict] = {}
+    for record in records:  # file order is append order: a later line replaces an earlier one
+        run = runs.setdefault(os.path.normpath(record["images"]), {"values": {}, "counts": {}})
+        run["options"] = record.get("sampling_options") or {}
+        run["values"][record["metric"]] = record["value"]
+        run["counts"][record["metric"]] = record.get("count")
+    rows = []
+    for folder, run in runs.items():
+        options = run["options"]
+        model = paper_model_name(options.get("base_model"))
+        rows.append({
+            "model": model or options.get("base_model") or "",
+            "method": options.get("method", ""),
+            "guidance": _guidance_label(options),
+            "steps": options.get("steps"),
+            "nfe": options.get("nfe"),
+            "counts": run["counts"],
+            "values": run["values"],
+            "paper": paper_values(options) or {},
+            "images": folder,
+            "_order": (
+                list(PAPER_MODEL_IDS).index(model) if model else len(PAPER_MODEL_IDS),
+                model or options.get("base_model") or "",
+                METHOD_ORDER.index(options.get("method")) if options.get("method") in METHOD_ORDER else 99,
+                -(options.get("cfg_scale") or 0),
+                options.get("alpha") or 0,
+                options.get("steps") or 0,
+                folder,
+            ),
+        })
+    rows.sort(key=lambda row: row.pop("_order"))
+    return rows
+
+
+def _format(value) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def format_markdown(rows: list[dict]) -> str:
+    header = ["model", "method", "w / α", "steps", "NFE", "N"]
+    header += [f"{METRIC_TITLES[m]} (paper)" for m in METRICS] + ["images"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        counts = sorted({c for c in row["counts"].values() if c is not None})
+        cells = [row["model"], row["method"], row["guidance"], str(row["steps"] or ""), str(row["nfe"] or "")]
+        cells.append("/".join(str(c) for c in counts))
+        for metric in METRICS:
+            cell = _format(row["values"].get(metric))
+            if metric in row["paper"]:
+                cell += f" ({_format(row['paper'][metric])})"
+            cells.append(cell)
+        cells.append(f"`{row['images']}`")
+        lines.append("| " + " | ".join(cells) + " |")
+    note = (
+        "\nValues: latest per image folder and metric. In brackets: paper Table 1 (AAAI / arXiv v2) "
+        "where the run matches a paper row (same base model, 20 steps, COCO 5k prompts, w=5 / w=1 / DICE α=1)."
+    )
+    return "\n".join(lines) + "\n" + note + "\n"
+
+
+def format_csv(rows: list[dict]) -> str:
+    columns = ["model", "method", "guidance", "steps", "nfe"]
+    for metric in METRICS:
+        columns += [metric, f"{metric}_paper", f"{metric}_count"]
+    columns.append("images")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        line = {key: row[key] for key in ("model", "method", "guidance", "steps", "nfe", "images")}
+        for metric in METRICS:
+            line[metric] = row["values"].get(metric)
+            line[f"{metric}_paper"] = row["paper"].get(metric)
+            line[f"{metric}_count"] = row["counts"].get(metric)
+        writer.writerow(line)
+    return buffer.getvalue()
+
+
+def write_table(results_path: str | os.PathLike, out_prefix: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``<out_prefix>.md`` and ``<out_prefix>.csv`` from results.jsonl; return their paths."""
+    rows = build_table(read_results(results_path))
+    markdown, csv_path = Path(f"{out_prefix}.md"), Path(f"{out_prefix}.csv")
+    markdown.parent.mkdir(parents=True, exist_ok=True)
+    markdown.write_text(format_markdown(rows), encoding="utf-8")
+    csv_path.write_text(format_csv(rows), encoding="utf-8")
+    return markdown, csv_path

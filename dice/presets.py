@@ -1,0 +1,47 @@
+"""Paper settings per family, as data. A command-line value overrides a preset only when given.
+
+"paper": what the paper states (Adam, lr 2e-4, batch 128, ~8,000 updates, w = 5, squared error).
+"authors": what the authors' launch scripts do (AdamW wd 1e-2, L1 for SD1.5, per-sample sum,
+one timestep per batch, 16/GPU x 8 for SD1.5, 8/GPU x 8 and 4,000 updates for SDXL).
+"demo": the embedded tiny CPU experiment (`bash launch.sh demo`).
+Per-GPU batch sizes assume 8 processes; the global batch is batch x processes x accumulation.
+"""
+from __future__ import annotations
+
+_COMMON_PAPER = dict(
+    learning_rate=2e-4, lr_scheduler="constant", lr_warmup_steps=0, adam_weight_decay=0.0,
+    guidance_scale=5.0, loss_type="mse", loss_reduction="mean", shared_timestep=False,
+    max_train_steps=8000, checkpointing_steps=800, gradient_accumulation_steps=1,
+)
+_COMMON_AUTHORS = dict(
+    _COMMON_PAPER, adam_weight_decay=1e-2, loss_reduction="sum_per_sample", shared_timestep=True,
+)
+
+PRESETS: dict[str, dict[str, dict]] = {
+    "sd15": {
+        "paper": dict(_COMMON_PAPER, train_batch_size=16, resolution=512),
+        "authors": dict(_COMMON_AUTHORS, train_batch_size=16, resolution=512, loss_type="l1"),
+        "demo": dict(_COMMON_PAPER, train_batch_size=16, resolution=32, max_train_steps=600,
+                     checkpointing_steps=300, learning_rate=1e-3),
+    },
+    "sdxl": {
+        "paper": dict(_COMMON_PAPER, train_batch_size=16, resolution=1024),
+        "authors": dict(_COMMON_AUTHORS, train_batch_size=8, resolution=1024, loss_type="mse",
+                        max_train_steps=4000, checkpointing_steps=400),
+        "demo": dict(_COMMON_PAPER, train_batch_size=16, resolution=32, max_train_steps=600,
+                     checkpointing_steps=300, learning_rate=1e-3),
+    },
+    "pixart": {
+        "paper": dict(_COMMON_PAPER, train_batch_size=16, resolution=512),
+        "authors": dict(_COMMON_AUTHORS, train_batch_size=16, resolution=512, loss_type="mse"),
+        "demo": dict(_COMMON_PAPER, train_batch_size=16, resolution=32, max_train_steps=600,
+                     checkpointing_steps=300, learning_rate=1e-3),
+    },
+}
+
+
+def preset(family: str, name: str) -> dict:
+    if family not in PRESETS or name not in PRESETS[family]:
+        choices = ", ".join(PRESETS.get(family, {})) or "none"
+        raise ValueError(f"no preset {name!r} for {family}; choose one of: {choices}")
+    return dict(PRESETS[family][name])

@@ -1,0 +1,53 @@
+"""The DICE sharpener (paper A.1): two linear layers around one cross-attention block.
+
+``fc1`` (shared by both inputs) -> ReLU -> multi-head cross-attention (query from the prompt
+embedding ``c``, key/value from the unconditional/negative embedding ``u``) -> ReLU -> ``fc2``.
+The module returns the *residual*; :func:`apply_sharpener` adds it with strength ``alpha``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Sharpener(nn.Module):
+    def __init__(self, dim: int, inner_dim: int = 512, num_heads: int = 8):
+        super().__init__()
+        if inner_dim % num_heads:
+            raise ValueError(f"inner_dim {inner_dim} must be divisible by num_heads {num_heads}")
+        self.dim, self.inner_dim, self.num_heads = dim, inner_dim, num_heads
+        self.fc1 = nn.Linear(dim, inner_dim)
+        self.to_q = nn.Linear(inner_dim, inner_dim, bias=False)
+        self.to_k = nn.Linear(inner_dim, inner_dim, bias=False)
+        self.to_v = nn.Linear(inner_dim, inner_dim, bias=False)
+        self.to_out = nn.Linear(inner_dim, inner_dim)
+        self.fc2 = nn.Linear(inner_dim, dim)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, _ = x.shape
+        return x.view(batch, tokens, self.num_heads, -1).transpose(1, 2)
+
+    def forward(self, c: torch.Tensor, u: torch.Tensor, u_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Residual for prompt embedding ``c`` [B, T, dim] given context ``u`` [B, T', dim].
+
+        ``u_mask`` [B, T'] (1 = keep) hides padded context tokens (PixArt's T5 mask option).
+        """
+        hc, hu = F.relu(self.fc1(c)), F.relu(self.fc1(u))
+        q, k, v = self._heads(self.to_q(hc)), self._heads(self.to_k(hu)), self._heads(self.to_v(hu))
+        attn_mask = None if u_mask is None else u_mask.bool()[:, None, None, :]
+        h = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        h = h.transpose(1, 2).reshape(c.shape[0], c.shape[1], self.inner_dim)
+        return self.fc2(F.relu(self.to_out(h)))
+
+
+def apply_sharpener(
+    sharpener: nn.Module, c: torch.Tensor, u: torch.Tensor, alpha: float = 1.0,
+    u_mask: torch.Tensor | None = None, keep_first_token: bool = True,
+) -> torch.Tensor:
+    """``c_dice = c + alpha * f(c, u)``; the first token (BOS) is restored unless told otherwise."""
+    residual = sharpener(c, u, u_mask) if u_mask is not None else sharpener(c, u)
+    sharpened = c + alpha * residual.to(c.dtype)
+    if keep_first_token:
+        sharpened = torch.cat([c[:, :1], sharpened[:, 1:]], dim=1)
+    return sharpened

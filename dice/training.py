@@ -1,0 +1,376 @@
+"""The only training loop: fit a sharpener to a frozen model's CFG predictions under accelerate.
+
+Entry points (train_sd15.py, ...) call :func:`main` with their family. Everything per-family goes
+through the adapter; everything random is keyed by (seed, step, micro-step, rank), so a resumed run
+repeats an uninterrupted one exactly.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import experiments
+from .adapters import Conditioning, adapter_class
+from .checkpoint import SharpenerConfig, save_sharpener
+from .data import load_records, make_loader, step_generator
+from .losses import LOSS_TYPES, REDUCTIONS, distillation_loss
+from .presets import PRESETS, preset
+from .sharpener import Sharpener
+
+logger = logging.getLogger("dice")
+
+DEFAULT_VALIDATION_PROMPTS = [
+    "a red ball on a green field", "a photo of a cat sitting on a chair",
+    "a small blue house next to a tree", "a yellow car on the street",
+]
+
+
+def build_parser(family: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"train_{family}.py",
+        description=f"Train a DICE sharpener for a frozen {family} model (run under `accelerate launch`). "
+        "Options left unset take the --preset's value.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    a = p.add_argument
+    # Base model and data.
+    a("--pretrained_model_name_or_path", required=True, help="hub id, local diffusers folder, or single .safetensors/.ckpt file")
+    a("--revision", default=None, help="hub revision of the base model")
+    a("--variant", default=None, help="weights variant of the base model, e.g. fp16")
+    a("--single_file_config", default=None, help="diffusers folder or hub id with the pipeline config for a single-file model (needed offline)")
+    a("--train_data_dir", required=True, help="MS-COCO 2017 root (train2017/ + annotations/) or a folder with metadata.jsonl")
+    a("--resolution", type=int, default=None, help="training resolution (centre crop + resize)")
+    a("--dataloader_num_workers", type=int, default=2, help="image-decoding worker processes per GPU")
+    a("--negative_prompts", default=None, help="file with one negative prompt per line (paper 3.2); u is one of them with --negative_prompt_prob")
+    a("--negative_prompt_prob", type=float, default=1.0, help="probability that a sample's u is a random negative prompt rather than the empty prompt (needs --negative_prompts)")
+    # Recipe.
+    a("--preset", default="paper", choices=sorted(PRESETS[family]), help="paper settings, the authors' scripts, or the tiny demo")
+    a("--train_batch_size", type=int, default=None, help="batch per process")
+    a("--gradient_accumulation_steps", type=int, default=None, help="micro-batches per update")
+    a("--max_train_steps", type=int, default=None, help="optimizer updates")
+    a("--learning_rate", type=float, default=None)
+    a("--lr_scheduler", default=None, help="diffusers scheduler name: constant, constant_with_warmup, linear, cosine, ...")
+    a("--lr_warmup_steps", type=int, default=None)
+    a("--adam_beta1", type=float, default=0.9)
+    a("--adam_beta2", type=float, default=0.999)
+    a("--adam_weight_decay", type=float, default=None, help="AdamW decoupled weight decay (0 = Adam, the paper)")
+    a("--adam_epsilon", type=float, default=1e-8)
+    a("--guidance_scale", type=float, default=None, help="CFG scale w of the teacher")
+    a("--loss_type", choices=LOSS_TYPES, default=None, help="mse (paper) or l1 (authors' SD1.5 script)")
+    a("--loss_reduction", choices=REDUCTIONS, default=None, help="mean (this repo) or sum_per_sample (authors)")
+    a("--shared_timestep", action=argparse.BooleanOptionalAction, default=None, help="one timestep for the whole batch on all processes (authors) instead of one per sample")
+    a("--seed", type=int, default=0, help="seed of the sharpener init, data order, noise and timesteps")
+    # Experiment folder, checkpoints, resume.
+    a("--output_dir", default=experiments.DEFAULT_ROOT, help="root of the numbered experiment folders")
+    a("--desc", default=None, help="suffix of the experiment folder name (default: family-model-preset)")
+    a("--checkpointing_steps", type=int, default=None, help="save a checkpoint every N updates (the last step is always saved)")
+    a("--checkpoints_total_limit", type=int, default=None, help="keep at most this many checkpoints")
+    a("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint-<step> folder; with 'latest' give --experiment")
+    a("--experiment", default=None, help="experiment id or folder to continue (with --resume_from_checkpoint)")
+    a("--validation_prompts", nargs="*", default=DEFAULT_VALIDATION_PROMPTS, help="prompts of the unguided/CFG/DICE grid saved at each checkpoint (none: no grid)")
+    a("--validation_inference_steps", type=int, default=20, help="sampling steps of the validation grid")
+    a("--log_every", type=int, default=10, help="write a progress line to log.txt every N updates")
+    # Hardware.
+    a("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="overrides accelerate launch's setting")
+    a("--enable_xformers_memory_efficient_attention", action="store_true", help="xformers attention in the frozen model (falls back to PyTorch SDPA)")
+    a("--gradient_checkpointing", action="store_true", help="recompute the frozen denoiser's activations in the student's backward pass (less memory)")
+    a("--n_gpus", type=int, default=None, help="expected number of processes; an error if it differs from the real count")
+    a("--report_to", default="none", help="accelerate tracker: tensorboard, wandb, ... or none")
+    adapter_class(family).add_arguments(p)
+    return p
+
+
+def resolve_options(family: str, args: argparse.Namespace) -> argparse.Namespace:
+    """Fill every option the user did not give from the preset."""
+    for key, value in preset(family, args.preset).items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if args.negative_prompts is None and args.negative_prompt_prob != 1.0:
+        raise SystemExit("--negative_prompt_prob needs --negative_prompts FILE")
+    if args.resume_from_checkpoint == "latest" and not args.experiment:
+        raise SystemExit("--resume_from_checkpoint latest needs --experiment <id or folder> (the run to continue)")
+    return args
+
+
+class NegativeBank:
+    """Embeddings of the empty prompt (index 0) and of every negative prompt, encoded once."""
+
+    def __init__(self, adapter, negatives: list[str], prob: float):
+        self.prob = prob if negatives else 0.0
+        self.num_negatives = len(negatives)
+        self.bank: Conditioning = adapter.encode_negative([""] + negatives)
+
+    def sample(self, batch: int, generator: torch.Generator) -> Conditioning:
+        index = torch.zeros(batch, dtype=torch.long)
+        if self.num_negatives:
+            use_negative = torch.rand(batch, generator=generator) < self.prob
+            choice = torch.randint(1, self.num_negatives + 1, (batch,), generator=generator)
+            index = torch.where(use_negative, choice, index)
+        return self.bank.select(index.to(self.bank.embeds.device))
+
+
+def read_negative_prompts(path: str | None) -> list[str]:
+    if path is None:
+        return []
+    if not os.path.isfile(path):
+        raise SystemExit(f"--negative_prompts '{path}' does not exist (one negative prompt per line)")
+    prompts = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise SystemExit(f"--negative_prompts '{path}' has no prompts")
+    return prompts
+
+
+def _setup_logging(run_dir: Path, is_main: bool) -> None:
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    if is_main:
+        fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+        for handler in (logging.FileHandler(run_dir / "log.txt"), logging.StreamHandler(sys.stdout)):
+            handler.setFormatter(fmt)
+            logger.addHandler(handler)
+    else:
+        logger.addHandler(logging.NullHandler())
+
+
+def _prepare_run_dir(accelerator, args, family: str) -> tuple[Path, Path | None]:
+    """(run folder, checkpoint to resume from); the main process decides, everyone agrees."""
+    from accelerate.utils import broadcast_object_list
+
+    decided = [None, None, None]
+    if accelerator.is_main_process:
+        try:
+            resume = None
+            if args.resume_from_checkpoint:
+                if args.resume_from_checkpoint == "latest":
+                    run_dir = experiments.resolve_run(args.experiment, args.output_dir)
+                    resume = experiments.latest_checkpoint(run_dir)  # none yet: start from scratch in it
+                else:
+                    resume = Path(args.resume_from_checkpoint)
+                    experiments.checkpoint_step(resume)
+                    if not (resume / "sharpener.json").is_file():
+                        raise FileNotFoundError(f"'{resume}' is not a complete checkpoint (no sharpener.json)")
+                    run_dir = experiments.resolve_run(args.experiment, args.output_dir) if args.experiment else resume.parent
+                experiments.remove_incomplete_checkpoints(run_dir)
+            else:
+                model_name = Path(args.pretrained_model_name_or_path.rstrip("/")).name.replace(".safetensors", "")
+                run_dir = experiments.create_run_dir(args.output_dir, args.desc or f"{family}-{model_name}-{args.preset}")
+            decided = [str(run_dir), str(resume) if resume else None, None]
+        except (FileNotFoundError, ValueError) as err:
+            decided = [None, None, str(err)]
+    broadcast_object_list(decided)
+    if decided[2]:
+        raise SystemExit(f"error: {decided[2]}")
+    return Path(decided[0]), (Path(decided[1]) if decided[1] else None)
+
+
+def _save_checkpoint(accelerator, run_dir: Path, step: int, sharpener, config: SharpenerConfig, limit) -> Path:
+    """Write into a hidden temporary folder, then rename: a crash never leaves a half checkpoint."""
+    final = run_dir / f"checkpoint-{step}"
+    tmp = run_dir / f".checkpoint-{step}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        config.step = step
+        save_sharpener(tmp, accelerator.unwrap_model(sharpener), config)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for removed in experiments.prune_checkpoints(run_dir, limit):
+            logger.info("removed old checkpoint %s (--checkpoints_total_limit %s)", removed.name, limit)
+        logger.info("saved %s", final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _validation_grid(adapter, sharpener, args, run_dir: Path, step: int) -> None:
+    from .sampling import generate, image_grid, use_scheduler
+
+    if not args.validation_prompts:
+        return
+    use_scheduler(adapter, "dpmsolver++")
+    prompts = list(args.validation_prompts)
+    seeds = list(range(len(prompts)))  # fixed seeds: grids of different steps are comparable
+    common = dict(steps=args.validation_inference_steps, resolution=args.resolution)
+    rows = [
+        generate(adapter, prompts, seeds, cfg_scale=1.0, **common),
+        generate(adapter, prompts, seeds, cfg_scale=args.guidance_scale, **common),
+        generate(adapter, prompts, seeds, sharpener=sharpener, **common),
+    ]
+    labels = ["unguided", f"CFG w={args.guidance_scale:g}", "DICE"]
+    path = run_dir / "validation" / f"step-{step:06d}.png"
+    path.parent.mkdir(exist_ok=True)
+    image_grid(rows, labels).save(path)
+    logger.info("validation grid: %s", path)
+
+
+def train(family: str, args: argparse.Namespace) -> Path:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers.optimization import get_scheduler
+
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+    )
+    if args.n_gpus is not None and args.n_gpus != accelerator.num_processes:
+        raise SystemExit(
+            f"--n_gpus={args.n_gpus} but accelerate started {accelerator.num_processes} process(es); "
+            "pass the same number to `accelerate launch --num_processes` and --n_gpus."
+        )
+    run_dir, resume_from = _prepare_run_dir(accelerator, args, family)
+    _setup_logging(run_dir, accelerator.is_main_process)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    logger.info("experiment %s: %d process(es), mixed precision %s", run_dir, world, accelerator.mixed_precision)
+
+    # Data first: a wrong folder should fail before minutes of model loading.
+    try:
+        layout, records = load_records(args.train_data_dir)
+    except FileNotFoundError as err:
+        raise SystemExit(f"error: {err}") from err
+    negatives = read_negative_prompts(args.negative_prompts)
+
+    adapter_cls = adapter_class(family)
+    try:
+        adapter = adapter_cls.from_args(args, torch_dtype=weight_dtype)
+    except Exception as err:  # noqa: BLE001 - shown as one clear line, with the cause kept in the log
+        logger.error("%s", err)
+        raise SystemExit(f"error: {err}") from err
+    adapter.freeze(accelerator.device, weight_dtype)
+    if args.enable_xformers_memory_efficient_attention:
+        adapter.enable_xformers()
+    if args.gradient_checkpointing:
+        adapter.denoiser.enable_gradient_checkpointing()
+    logger.info("data: %s, %d images (%s); base model %s (%s)", args.train_data_dir, len(records), layout,
+                args.pretrained_model_name_or_path, family)
+
+    set_seed(args.seed)  # the sharpener's initial weights
+    sharpener = Sharpener(adapter.text_dim)
+    optimizer = torch.optim.AdamW(
+        sharpener.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
+    )
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps,
+                                 num_training_steps=args.max_train_steps)
+    sharpener, optimizer, lr_scheduler = accelerator.prepare(sharpener, optimizer, lr_scheduler)
+
+    options = {k: v for k, v in vars(args).items()}
+    options.update(family=family, num_processes=world, mixed_precision=accelerator.mixed_precision,
+                   global_batch_size=args.train_batch_size * world * args.gradient_accumulation_steps,
+                   data_layout=layout, num_images=len(records), negative_prompt_list=negatives)
+    config = SharpenerConfig(
+        family=family, base_model=args.pretrained_model_name_or_path, dim=adapter.text_dim,
+        num_tokens=adapter.num_tokens, family_options=dict(adapter.options),
+        base_model_revision=args.revision, base_model_variant=args.variant, training_options=options,
+    )
+
+    global_step = 0
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        global_step = experiments.checkpoint_step(resume_from)
+        logger.info("resumed from %s at step %d", resume_from, global_step)
+    if accelerator.is_main_process:
+        name = "training_options.json" if resume_from is None else f"training_options-resume-{global_step}.json"
+        (run_dir / name).write_text(json.dumps(options, indent=2, default=str) + "\n")
+    if global_step >= args.max_train_steps:
+        logger.info("nothing to do: step %d >= --max_train_steps %d", global_step, args.max_train_steps)
+        return run_dir
+    if accelerator.is_main_process and args.report_to != "none":
+        accelerator.init_trackers("dice", config={k: v for k, v in options.items() if isinstance(v, (int, float, str, bool))})
+
+    accum = args.gradient_accumulation_steps
+    loader = iter(make_loader(records, args.resolution, args.train_batch_size, rank, world, args.seed,
+                              start_batch=global_step * accum, num_workers=args.dataloader_num_workers))
+    negative_bank = NegativeBank(adapter, negatives, args.negative_prompt_prob)
+
+    from tqdm.auto import tqdm
+
+    progress = tqdm(total=args.max_train_steps, initial=global_step, desc="training", disable=not accelerator.is_main_process)
+    stats_file = open(run_dir / "stats.jsonl", "a") if accelerator.is_main_process else None
+    skipped_images, window_start, window_images, loss_sum = 0, time.time(), 0, 0.0
+    train_start = time.time()
+    try:
+        while global_step < args.max_train_steps:
+            for micro in range(accum):
+                batch = next(loader)
+                skipped_images += batch["skipped"]
+                with accelerator.accumulate(sharpener):
+                    loss = _micro_step(adapter, sharpener, negative_bank, batch, args, global_step, micro, rank, accelerator)
+                    accelerator.backward(loss)
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                loss_sum += loss.detach().item() / accum
+                window_images += len(batch["captions"]) * world
+            assert accelerator.sync_gradients, "one update per --gradient_accumulation_steps micro-batches"
+            global_step += 1
+            progress.update(1)
+            now = time.time()
+            record = {"step": global_step, "loss": loss_sum, "lr": lr_scheduler.get_last_lr()[0],
+                      "seconds": round(now - train_start, 3), "images_per_second": round(window_images / max(now - window_start, 1e-9), 3)}
+            progress.set_postfix(loss=f"{loss_sum:.4g}")
+            if stats_file:
+                stats_file.write(json.dumps(record) + "\n")
+                stats_file.flush()
+            accelerator.log({"loss": loss_sum, "lr": record["lr"]}, step=global_step)
+            if global_step % args.log_every == 0 or global_step == args.max_train_steps:
+                logger.info("step %d/%d loss %.5g lr %.3g %.1f img/s skipped-images %d", global_step,
+                            args.max_train_steps, loss_sum, record["lr"], record["images_per_second"], skipped_images)
+            window_start, window_images, loss_sum = now, 0, 0.0
+            if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
+                _save_checkpoint(accelerator, run_dir, global_step, sharpener, config, args.checkpoints_total_limit)
+                if accelerator.is_main_process:
+                    _validation_grid(adapter, accelerator.unwrap_model(sharpener), args, run_dir, global_step)
+                accelerator.wait_for_everyone()
+    finally:
+        progress.close()
+        if stats_file:
+            stats_file.close()
+    if skipped_images:
+        logger.warning("%d unreadable image(s) were skipped during training", skipped_images)
+    accelerator.end_training()
+    logger.info("done: %s", run_dir)
+    return run_dir
+
+
+def _micro_step(adapter, sharpener, negative_bank, batch, args, step, micro, rank, accelerator) -> torch.Tensor:
+    """One micro-batch: CFG teacher (no gradients) vs sharpened unguided student."""
+    device, dtype = accelerator.device, adapter.dtype
+    batch_size = len(batch["captions"])
+    gen = step_generator(args.seed, step, micro, rank)
+    # Shared timestep: the same draw on every process (the key leaves the rank out).
+    t_gen = step_generator(args.seed, step, micro, -1) if args.shared_timestep else gen
+    timesteps = torch.randint(0, adapter.num_train_timesteps, (1 if args.shared_timestep else batch_size,), generator=t_gen)
+    timesteps = timesteps.expand(batch_size).to(device)
+
+    latents = adapter.encode_images(batch["pixels"])
+    noise = torch.randn(latents.shape, generator=gen).to(device, dtype)
+    x_t = adapter.add_noise(latents, noise, timesteps)
+    sizes = batch["sizes"].to(device)
+    cond = adapter.encode_prompts(batch["captions"])
+    uncond = negative_bank.sample(batch_size, gen)
+
+    teacher = adapter.teacher_noise(x_t, timesteps, cond, uncond, args.guidance_scale, sizes)
+    with accelerator.autocast():
+        sharpened = adapter.sharpen(sharpener, cond.to(dtype=torch.float32), uncond.to(dtype=torch.float32))
+        student = adapter.predict_noise(x_t, timesteps, sharpened.to(dtype=dtype), sizes)
+    return distillation_loss(student, teacher, args.loss_type, args.loss_reduction)
+
+
+def main(family: str, argv: list[str] | None = None) -> Path:
+    args = resolve_options(family, build_parser(family).parse_args(argv))
+    return train(family, args)
