@@ -31,8 +31,11 @@ PRESETS: dict[str, dict[str, dict]] = {
         "demo": dict(_COMMON_PAPER, train_batch_size=16, resolution=32, max_train_steps=600,
                      checkpointing_steps=300, learning_rate=1e-3),
     },
+    # 512 = PixArt-XL-2-512x512 (default); 1024 = PixArt-XL-2-1024-MS. No official PixArt script exists:
+    # "authors" applies the official SDXL script's conventions at the paper's batch and length.
     "pixart": {
         "paper": dict(_COMMON_PAPER, train_batch_size=16, resolution=512),
+        "paper-1024": dict(_COMMON_PAPER, train_batch_size=16, resolution=1024),
         "authors": dict(_COMMON_AUTHORS, train_batch_size=16, resolution=512, loss_type="mse"),
         "demo": dict(_COMMON_PAPER, train_batch_size=16, resolution=32, max_train_steps=600,
                      checkpointing_steps=300, learning_rate=1e-3),
@@ -45,3 +48,16 @@ def preset(family: str, name: str) -> dict:
         choices = ", ".join(PRESETS.get(family, {})) or "none"
         raise ValueError(f"no preset {name!r} for {family}; choose one of: {choices}")
     return dict(PRESETS[family][name])
+
+
+# Short model names for sample.py --model_name (the paper's base models; SPEC section 3).
+# DreamShaper PixelArt and 3D Animation Diffusion are civitai single files: pass the downloaded path.
+MODELS: dict[str, tuple[str, str]] = {
+    "sd15": ("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
+    "dreamshaper": ("sd15", "Lykon/DreamShaper"),
+    "absolutereality": ("sd15", "digiplay/AbsoluteReality_v1.8.1"),
+    "animepasteldream": ("sd15", "Lykon/AnimePastelDream"),
+    "sdxl": ("sdxl", "stabilityai/stable-diffusion-xl-base-1.0"),
+    "pixart": ("pixart", "PixArt-alpha/PixArt-XL-2-512x512"),
+    "pixart-1024": ("pixart", "PixArt-alpha/PixArt-XL-2-1024-MS"),
+}

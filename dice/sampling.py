@@ -7,6 +7,11 @@ the number of processes.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -91,3 +96,100 @@ def image_grid(rows: list[list], labels: list[str] | None = None):
         for x, img in enumerate(row):
             grid.paste(img, (pad + x * w, y * h))
     return grid
+
+
+# ---- sampling a prompt list into a folder (sample.py) ------------------------------------------
+
+MANIFEST = "manifest.jsonl"
+OPTIONS_FILE = "sampling_options.json"
+# Options that change the images; the folder name and the resume check depend on exactly these.
+IMAGE_DEFINING = ("family", "base_model", "family_options", "method", "cfg_scale", "alpha", "steps", "scheduler",
+                  "resolution", "seed", "negative_prompt", "prompts", "sharpener", "sharpener_step")
+
+
+def method_name(has_sharpener: bool, cfg_scale: float) -> str:
+    if has_sharpener:
+        return "dice+cfg" if cfg_scale > 1 else "dice"
+    return "cfg" if cfg_scale > 1 else "unguided"
+
+
+def sample_folder_name(options: dict) -> str:
+    """One naming rule for sample folders, shared by sample.py and the evaluators.
+
+    A readable part (model, method, knobs, prompts) plus a short hash of every image-defining option,
+    so two configurations never share a folder.
+    """
+    model = Path(str(options["base_model"]).rstrip("/")).name.replace(".safetensors", "")
+    parts = [model, options["method"].replace("+", "-")]
+    if options.get("sharpener_experiment"):
+        parts.append(options["sharpener_experiment"].split("-")[0])
+    if options["cfg_scale"] != 1:
+        parts.append(f"w{options['cfg_scale']:g}")
+    if options.get("alpha") is not None:
+        parts.append(f"a{options['alpha']:g}")
+    parts += [f"{options['steps']}steps", Path(str(options["prompts"])).stem]
+    digest = hashlib.sha1(json.dumps({k: options.get(k) for k in IMAGE_DEFINING}, sort_keys=True, default=str).encode())
+    return "-".join(parts) + "-" + digest.hexdigest()[:6]
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)  # a killed run never leaves a truncated file under the final name
+
+
+def finished_indices(folder: Path) -> set[int]:
+    return {int(p.stem) for p in folder.glob("[0-9]*.png") if p.stem.isdigit()}
+
+
+def write_manifest(folder: Path, prompts: list[tuple[int, str]], base_seed: int) -> int:
+    """Manifest of the images that exist, in index order; returns their count."""
+    done = finished_indices(folder)
+    lines = [json.dumps({"index": i, "prompt": p, "seed": image_seed(base_seed, i), "file": f"{i:05d}.png"}, ensure_ascii=False)
+             for i, p in prompts if i in done]
+    _write_atomic(folder / MANIFEST, lambda tmp: tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8"))
+    return len(lines)
+
+
+def prepare_folder(outdir: Path, options: dict) -> Path:
+    """The configuration's folder; refuses to mix images of different configurations."""
+    folder = Path(outdir) / sample_folder_name(options)
+    folder.mkdir(parents=True, exist_ok=True)
+    saved = folder / OPTIONS_FILE
+    if saved.is_file():
+        previous = json.loads(saved.read_text())
+        changed = {k: (previous.get(k), options.get(k)) for k in IMAGE_DEFINING if previous.get(k) != options.get(k)}
+        if changed:
+            raise ValueError(f"{folder} holds images of another configuration ({changed}); use another --outdir")
+    _write_atomic(saved, lambda tmp: tmp.write_text(json.dumps(options, indent=2, default=str) + "\n"))
+    return folder
+
+
+def sample_prompts(
+    adapter: Adapter, prompts: list[tuple[int, str]], folder: Path, *, sharpener=None, alpha: float = 1.0,
+    cfg_scale: float = 1.0, steps: int = 20, negative_prompt: str = "", resolution: int | None = None,
+    seed: int = 0, batch_size: int = 8, rank: int = 0, world: int = 1, barrier=lambda: None, progress: bool = True,
+) -> int:
+    """Generate every missing image of ``prompts`` into ``folder``; returns how many this process made.
+
+    Each process takes every ``world``-th missing index; ``barrier`` synchronises processes so they all
+    see the same list of missing images before anyone writes.
+    """
+    from tqdm.auto import tqdm
+
+    missing = [(i, p) for i, p in prompts if i not in finished_indices(folder)]
+    barrier()
+    mine = missing[rank::world]
+    bar = tqdm(total=len(missing), desc=f"sampling {folder.name}", disable=not progress or rank != 0)
+    for start in range(0, len(mine), batch_size):
+        chunk = mine[start:start + batch_size]
+        images = generate(
+            adapter, [p for _, p in chunk], [image_seed(seed, i) for i, _ in chunk], sharpener=sharpener,
+            alpha=alpha, cfg_scale=cfg_scale, steps=steps, negative_prompt=negative_prompt, resolution=resolution,
+        )
+        for (i, _), image in zip(chunk, images):
+            _write_atomic(folder / f"{i:05d}.png", lambda tmp, image=image: image.save(tmp, format="PNG"))
+        bar.update(len(chunk) * world)
+    bar.close()
+    barrier()
+    return len(mine)

@@ -24,6 +24,7 @@ from .checkpoint import SharpenerConfig, save_sharpener
 from .data import load_records, make_loader, step_generator
 from .losses import LOSS_TYPES, REDUCTIONS, distillation_loss
 from .presets import PRESETS, preset
+from .runtime import needs_cpu_process_group
 from .sharpener import Sharpener
 
 logger = logging.getLogger("dice")
@@ -50,7 +51,7 @@ def build_parser(family: str) -> argparse.ArgumentParser:
     a("--train_data_dir", required=True, help="MS-COCO 2017 root (train2017/ + annotations/) or a folder with metadata.jsonl")
     a("--resolution", type=int, default=None, help="training resolution (centre crop + resize)")
     a("--dataloader_num_workers", type=int, default=2, help="image-decoding worker processes per GPU")
-    a("--negative_prompts", default=None, help="file with one negative prompt per line (paper 3.2); u is one of them with --negative_prompt_prob")
+    a("--negative_prompts", default=None, help="file with one negative prompt per line (paper 3.2), or 'default' for dice/data/negative_prompts.txt; u is one of them with --negative_prompt_prob")
     a("--negative_prompt_prob", type=float, default=1.0, help="probability that a sample's u is a random negative prompt rather than the empty prompt (needs --negative_prompts)")
     # Recipe.
     a("--preset", default="paper", choices=sorted(PRESETS[family]), help="paper settings, the authors' scripts, or the tiny demo")
@@ -118,9 +119,14 @@ class NegativeBank:
         return self.bank.select(index.to(self.bank.embeds.device))
 
 
+DEFAULT_NEGATIVE_PROMPTS = Path(__file__).parent / "data" / "negative_prompts.txt"
+
+
 def read_negative_prompts(path: str | None) -> list[str]:
     if path is None:
         return []
+    if path == "default":  # the list shipped with dice
+        path = str(DEFAULT_NEGATIVE_PROMPTS)
     if not os.path.isfile(path):
         raise SystemExit(f"--negative_prompts '{path}' does not exist (one negative prompt per line)")
     prompts = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
@@ -196,6 +202,22 @@ def _save_checkpoint(accelerator, run_dir: Path, step: int, sharpener, config: S
     return final
 
 
+def _check_replicas_identical(accelerator, sharpener) -> str:
+    """Every process must hold the same sharpener (DDP keeps them in sync); fail loudly if not."""
+    import hashlib
+
+    from accelerate.utils import gather_object
+
+    digest = hashlib.sha256()
+    for tensor in accelerator.unwrap_model(sharpener).state_dict().values():
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    digests = gather_object([digest.hexdigest()])
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"sharpener weights differ between processes: {digests}")
+    logger.info("sharpener weights identical on all %d process(es) (sha256 %s)", len(digests), digests[0][:16])
+    return digests[0]
+
+
 def _validation_grid(adapter, sharpener, args, run_dir: Path, step: int) -> None:
     from .sampling import generate, image_grid, use_scheduler
 
@@ -224,7 +246,7 @@ def train(family: str, args: argparse.Namespace) -> Path:
 
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
+        log_with=None if args.report_to == "none" else args.report_to, cpu=needs_cpu_process_group(),
     )
     if args.n_gpus is not None and args.n_gpus != accelerator.num_processes:
         raise SystemExit(
@@ -257,6 +279,9 @@ def train(family: str, args: argparse.Namespace) -> Path:
         adapter.denoiser.enable_gradient_checkpointing()
     logger.info("data: %s, %d images (%s); base model %s (%s)", args.train_data_dir, len(records), layout,
                 args.pretrained_model_name_or_path, family)
+    # A family with a huge text encoder (PixArt's T5, --text_embedding_cache) encodes every prompt once here.
+    adapter.prepare_text_cache([c for r in records for c in r.captions] + list(args.validation_prompts or []),
+                               [""] + negatives, accelerator)
 
     set_seed(args.seed)  # the sharpener's initial weights
     sharpener = Sharpener(adapter.text_dim)
@@ -299,7 +324,8 @@ def train(family: str, args: argparse.Namespace) -> Path:
 
     from tqdm.auto import tqdm
 
-    progress = tqdm(total=args.max_train_steps, initial=global_step, desc="training", disable=not accelerator.is_main_process)
+    progress = tqdm(total=args.max_train_steps, initial=global_step, desc="training", disable=not accelerator.is_main_process,
+                    mininterval=0.5 if sys.stderr.isatty() else 30)  # keep redirected logs short
     stats_file = open(run_dir / "stats.jsonl", "a") if accelerator.is_main_process else None
     skipped_images, window_start, window_images, loss_sum = 0, time.time(), 0, 0.0
     train_start = time.time()
@@ -332,6 +358,7 @@ def train(family: str, args: argparse.Namespace) -> Path:
                             args.max_train_steps, loss_sum, record["lr"], record["images_per_second"], skipped_images)
             window_start, window_images, loss_sum = now, 0, 0.0
             if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
+                _check_replicas_identical(accelerator, sharpener)
                 _save_checkpoint(accelerator, run_dir, global_step, sharpener, config, args.checkpoints_total_limit)
                 if accelerator.is_main_process:
                     _validation_grid(adapter, accelerator.unwrap_model(sharpener), args, run_dir, global_step)

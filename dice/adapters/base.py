@@ -125,7 +125,7 @@ class Adapter:
         from .registry import family_of_pipeline_class, family_of_single_file
 
         model = str(model)
-        kwargs: dict[str, Any] = {"torch_dtype": torch_dtype, **(components or {})}
+        kwargs: dict[str, Any] = {"dtype": torch_dtype, **(components or {})}
         if os.path.isfile(model) or _looks_like_file(model):
             if not os.path.isfile(model):
                 raise ModelLoadError(f"checkpoint file '{model}' does not exist.")
@@ -138,11 +138,18 @@ class Adapter:
             try:
                 pipe = cls.pipeline_class().from_single_file(model, config=single_file_config, **kwargs)
             except Exception as err:  # noqa: BLE001
-                hint = "" if single_file_config else (
-                    " Loading a single file needs the pipeline's config from the hub; offline, pass "
-                    "--single_file_config with a local diffusers folder of the same architecture."
+                hint = (
+                    f" Check that --single_file_config '{single_file_config}' is a diffusers folder (with "
+                    "model_index.json) of the same architecture as the file."
+                    if single_file_config else
+                    " A single file holds only weights: diffusers reads the pipeline's component configs and "
+                    "tokenizers from the hub repo of the detected model type. Offline, pass "
+                    "--single_file_config (single_file_config= in Python) with a local diffusers folder of the "
+                    "same architecture (model_index.json, component configs and tokenizer files; its weights "
+                    "are not needed)."
                 )
-                raise ModelLoadError(f"could not load single-file checkpoint '{model}': {err}.{hint}") from err
+                cause = str(err).strip().rstrip(".") or type(err).__name__
+                raise ModelLoadError(f"could not load single-file checkpoint '{model}': {cause}.{hint}") from err
         else:
             class_name = read_pipeline_class(model, revision)
             found = family_of_pipeline_class(class_name) if class_name else None
@@ -193,7 +200,10 @@ class Adapter:
         for module in self.frozen_modules().values():
             module.requires_grad_(False)
             module.eval()
-        self.pipe.to(device=device, dtype=dtype)
+        self.pipe.to(device)
+        for module in self.frozen_modules().values():
+            if any(p.dtype != dtype for p in module.parameters()):
+                module.to(dtype=dtype)
         return self
 
     @property
@@ -230,6 +240,10 @@ class Adapter:
     def encode_negative(self, prompts: list[str]) -> Conditioning:
         """The null/negative side ``u``; the empty prompt is the null embedding."""
         return self.encode_prompts(prompts)
+
+    def prepare_text_cache(self, prompts: list[str], negatives: list[str], accelerator=None) -> None:
+        """Before training: a family with a huge text encoder may encode every prompt (captions,
+        validation prompts) and negative (u, including "") once and unload the encoder. Default: no-op."""
 
     @property
     def keep_first_token(self) -> bool:

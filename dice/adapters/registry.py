@@ -6,6 +6,8 @@ import importlib
 # family -> (module, class); imported lazily so one family's extra needs don't burden another.
 _ADAPTERS = {
     "sd15": ("dice.adapters.sd15", "SD15Adapter"),
+    "sdxl": ("dice.adapters.sdxl", "SDXLAdapter"),
+    "pixart": ("dice.adapters.pixart", "PixArtAdapter"),
 }
 # diffusers pipeline class names (model_index.json) -> family.
 _PIPELINE_FAMILIES = {
@@ -50,11 +52,30 @@ def family_of_single_file(path: str) -> str | None:
     try:
         from diffusers.loaders.single_file_utils import infer_diffusers_model_type, load_single_file_checkpoint
 
-        model_type = infer_diffusers_model_type(load_single_file_checkpoint(path))
+        checkpoint = load_single_file_checkpoint(path)
+        model_type = infer_diffusers_model_type(checkpoint)
     except Exception:  # noqa: BLE001 - unknown layouts are left to the loader's own error
         return None
+    # diffusers recognises SDXL only by a key of OpenCLIP's 10th layer and calls anything unknown "v1";
+    # SDXL's second text encoder or its size/pooled-text embedding (label_emb) is proof enough.
+    if model_type == "v1" and any(
+        k.startswith(("conditioner.embedders.1.model.", "model.diffusion_model.label_emb.")) for k in checkpoint
+    ):
+        model_type = "xl_base"
     return _SINGLE_FILE_FAMILIES.get(model_type, model_type)
 
 
 def load_adapter(family: str, model: str, **kwargs):
     return adapter_class(family).from_pretrained(model, **kwargs)
+
+
+def detect_family(model: str, revision: str | None = None) -> str | None:
+    """The family of a hub id, diffusers folder or single file, if it can be told before loading."""
+    import os
+
+    from .base import _looks_like_file, read_pipeline_class
+
+    if os.path.isfile(model) or _looks_like_file(model):
+        return family_of_single_file(model) if os.path.isfile(model) else None
+    class_name = read_pipeline_class(model, revision)
+    return family_of_pipeline_class(class_name) if class_name else None

@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny pipelines are built once per test session and saved like real models."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never contact the hub
+# Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP threads
+# spinning against other processes made each op 10-40x slower (measured). Override: DICE_TEST_THREADS.
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ.get("DICE_TEST_THREADS", "1")))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """``tiny_model("sd15")`` -> path of a saved tiny diffusers pipeline of that family."""
+    from dice.tiny import save_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    cache: dict[str, Path] = {}
+
+    def get(family: str = "sd15") -> Path:
+        if family not in cache:
+            cache[family] = save_tiny_pipeline(root / family, family)
+        return cache[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A small captioned image folder (imagefolder layout)."""
+    from dice.data import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path_factory.mktemp("data") / "synthetic", num_images=24, size=40)

@@ -1,0 +1,113 @@
+"""sample.py and the library sampling routine on tiny pipelines."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dice.adapters import adapter_class
+from dice.checkpoint import SharpenerConfig, load_sharpener, save_sharpener
+from dice.sampling import generate, use_scheduler
+from dice.sharpener import Sharpener
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def exps(tiny_model, tmp_path_factory):
+    """exps/00000-trained/checkpoint-5 with a random (not zero) sharpener for the tiny SD1.5."""
+    root = tmp_path_factory.mktemp("exps")
+    torch.manual_seed(1)
+    cfg = SharpenerConfig(family="sd15", base_model=str(tiny_model("sd15")), dim=32, step=5)
+    save_sharpener(root / "00000-trained" / "checkpoint-5", Sharpener(32), cfg)
+    return root
+
+
+def _sample(args, processes=1):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    if processes == 1:
+        cmd = [sys.executable, str(REPO / "sample.py")]
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "sample.py")]
+    proc = subprocess.run(cmd + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def _folder(outdir):
+    (folder,) = [p for p in Path(outdir).iterdir() if p.is_dir()]
+    return folder
+
+
+def test_dice_with_alpha_zero_equals_unguided(tiny_model, exps):
+    adapter = adapter_class("sd15").from_pretrained(str(tiny_model("sd15")))
+    use_scheduler(adapter)
+    sharpener, _ = load_sharpener("0", exps)
+    kw = dict(steps=3, resolution=32, output_type="latent")
+    plain = generate(adapter, ["a red cat", "a dog"], [0, 1], **kw)
+    zero = generate(adapter, ["a red cat", "a dog"], [0, 1], sharpener=sharpener, alpha=0.0, **kw)
+    dice = generate(adapter, ["a red cat", "a dog"], [0, 1], sharpener=sharpener, **kw)
+    cfg = generate(adapter, ["a red cat", "a dog"], [0, 1], cfg_scale=5.0, **kw)
+    both = generate(adapter, ["a red cat", "a dog"], [0, 1], sharpener=sharpener, cfg_scale=5.0, **kw)
+    assert torch.equal(plain, zero)
+    assert not torch.allclose(plain, dice) and not torch.allclose(plain, cfg) and not torch.allclose(both, cfg)
+
+
+def test_image_depends_only_on_seed_and_index(tiny_model, exps, tmp_path):
+    common = ["--sharpener_path", "0", "--exps_root", str(exps), "--steps", "3", "--resolution", "32",
+              "--prompts", str(tmp_path / "p.txt")]
+    (tmp_path / "p.txt").write_text("\n".join(["a red cat", "a blue dog", "a tree", "a house", "a car"]) + "\n")
+    _sample(common + ["--batch_gpu", "1", "--outdir", str(tmp_path / "b1")])
+    _sample(common + ["--batch_gpu", "7", "--outdir", str(tmp_path / "b7")])
+    _sample(common + ["--batch_gpu", "2", "--outdir", str(tmp_path / "p2")], processes=2)
+    folders = [_folder(tmp_path / d) for d in ("b1", "b7", "p2")]
+    assert len({f.name for f in folders}) == 1  # one naming rule: same configuration, same name
+    for i in range(5):
+        data = {(f / f"{i:05d}.png").read_bytes() for f in folders}
+        assert len(data) == 1, f"image {i} differs between batch sizes / process counts"
+    manifest = [json.loads(x) for x in (folders[2] / "manifest.jsonl").read_text().splitlines()]
+    assert [m["index"] for m in manifest] == [0, 1, 2, 3, 4] and manifest[1]["prompt"] == "a blue dog"
+    assert manifest[3]["file"] == "00003.png" and manifest[3]["seed"] == 3
+    options = json.loads((folders[0] / "sampling_options.json").read_text())
+    assert options["method"] == "dice" and options["nfe"] == 3 and options["num_images"] == 5
+    assert options["base_model"] == str(tiny_model("sd15"))  # taken from the sharpener's checkpoint
+    assert options["sharpener_experiment"] == "00000-trained"
+
+
+def test_resume_generates_only_missing_images(tiny_model, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"index": i, "caption": f"a photo of a cat {i}"}) + "\n" for i in range(4)))
+    args = ["--pretrained_model_name_or_path", str(tiny_model("sd15")), "--cfg_scale", "5", "--steps", "2",
+            "--resolution", "32", "--prompts", str(prompts), "--outdir", str(tmp_path / "out")]
+    _sample(args)
+    folder = _folder(tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in folder.glob("*.png")}
+    (folder / "00002.png").unlink()
+    (folder / ".00003.png.tmp").write_bytes(b"half-written")  # what a killed run leaves: never counted
+    proc = _sample(args)
+    assert "(1 new on this process)" in proc.stderr + proc.stdout
+    assert {p.name: p.read_bytes() for p in folder.glob("*.png")} == before
+    assert len((folder / "manifest.jsonl").read_text().splitlines()) == 4
+    assert json.loads((folder / "sampling_options.json").read_text())["method"] == "cfg"
+
+
+def test_sharpener_of_another_family_or_width_is_refused(exps):
+    with pytest.raises(ValueError, match="trained for sd15"):
+        load_sharpener("0", exps, family="sdxl")
+    with pytest.raises(ValueError, match="32-wide"):
+        load_sharpener("0", exps, family="sd15", dim=768)
+
+
+def test_unknown_experiment_number(exps):
+    from dice.experiments import ExperimentNotFound
+
+    with pytest.raises(ExperimentNotFound, match="no experiment number 7"):
+        load_sharpener("7", exps)
+    proc = subprocess.run([sys.executable, str(REPO / "sample.py"), "--sharpener_path", "7", "--exps_root", str(exps),
+                           "--prompt", "x"], cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert proc.returncode != 0 and "no experiment number 7" in proc.stderr
