@@ -244,7 +244,7 @@ class Processes:
         """Join the processes `accelerate launch` started (a single process when run plainly)."""
         from accelerate import PartialState
 
-        state = PartialState()
+        state = PartialState(cpu=not torch.cuda.is_available())  # without it, CPU processes never join a group
         return cls(rank=state.process_index, world_size=state.num_processes, device=state.device)
 
     def shard(self, records: list) -> list:
@@ -253,12 +253,14 @@ class Processes:
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum a tensor over all processes (identity for one process)."""
+        return self._all_reduce(tensor, "SUM")
+
+    def max(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self._all_reduce(tensor, "MAX")
+
+    def _all_reduce(self, tensor: torch.Tensor, op: str) -> torch.Tensor:
         if self.world_size == 1:
             return tensor
-        reduced = tensor.to(self.device).clone()
-        torch.distributed.all_reduce(reduced, op=torch.distributed.ReduceOp.SUM)
+        reduced = tensor.to(self.device).clone()  # NCCL reduces CUDA tensors only; gloo takes CPU ones
+        torch.distributed.all_reduce(reduced, op=getattr(torch.distributed.ReduceOp, op))
         return reduced.to(tensor.device)
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            torch.distributed.barrier()

@@ -166,8 +166,8 @@ def build_table(records: list[dict]) -> list[dict]:
             "values": run["values"],
             "paper": paper_values(options) or {},
             "images": folder,
-            "_order": (
-                list(PAPER_MODEL_IDS).index(model) if model else len(PAPER_MODEL_IDS),
+            "_order": (  # paper models in Table 1 order, then other models, then folders without options
+                list(PAPER_MODEL_IDS).index(model) if model else len(PAPER_MODEL_IDS) + (not options),
                 model or options.get("base_model") or "",
                 METHOD_ORDER.index(options.get("method")) if options.get("method") in METHOD_ORDER else 99,
                 -(options.get("cfg_scale") or 0),
@@ -195,7 +195,7 @@ def format_markdown(rows: list[dict]) -> str:
         for metric in METRICS:
             cell = _format(row["values"].get(metric))
             if metric in row["paper"]:
-                cell += f" ({_format(row['paper'][metric])})"
+                cell = f"{cell or '–'} ({_format(row['paper'][metric])})"
             cells.append(cell)
         cells.append(f"`{row['images']}`")
         lines.append("| " + " | ".join(cells) + " |")

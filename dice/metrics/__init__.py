@@ -1,0 +1,67 @@
+"""Evaluation metrics (SPEC §5): FID, CLIP score, aesthetic score, and the results table.
+
+Each ``calc_*`` reads an image folder (through sample.py's manifest when present), splits it over
+the processes `accelerate launch` started, reduces float64 sums across them, and returns a
+MetricResult that ``append_result`` writes to results.jsonl.
+"""
+import contextlib
+
+from dice.metrics.aesthetic import AestheticMLP, aesthetic_scores, calc_aesthetic, load_aesthetic_head, load_clip_l
+from dice.metrics.clip_score import calc_clip_score, clip_scores, load_open_clip
+from dice.metrics.fid import (
+    FeatureStats,
+    build_reference,
+    calc_fid,
+    compute_feature_stats,
+    fid_from_files,
+    frechet_distance,
+    load_inception,
+    load_stats,
+    save_stats,
+)
+from dice.metrics.images import ImageCollection, ImageRecord, IncompleteSamplesError, Processes, open_image_collection
+from dice.metrics.results import MetricResult, append_result, build_table, read_results, write_table
+from dice.metrics.weights import MissingWeightsError
+
+
+@contextlib.contextmanager
+def exit_on_user_error():
+    """For the CLIs: a problem the user fixes (missing weights or files, unfinished samples) ends
+    the command with its one message instead of a traceback."""
+    try:
+        yield
+    except (MissingWeightsError, IncompleteSamplesError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+__all__ = [
+    "AestheticMLP",
+    "FeatureStats",
+    "ImageCollection",
+    "ImageRecord",
+    "IncompleteSamplesError",
+    "MetricResult",
+    "MissingWeightsError",
+    "Processes",
+    "aesthetic_scores",
+    "append_result",
+    "build_reference",
+    "build_table",
+    "calc_aesthetic",
+    "calc_clip_score",
+    "calc_fid",
+    "clip_scores",
+    "compute_feature_stats",
+    "exit_on_user_error",
+    "fid_from_files",
+    "frechet_distance",
+    "load_aesthetic_head",
+    "load_clip_l",
+    "load_inception",
+    "load_open_clip",
+    "load_stats",
+    "open_image_collection",
+    "read_results",
+    "save_stats",
+    "write_table",
+]

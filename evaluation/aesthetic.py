@@ -1,0 +1,47 @@
+#!/usr/bin/env python
+"""Aesthetic score (SPEC §5): LAION improved aesthetic predictor on CLIP ViT-L/14 image features.
+
+  python evaluation/aesthetic.py calc --images DIR
+Multi-GPU: accelerate launch --num_processes N evaluation/aesthetic.py calc ...
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+from dice.metrics import Processes, append_result, calc_aesthetic, exit_on_user_error  # noqa: E402
+from dice.metrics.aesthetic import AESTHETIC_WEIGHTS_ENV, CLIP_L_ENV, CLIP_L_MODEL  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    calc = commands.add_parser("calc", help="mean aesthetic score of an image folder")
+    calc.add_argument("--images", required=True, help="sample folder (manifest.jsonl), image folder or zip")
+    calc.add_argument("--aesthetic_weights", default=None, help=f"sac+logos+ava1-l14-linearMSE.pth path or URL (or ${AESTHETIC_WEIGHTS_ENV})")
+    calc.add_argument("--clip_l_model", default=None, help=f"CLIP ViT-L/14 hub id or local folder (default {CLIP_L_MODEL}, or ${CLIP_L_ENV})")
+    calc.add_argument("--results", default="results/results.jsonl", help="results file to append to")
+    calc.add_argument("--batch_size", type=int, default=32, help="images per batch and process")
+    calc.add_argument("--num_workers", type=int, default=2, help="image-loading workers per process")
+    calc.add_argument("--allow_incomplete", action="store_true", help="score a sample folder that is not finished")
+    args = parser.parse_args(argv)
+
+    processes = Processes.from_accelerate()
+    result = calc_aesthetic(
+        args.images,
+        aesthetic_weights=args.aesthetic_weights,
+        clip_l_model=args.clip_l_model,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        allow_incomplete=args.allow_incomplete,
+        processes=processes,
+    )
+    if processes.is_main:
+        append_result(args.results, result)
+        print(f"Aesthetic score {result.value:.4f} over {result.count} images of {result.images} (appended to {args.results})")
+
+
+if __name__ == "__main__":
+    with exit_on_user_error():
+        main()

@@ -1,0 +1,45 @@
+#!/usr/bin/env python
+"""CLIP score (SPEC §5): open_clip ViT-g-14 laion2b_s34b_b88k, mean 100·cos(image i, prompt i).
+
+  python evaluation/clip_score.py calc --images DIR     # DIR written by sample.py (manifest.jsonl)
+Multi-GPU: accelerate launch --num_processes N evaluation/clip_score.py calc ...
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+from dice.metrics import Processes, append_result, calc_clip_score, exit_on_user_error  # noqa: E402
+from dice.metrics.clip_score import CLIP_WEIGHTS_ENV  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    calc = commands.add_parser("calc", help="CLIP score of a sample folder")
+    calc.add_argument("--images", required=True, help="sample folder with manifest.jsonl")
+    calc.add_argument("--clip_weights", default=None, help=f"local open_clip ViT-g-14 weights file (or ${CLIP_WEIGHTS_ENV})")
+    calc.add_argument("--results", default="results/results.jsonl", help="results file to append to")
+    calc.add_argument("--batch_size", type=int, default=32, help="images per batch and process")
+    calc.add_argument("--num_workers", type=int, default=2, help="image-loading workers per process")
+    calc.add_argument("--allow_incomplete", action="store_true", help="score a sample folder that is not finished")
+    args = parser.parse_args(argv)
+
+    processes = Processes.from_accelerate()
+    result = calc_clip_score(
+        args.images,
+        clip_weights=args.clip_weights,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        allow_incomplete=args.allow_incomplete,
+        processes=processes,
+    )
+    if processes.is_main:
+        append_result(args.results, result)
+        print(f"CLIP score {result.value:.4f} over {result.count} images of {result.images} (appended to {args.results})")
+
+
+if __name__ == "__main__":
+    with exit_on_user_error():
+        main()

@@ -1,0 +1,70 @@
+#!/usr/bin/env python
+"""FID (SPEC §5): Inception-v3 2015-12-05 features, float64 statistics, EDM-format reference .npz.
+
+  python evaluation/fid.py calc --images DIR --ref ref.npz     # appends to results/results.jsonl
+  python evaluation/fid.py ref --data DIR_OR_ZIP --dest ref.npz [--center_crop_resize 512]
+  python evaluation/fid.py dist A.npz B.npz
+Multi-GPU: accelerate launch --num_processes N evaluation/fid.py calc ...
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+from dice.metrics import (  # noqa: E402
+    Processes,
+    append_result,
+    build_reference,
+    calc_fid,
+    exit_on_user_error,
+    fid_from_files,
+)
+from dice.metrics.fid import INCEPTION_WEIGHTS_ENV  # noqa: E402
+
+
+def main(argv=None, feature_extractor=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    calc = commands.add_parser("calc", help="FID of an image folder against reference statistics")
+    calc.add_argument("--images", required=True, help="sample folder (manifest.jsonl), image folder or zip")
+    calc.add_argument("--ref", required=True, help="reference statistics .npz (mu, sigma)")
+    calc.add_argument("--results", default="results/results.jsonl", help="results file to append to")
+    calc.add_argument("--allow_incomplete", action="store_true", help="score a sample folder that is not finished")
+    ref = commands.add_parser("ref", help="reference statistics of an image folder or zip")
+    ref.add_argument("--data", required=True, help="image folder or zip (e.g. COCO val2017)")
+    ref.add_argument("--dest", required=True, help="output .npz")
+    ref.add_argument("--center_crop_resize", type=int, default=None, help="centre-crop and resize to N first (authors: 512)")
+    for command in (calc, ref):
+        command.add_argument("--inception_weights", default=None, help=f"local Inception .pth (or ${INCEPTION_WEIGHTS_ENV})")
+        command.add_argument("--batch_size", type=int, default=64, help="images per batch and process")
+        command.add_argument("--num_workers", type=int, default=2, help="image-loading workers per process")
+    dist = commands.add_parser("dist", help="FID between two statistics files")
+    dist.add_argument("stats", nargs=2, metavar="NPZ")
+    args = parser.parse_args(argv)
+
+    if args.command == "dist":
+        print(f"{fid_from_files(*args.stats):.6f}")
+        return
+    processes = Processes.from_accelerate()
+    common = dict(
+        feature_extractor=feature_extractor,
+        inception_weights=args.inception_weights,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        processes=processes,
+    )
+    if args.command == "ref":
+        count = build_reference(args.data, args.dest, center_crop_resize=args.center_crop_resize, **common)
+        if processes.is_main:
+            print(f"Wrote reference statistics of {count} images to {args.dest}")
+        return
+    result = calc_fid(args.images, args.ref, allow_incomplete=args.allow_incomplete, **common)
+    if processes.is_main:
+        append_result(args.results, result)
+        print(f"FID {result.value:.4f} over {result.count} images of {result.images} (appended to {args.results})")
+
+
+if __name__ == "__main__":
+    with exit_on_user_error():
+        main()

@@ -1,0 +1,28 @@
+#!/usr/bin/env python
+"""results.jsonl → the paper's Table 1 layout (Markdown + CSV), with the paper's numbers beside ours.
+
+  python evaluation/results.py --results results/results.jsonl --out results/table   # table.md, table.csv
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+from dice.metrics import exit_on_user_error  # noqa: E402
+from dice.metrics.results import write_table  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", default="results/results.jsonl", help="results file the calc commands append to")
+    parser.add_argument("--out", default="results/table", help="output prefix: writes <out>.md and <out>.csv")
+    args = parser.parse_args(argv)
+    markdown, csv_path = write_table(args.results, args.out)
+    print(markdown.read_text(encoding="utf-8"))
+    print(f"Wrote {markdown} and {csv_path}")
+
+
+if __name__ == "__main__":
+    with exit_on_user_error():
+        main()

@@ -1,0 +1,106 @@
+"""results.jsonl lines and the Table 1 layout built from a hand-written results file."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from dice.metrics.results import MetricResult, append_result, build_table, format_csv, format_markdown, read_results
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def options(base_model, method, cfg_scale, alpha=None, steps=20, family="sd15"):
+    nfe = steps * (2 if "cfg" in method and cfg_scale != 1 else 1)
+    return {"family": family, "base_model": base_model, "method": method, "cfg_scale": cfg_scale, "alpha": alpha,
+            "steps": steps, "nfe": nfe, "num_images": 5000, "prompts": "coco5k", "sharpener": None, "resolution": 512}
+
+
+def line(metric, value, folder, sampling_options, count=5000):
+    return {"metric": metric, "value": value, "count": count, "images": folder, "sampling_options": sampling_options,
+            "options": {}, "time": "2026-01-01T00:00:00+00:00", "seconds": 1.0}
+
+
+def hand_written_results(path: Path) -> None:
+    sd15_cfg = options("runwayml/stable-diffusion-v1-5", "cfg", 5.0)
+    sd15_dice = options("stable-diffusion-v1-5/stable-diffusion-v1-5", "dice", 1.0, alpha=1.0)
+    lines = [
+        line("fid", 30.0, "samples/sd15-dice", sd15_dice),
+        line("fid", 22.5, "samples/sd15-cfg5", sd15_cfg),
+        line("clip_score", 30.1, "samples/sd15-cfg5", sd15_cfg),
+        line("aesthetic", 5.31, "samples/sd15-cfg5", sd15_cfg),
+        line("fid", 22.3, "samples/sd15-dice/", sd15_dice),  # re-scored later: this value wins
+        line("fid", 33.0, "samples/sd15-w1", options("runwayml/stable-diffusion-v1-5", "unguided", 1.0)),
+        line("clip_score", 31.9, "samples/sdxl-cfg5", options("stabilityai/stable-diffusion-xl-base-1.0", "cfg", 5.0, family="sdxl")),
+        line("fid", 40.0, "samples/pixart-dice", options("PixArt-alpha/PixArt-XL-2-512x512", "dice", 1.0, alpha=1.0, family="pixart")),
+        line("fid", 25.0, "samples/sd15-cfg5-10steps", options("runwayml/stable-diffusion-v1-5", "cfg", 5.0, steps=10)),
+        line("fid", 28.0, "samples/sd15-dice-alpha2", options("runwayml/stable-diffusion-v1-5", "dice", 1.0, alpha=2.0)),
+        line("aesthetic", 5.9, "samples/dreamshaper-dice+cfg", options("Lykon/DreamShaper", "dice+cfg", 3.0, alpha=1.0)),
+        line("fid", 50.0, "samples/mine", options("/models/my-finetune", "cfg", 7.5), count=1000),
+        line("fid", 12.0, "coco-val2017", None, count=5000),
+    ]
+    path.write_text("".join(json.dumps(entry) + "\n" for entry in lines))
+
+
+def test_append_result_writes_one_complete_line(tmp_path):
+    result = MetricResult("fid", 22.1, 5000, "samples/a", {"method": "cfg"}, {"ref": "ref.npz"}, seconds=12.3456)
+    path = tmp_path / "results" / "results.jsonl"
+    append_result(path, result)
+    append_result(path, result)
+    records = read_results(path)
+    assert len(records) == 2
+    assert set(records[0]) == {"metric", "value", "count", "images", "sampling_options", "options", "time", "seconds"}
+    assert records[0]["value"] == 22.1 and records[0]["sampling_options"] == {"method": "cfg"}
+    datetime.fromisoformat(records[0]["time"])
+
+
+def test_table_rows_latest_values_and_paper_numbers(tmp_path):
+    hand_written_results(tmp_path / "results.jsonl")
+    rows = build_table(read_results(tmp_path / "results.jsonl"))
+    by_folder = {row["images"]: row for row in rows}
+    assert len(rows) == 10  # "samples/sd15-dice/" and "samples/sd15-dice" are one folder
+
+    cfg5 = by_folder["samples/sd15-cfg5"]
+    assert (cfg5["model"], cfg5["guidance"], cfg5["nfe"]) == ("SD1.5", "w=5", 40)
+    assert cfg5["values"] == {"fid": 22.5, "clip_score": 30.1, "aesthetic": 5.31}
+    assert cfg5["paper"] == {"fid": 22.04, "clip_score": 30.22, "aesthetic": 5.36}
+    assert by_folder["samples/sd15-dice"]["values"]["fid"] == 22.3
+    assert by_folder["samples/sd15-dice"]["paper"]["fid"] == 22.22
+    assert by_folder["samples/sd15-w1"]["paper"]["fid"] == 32.80
+    assert by_folder["samples/sdxl-cfg5"]["paper"]["clip_score"] == 32.10
+    assert by_folder["samples/pixart-dice"]["paper"]["fid"] == 39.80
+    for folder in ("samples/sd15-cfg5-10steps", "samples/sd15-dice-alpha2", "samples/dreamshaper-dice+cfg",
+                   "samples/mine", "coco-val2017"):
+        assert by_folder[folder]["paper"] == {}, folder
+    assert by_folder["samples/dreamshaper-dice+cfg"]["guidance"] == "α=1, w=3"
+    assert by_folder["samples/mine"]["model"] == "/models/my-finetune"
+
+    order = [row["images"] for row in rows]  # paper model order, then cfg / unguided / dice, then steps
+    assert order[:5] == ["samples/sd15-cfg5-10steps", "samples/sd15-cfg5", "samples/sd15-w1",
+                         "samples/sd15-dice", "samples/sd15-dice-alpha2"]
+    assert order.index("samples/dreamshaper-dice+cfg") < order.index("samples/sdxl-cfg5") < order.index("samples/pixart-dice")
+
+    markdown = format_markdown(rows)
+    assert "| SD1.5 | cfg | w=5 | 20 | 40 | 5000 | 22.50 (22.04) | 30.10 (30.22) | 5.31 (5.36) |" in markdown
+    table = list(csv.DictReader(io.StringIO(format_csv(rows))))
+    assert table[1]["images"] == "samples/sd15-cfg5"
+    assert table[1]["fid"] == "22.5" and table[1]["fid_paper"] == "22.04" and table[1]["aesthetic_count"] == "5000"
+    assert table[0]["fid_paper"] == ""  # 10 steps: no paper row
+
+
+def test_results_cli_writes_markdown_and_csv(tmp_path, capsys):
+    hand_written_results(tmp_path / "results.jsonl")
+    spec = importlib.util.spec_from_file_location("results_cli", REPO / "evaluation" / "results.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    cli.main(["--results", str(tmp_path / "results.jsonl"), "--out", str(tmp_path / "table" / "table1")])
+    assert "22.50 (22.04)" in (tmp_path / "table" / "table1.md").read_text()
+    assert (tmp_path / "table" / "table1.csv").read_text().startswith("model,method,guidance,steps,nfe,fid,")
+    assert "table1.md" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="calc commands write it"):
+        cli.main(["--results", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "t")])
