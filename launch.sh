@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The paper's recipes, end to end. Usage:
 #   bash launch.sh demo [sd15|sdxl|pixart]     tiny CPU experiment, no downloads (ends with cfg_gap_closed=...)
+#   bash launch.sh demo-eval [EXP_ID]          sample the demo (DICE/CFG/unguided), score with --smoke_test, table
 #   bash launch.sh train  sd15|sdxl|pixart     train a sharpener on MS-COCO 2017 (paper preset)
 #   bash launch.sh train-variants              DreamShaper, AbsoluteReality, Anime Pastel Dream (+ negative prompts)
 #   bash launch.sh sample EXP_ID               DICE, CFG (w=5) and unguided on the 5k COCO prompts
@@ -43,7 +44,8 @@ latest_exp() { ls -d exps/[0-9][0-9][0-9][0-9][0-9]-* | tail -n 1 | xargs basena
 sample_all() {  # experiment id: DICE + the two baselines of Table 1 on the 5k COCO prompts
   local exp=$1
   "${LAUNCH[@]}" sample.py --sharpener_path="$exp" --batch_gpu=16
-  "${LAUNCH[@]}" sample.py --sharpener_path="$exp" --alpha=0 --batch_gpu=16   # alpha 0 = unguided
+  # alpha 0 leaves the embedding unchanged: the sharpener's base model itself, labelled unguided / cfg.
+  "${LAUNCH[@]}" sample.py --sharpener_path="$exp" --alpha=0 --batch_gpu=16
   "${LAUNCH[@]}" sample.py --sharpener_path="$exp" --alpha=0 --cfg_scale=5 --batch_gpu=16
 }
 
@@ -59,6 +61,10 @@ case "${1:-}" in
   demo)
     # No GPU, no downloads: the tiny embedded pipeline on CPU.
     HF_HUB_OFFLINE=1 "$PYTHON" -m dice.demo "${2:-sd15}" ;;
+  demo-eval)
+    # The latest exps/NNNNN-demo-* (or EXP_ID) end to end, no GPU needed; evaluators with random-weight stand-ins
+    # (--smoke_test: meaningless numbers, plumbing only). Options: python -m dice.demo_eval --help
+    HF_HUB_OFFLINE=1 "$PYTHON" -m dice.demo_eval "${@:2}" ;;
   train)
     train "${2:?family}" "${@:3}" ;;
   train-variants)
@@ -80,5 +86,5 @@ case "${1:-}" in
     evaluate samples/*
     "$PYTHON" evaluation/results.py --results results/results.jsonl --out results/table ;;
   *)
-    sed -n '2,14p' "$0"; exit 2 ;;
+    sed -n '2,13p' "$0"; exit 2 ;;
 esac

@@ -64,6 +64,9 @@ def resolve(args) -> dict:
         family = family or config.family
         model = model or config.base_model
         sharpener_spec = str(weights)
+    if sharpener_spec is not None and args.alpha == 0:
+        # c + 0 * f(c, u) = c exactly: the base model itself (unguided or CFG), labelled as such.
+        sharpener_spec = None
     if model is None:
         raise SystemExit("error: no base model: give --sharpener_path (a trained sharpener) or --pretrained_model_name_or_path/--model_name")
     if family is None:
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> Path:
         "negative_prompt": args.negative_prompt, "prompts": "cli" if args.prompt else args.prompts,
         "num_images": len(prompts), "sharpener": plan["sharpener"],
         "sharpener_step": config.step if config else None,
-        "sharpener_experiment": Path(plan["sharpener"]).parent.parent.name if plan["sharpener"] and config else None,
+        "sharpener_experiment": Path(plan["sharpener"]).parent.parent.name if plan["sharpener"] else None,
         "precision": precision,
     }
     folder = Path(args.outdir) / "pending"

@@ -3,6 +3,7 @@
 
   python evaluation/aesthetic.py calc --images DIR
 Multi-GPU: accelerate launch --num_processes N evaluation/aesthetic.py calc ...
+--smoke_test: a tiny random CLIP and a random head instead; meaningless numbers, plumbing check only.
 """
 import argparse
 import os
@@ -12,6 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from dice.metrics import Processes, append_result, calc_aesthetic, exit_on_user_error  # noqa: E402
 from dice.metrics.aesthetic import AESTHETIC_WEIGHTS_ENV, CLIP_L_ENV, CLIP_L_MODEL  # noqa: E402
+from dice.metrics.smoke import SMOKE_TEST_HELP, mark_smoke_test, smoke_aesthetic_models  # noqa: E402
 
 
 def main(argv=None):
@@ -25,11 +27,16 @@ def main(argv=None):
     calc.add_argument("--batch_size", type=int, default=32, help="images per batch and process")
     calc.add_argument("--num_workers", type=int, default=2, help="image-loading workers per process")
     calc.add_argument("--allow_incomplete", action="store_true", help="score a sample folder that is not finished")
+    calc.add_argument("--smoke_test", action="store_true", help=SMOKE_TEST_HELP)
     args = parser.parse_args(argv)
 
     processes = Processes.from_accelerate()
+    injected = {}
+    if args.smoke_test:
+        injected = dict(zip(("head", "clip_model", "image_processor"), smoke_aesthetic_models(processes.device)))
     result = calc_aesthetic(
         args.images,
+        **injected,
         aesthetic_weights=args.aesthetic_weights,
         clip_l_model=args.clip_l_model,
         batch_size=args.batch_size,
@@ -37,9 +44,12 @@ def main(argv=None):
         allow_incomplete=args.allow_incomplete,
         processes=processes,
     )
+    if args.smoke_test:
+        mark_smoke_test(result)
     if processes.is_main:
         append_result(args.results, result)
-        print(f"Aesthetic score {result.value:.4f} over {result.count} images of {result.images} (appended to {args.results})")
+        smoke = "SMOKE TEST (random weights, meaningless): " if args.smoke_test else ""
+        print(f"{smoke}Aesthetic score {result.value:.4f} over {result.count} images of {result.images} (appended to {args.results})")
 
 
 if __name__ == "__main__":

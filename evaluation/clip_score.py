@@ -3,6 +3,7 @@
 
   python evaluation/clip_score.py calc --images DIR     # DIR written by sample.py (manifest.jsonl)
 Multi-GPU: accelerate launch --num_processes N evaluation/clip_score.py calc ...
+--smoke_test: a tiny random CLIP instead of ViT-g-14; meaningless numbers, plumbing check only.
 """
 import argparse
 import os
@@ -12,6 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from dice.metrics import Processes, append_result, calc_clip_score, exit_on_user_error  # noqa: E402
 from dice.metrics.clip_score import CLIP_WEIGHTS_ENV  # noqa: E402
+from dice.metrics.smoke import SMOKE_TEST_HELP, mark_smoke_test, smoke_clip_score_model  # noqa: E402
 
 
 def main(argv=None):
@@ -24,20 +26,28 @@ def main(argv=None):
     calc.add_argument("--batch_size", type=int, default=32, help="images per batch and process")
     calc.add_argument("--num_workers", type=int, default=2, help="image-loading workers per process")
     calc.add_argument("--allow_incomplete", action="store_true", help="score a sample folder that is not finished")
+    calc.add_argument("--smoke_test", action="store_true", help=SMOKE_TEST_HELP)
     args = parser.parse_args(argv)
 
     processes = Processes.from_accelerate()
+    injected = {}
+    if args.smoke_test:
+        injected = dict(zip(("model", "preprocess", "tokenizer"), smoke_clip_score_model(processes.device)))
     result = calc_clip_score(
         args.images,
+        **injected,
         clip_weights=args.clip_weights,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         allow_incomplete=args.allow_incomplete,
         processes=processes,
     )
+    if args.smoke_test:
+        mark_smoke_test(result)
     if processes.is_main:
         append_result(args.results, result)
-        print(f"CLIP score {result.value:.4f} over {result.count} images of {result.images} (appended to {args.results})")
+        smoke = "SMOKE TEST (random weights, meaningless): " if args.smoke_test else ""
+        print(f"{smoke}CLIP score {result.value:.4f} over {result.count} images of {result.images} (appended to {args.results})")
 
 
 if __name__ == "__main__":

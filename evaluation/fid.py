@@ -4,6 +4,7 @@
   python evaluation/fid.py calc --images DIR --ref ref.npz     # appends to results/results.jsonl
   python evaluation/fid.py ref --data DIR_OR_ZIP --dest ref.npz [--center_crop_resize 512]
   python evaluation/fid.py dist A.npz B.npz
+  --smoke_test (calc, ref): a tiny random conv net instead of Inception; meaningless numbers, plumbing check only.
 Multi-GPU: accelerate launch --num_processes N evaluation/fid.py calc ...
 """
 import argparse
@@ -21,6 +22,7 @@ from dice.metrics import (  # noqa: E402
     fid_from_files,
 )
 from dice.metrics.fid import INCEPTION_WEIGHTS_ENV  # noqa: E402
+from dice.metrics.smoke import SMOKE_TEST_HELP, mark_smoke_test, smoke_feature_extractor  # noqa: E402
 
 
 def main(argv=None, feature_extractor=None):
@@ -39,6 +41,8 @@ def main(argv=None, feature_extractor=None):
         command.add_argument("--inception_weights", default=None, help=f"local Inception .pth (or ${INCEPTION_WEIGHTS_ENV})")
         command.add_argument("--batch_size", type=int, default=64, help="images per batch and process")
         command.add_argument("--num_workers", type=int, default=2, help="image-loading workers per process")
+        command.add_argument("--smoke_test", action="store_true", help=SMOKE_TEST_HELP + (
+            " The smoke features are 64-d, so smoke and real statistics never mix (dimension error)."))
     dist = commands.add_parser("dist", help="FID between two statistics files")
     dist.add_argument("stats", nargs=2, metavar="NPZ")
     args = parser.parse_args(argv)
@@ -47,6 +51,8 @@ def main(argv=None, feature_extractor=None):
         print(f"{fid_from_files(*args.stats):.6f}")
         return
     processes = Processes.from_accelerate()
+    if args.smoke_test:
+        feature_extractor = smoke_feature_extractor(processes.device)
     common = dict(
         feature_extractor=feature_extractor,
         inception_weights=args.inception_weights,
@@ -57,12 +63,16 @@ def main(argv=None, feature_extractor=None):
     if args.command == "ref":
         count = build_reference(args.data, args.dest, center_crop_resize=args.center_crop_resize, **common)
         if processes.is_main:
-            print(f"Wrote reference statistics of {count} images to {args.dest}")
+            smoke = " (SMOKE TEST: random-weight features, for --smoke_test calc only)" if args.smoke_test else ""
+            print(f"Wrote reference statistics of {count} images to {args.dest}{smoke}")
         return
     result = calc_fid(args.images, args.ref, allow_incomplete=args.allow_incomplete, **common)
+    if args.smoke_test:
+        mark_smoke_test(result)
     if processes.is_main:
         append_result(args.results, result)
-        print(f"FID {result.value:.4f} over {result.count} images of {result.images} (appended to {args.results})")
+        smoke = "SMOKE TEST (random weights, meaningless): " if args.smoke_test else ""
+        print(f"{smoke}FID {result.value:.4f} over {result.count} images of {result.images} (appended to {args.results})")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from dice.metrics.aesthetic import (
 )
 from dice.metrics.clip_score import CLIP_HUB_REPO, calc_clip_score, clip_scores, load_open_clip
 from dice.metrics.images import Processes
+from dice.metrics.smoke import save_tiny_clip
 from dice.metrics.weights import MissingWeightsError
 
 COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200), (200, 30, 200), (90, 90, 90)]
@@ -172,23 +173,8 @@ def test_aesthetic_formula_on_hand_made_features():
     assert aesthetic_scores(features, head).tolist() == pytest.approx([6.2, 3.8, 7.0], abs=1e-6)
 
 
-def tiny_clip_l(folder: Path) -> None:
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config=dict(hidden_size=16, intermediate_size=20, num_attention_heads=2, num_hidden_layers=1,
-                         vocab_size=100, bos_token_id=0, eos_token_id=1, pad_token_id=1),
-        vision_config=dict(hidden_size=16, intermediate_size=20, num_attention_heads=2, num_hidden_layers=1,
-                           image_size=32, patch_size=8),
-        projection_dim=768,  # what the LAION head reads
-    )
-    CLIPModel(config).save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
-
-
 def test_aesthetic_end_to_end_with_a_tiny_clip(tmp_path):
-    tiny_clip_l(tmp_path / "clip")
+    save_tiny_clip(tmp_path / "clip", projection_dim=768)  # 768: what the LAION head reads
     torch.manual_seed(1)
     torch.save(AestheticMLP().state_dict(), tmp_path / "head.pth")
     write_shuffled_sample_folder(tmp_path / "samples", 5)

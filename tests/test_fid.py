@@ -31,6 +31,7 @@ from dice.metrics.fid import (
     save_stats,
 )
 from dice.metrics.images import IncompleteSamplesError, Processes, open_image_collection
+from dice.metrics.smoke import pooled_color_features as tiny_features  # uint8 images -> 12 features (2×2 grid means)
 from dice.metrics.weights import MissingWeightsError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,11 +43,6 @@ def load_cli():
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
     return cli
-
-
-def tiny_features(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [B,3,H,W] -> 12 features: the image averaged over a 2×2 grid."""
-    return torch.nn.functional.adaptive_avg_pool2d(images.float(), 2).flatten(1)
 
 
 def random_orthogonal(dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -345,13 +341,12 @@ def test_inception_wrapper_with_random_weights(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- the CLI over two processes
 
 LAUNCHER = """
-import importlib.util, sys, torch
+import importlib.util, sys
+from dice.metrics.smoke import pooled_color_features
 spec = importlib.util.spec_from_file_location("fid_cli", sys.argv[1])
 cli = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(cli)
-def tiny_features(images):
-    return torch.nn.functional.adaptive_avg_pool2d(images.float(), 2).flatten(1)
-cli.main(sys.argv[2:], feature_extractor=tiny_features)
+cli.main(sys.argv[2:], feature_extractor=pooled_color_features)
 """
 
 

@@ -104,3 +104,25 @@ def test_results_cli_writes_markdown_and_csv(tmp_path, capsys):
     assert "table1.md" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="calc commands write it"):
         cli.main(["--results", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "t")])
+
+
+def test_smoke_test_rows_are_marked_and_never_beside_the_paper(tmp_path):
+    """A run matching a paper row but scored with --smoke_test stand-ins: flagged, no paper numbers."""
+    sd15_cfg = options("runwayml/stable-diffusion-v1-5", "cfg", 5.0)
+    smoke = line("fid", 0.03, "samples/smoke", sd15_cfg)
+    smoke["options"] = {"smoke_test": True}
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps(smoke) + "\n" + json.dumps(line("fid", 22.5, "samples/real", sd15_cfg)) + "\n")
+    rows = {row["images"]: row for row in build_table(read_results(path))}
+    assert rows["samples/smoke"]["smoke_test"] and rows["samples/smoke"]["paper"] == {}
+    assert not rows["samples/real"]["smoke_test"] and rows["samples/real"]["paper"]["fid"] == 22.04
+
+    markdown = format_markdown(list(rows.values()))
+    smoke_line = next(row for row in markdown.splitlines() if "samples/smoke" in row)
+    assert "smoke test (random weights)" in smoke_line and "(22.04)" not in smoke_line and "0.03 |" in smoke_line
+    assert "meaningless" in markdown
+    table = {r["images"]: r for r in csv.DictReader(io.StringIO(format_csv(list(rows.values()))))}
+    assert table["samples/smoke"]["smoke_test"] == "True" and table["samples/smoke"]["fid_paper"] == ""
+    assert table["samples/real"]["smoke_test"] == "False"
+    # Without smoke rows the Markdown table keeps its usual columns.
+    assert "note" not in format_markdown([rows["samples/real"]]).splitlines()[0]

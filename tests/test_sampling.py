@@ -78,6 +78,13 @@ def test_image_depends_only_on_seed_and_index(tiny_model, exps, tmp_path):
     assert options["sharpener_experiment"] == "00000-trained"
 
 
+def test_alpha_zero_samples_the_base_model_as_a_baseline(tiny_model, exps, tmp_path):
+    from dice.sample_cli import build_parser, resolve
+
+    plan = resolve(build_parser().parse_args(["--sharpener_path", "0", "--exps_root", str(exps), "--alpha", "0"]))
+    assert plan["sharpener"] is None and plan["model"] == str(tiny_model("sd15")) and plan["family"] == "sd15"
+
+
 def test_resume_generates_only_missing_images(tiny_model, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"index": i, "caption": f"a photo of a cat {i}"}) + "\n" for i in range(4)))

@@ -2,7 +2,9 @@
 
 Each line: {"metric", "value", "count", "images", "sampling_options", "options", "time", "seconds"}.
 The table has one row per image folder (a sampling run) and, per metric, its latest value, with
-the paper's Table 1 number beside it when the run matches a paper row (SPEC §6).
+the paper's Table 1 number beside it when the run matches a paper row (SPEC §6). Values scored
+with the evaluators' ``--smoke_test`` (random-weight stand-in networks, ``options.smoke_test``) are
+flagged, and such rows never get the paper's numbers beside them.
 """
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ PAPER_MODEL_IDS = {
     "PixArt-α": ("PixArt-alpha/PixArt-XL-2-512x512", "PixArt-alpha/PixArt-XL-2-1024-MS"),
 }
 METHOD_ORDER = ("cfg", "unguided", "dice", "dice+cfg")
+SMOKE_TEST_NOTE = "smoke test (random weights)"
 
 
 @dataclass
@@ -148,14 +151,16 @@ def build_table(records: list[dict]) -> list[dict]:
     """One row per image folder: run description and the latest value of each metric."""
     runs: dict[str, dict] = {}
     for record in records:  # file order is append order: a later line replaces an earlier one
-        run = runs.setdefault(os.path.normpath(record["images"]), {"values": {}, "counts": {}})
+        run = runs.setdefault(os.path.normpath(record["images"]), {"values": {}, "counts": {}, "smoke": {}})
         run["options"] = record.get("sampling_options") or {}
         run["values"][record["metric"]] = record["value"]
         run["counts"][record["metric"]] = record.get("count")
+        run["smoke"][record["metric"]] = bool((record.get("options") or {}).get("smoke_test"))
     rows = []
     for folder, run in runs.items():
         options = run["options"]
         model = paper_model_name(options.get("base_model"))
+        smoke_test = any(run["smoke"].values())  # random-weight stand-ins: never beside the paper's numbers
         rows.append({
             "model": model or options.get("base_model") or "",
             "method": options.get("method", ""),
@@ -164,7 +169,8 @@ def build_table(records: list[dict]) -> list[dict]:
             "nfe": options.get("nfe"),
             "counts": run["counts"],
             "values": run["values"],
-            "paper": paper_values(options) or {},
+            "paper": {} if smoke_test else paper_values(options) or {},
+            "smoke_test": smoke_test,
             "images": folder,
             "_order": (  # paper models in Table 1 order, then other models, then folders without options
                 list(PAPER_MODEL_IDS).index(model) if model else len(PAPER_MODEL_IDS) + (not options),
@@ -187,6 +193,9 @@ def _format(value) -> str:
 def format_markdown(rows: list[dict]) -> str:
     header = ["model", "method", "w / α", "steps", "NFE", "N"]
     header += [f"{METRIC_TITLES[m]} (paper)" for m in METRICS] + ["images"]
+    any_smoke = any(row.get("smoke_test") for row in rows)
+    if any_smoke:
+        header.append("note")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         counts = sorted({c for c in row["counts"].values() if c is not None})
@@ -198,11 +207,19 @@ def format_markdown(rows: list[dict]) -> str:
                 cell = f"{cell or '–'} ({_format(row['paper'][metric])})"
             cells.append(cell)
         cells.append(f"`{row['images']}`")
+        if any_smoke:
+            cells.append(f"**{SMOKE_TEST_NOTE}**" if row.get("smoke_test") else "")
         lines.append("| " + " | ".join(cells) + " |")
     note = (
         "\nValues: latest per image folder and metric. In brackets: paper Table 1 (AAAI / arXiv v2) "
         "where the run matches a paper row (same base model, 20 steps, COCO 5k prompts, w=5 / w=1 / DICE α=1)."
     )
+    if any_smoke:
+        note += (
+            f"\n\n**{SMOKE_TEST_NOTE}**: scored with the evaluators' `--smoke_test`, i.e. tiny random-weight "
+            "stand-ins for Inception / CLIP / the aesthetic head. These numbers are meaningless and not comparable "
+            "to the paper or to each other: they only show that sampling, scoring and this table work end to end."
+        )
     return "\n".join(lines) + "\n" + note + "\n"
 
 
@@ -210,12 +227,13 @@ def format_csv(rows: list[dict]) -> str:
     columns = ["model", "method", "guidance", "steps", "nfe"]
     for metric in METRICS:
         columns += [metric, f"{metric}_paper", f"{metric}_count"]
-    columns.append("images")
+    columns += ["images", "smoke_test"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         line = {key: row[key] for key in ("model", "method", "guidance", "steps", "nfe", "images")}
+        line["smoke_test"] = row.get("smoke_test", False)
         for metric in METRICS:
             line[metric] = row["values"].get(metric)
             line[f"{metric}_paper"] = row["paper"].get(metric)
