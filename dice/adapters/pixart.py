@@ -1,0 +1,197 @@
+"""PixArt-alpha: Flan-T5-XXL, 120 tokens x 4096, with an attention mask; a DiT with learned sigma.
+
+The authors released no PixArt code, so three choices are ours and are options recorded in the
+checkpoint (README "PixArt-α: design decisions" gives the reasons for the defaults):
+
+- ``pixart_mask``: the attention mask of the *sharpened* prompt at the denoiser. "prompt" (default):
+  the T5 mask, padding invisible, so only real tokens can be sharpened and a zero residual is exactly
+  the unguided model. "full": all 120 tokens visible, so sharpened padding can carry information as
+  CLIP's padding tokens do in SD (paper 4.3). The teacher always uses the prompts' own masks.
+- ``keep_first_token``: T5 has no BOS token (the first token is the first word), so by default it is
+  sharpened like any other token.
+- ``pixart_context_mask``: which tokens of u the sharpener attends to. "all" (default) or "prompt"
+  (u's real tokens only; for the empty prompt that is the single "</s>" token, which makes the
+  sharpener's output the same for every prompt).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+import torch
+
+from .base import Adapter, Conditioning
+
+logger = logging.getLogger("dice")
+
+# PixArt-alpha was trained on 120 T5 tokens (the pipeline's max_sequence_length).
+MAX_SEQUENCE_LENGTH = 120
+MASK_CHOICES = ("prompt", "full")
+CONTEXT_MASK_CHOICES = ("all", "prompt")
+
+
+class PixArtAdapter(Adapter):
+    family = "pixart"
+    pipeline_class_name = "PixArtAlphaPipeline"
+    default_resolution = 512
+    option_defaults = {"pixart_mask": "prompt", "keep_first_token": False, "pixart_context_mask": "all"}
+
+    def __init__(self, pipe, model, options=None):
+        super().__init__(pipe, model, options)
+        for name, choices in (("pixart_mask", MASK_CHOICES), ("pixart_context_mask", CONTEXT_MASK_CHOICES)):
+            if self.options[name] not in choices:
+                raise ValueError(f"{name} must be one of {choices}, not {self.options[name]!r}")
+        self.text_cache_dir: str | None = None
+        self.text_cache = None  # a TextEmbeddingCache once prepare_text_cache has run
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        d = cls.option_defaults
+        parser.add_argument(
+            "--pixart_mask", choices=MASK_CHOICES, default=d["pixart_mask"],
+            help="attention mask of the sharpened prompt at the transformer (student, DICE sampling): 'prompt' = "
+            "the T5 mask (padding invisible), 'full' = all 120 tokens visible",
+        )
+        parser.add_argument(
+            "--keep_first_token", action=argparse.BooleanOptionalAction, default=d["keep_first_token"],
+            help="restore the first token after sharpening (SD's BOS rule); T5 has no BOS, its first token is the first word",
+        )
+        parser.add_argument(
+            "--pixart_context_mask", choices=CONTEXT_MASK_CHOICES, default=d["pixart_context_mask"],
+            help="tokens of the negative/empty embedding u the sharpener attends to: 'all' or only u's real tokens ('prompt')",
+        )
+        parser.add_argument(
+            "--text_embedding_cache", default=None, metavar="DIR",
+            help="encode every caption, negative and validation prompt once into safetensors shards in DIR "
+            "(reused and extended by later runs), then unload T5 from the GPU for the whole training run",
+        )
+
+    @classmethod
+    def from_args(cls, args, torch_dtype: torch.dtype | None = None) -> "PixArtAdapter":
+        adapter = super().from_args(args, torch_dtype)
+        adapter.text_cache_dir = getattr(args, "text_embedding_cache", None)
+        return adapter
+
+    # ---- frozen modules --------------------------------------------------------------------
+    @property
+    def denoiser(self):
+        return self.pipe.transformer
+
+    def frozen_modules(self):
+        # Everything but T5, which keeps the dtype from_pretrained gave it: transformers holds T5's
+        # feed-forward output layers in fp32 under fp16 (they overflow otherwise), and the base
+        # class's blanket cast would undo that. T5 is frozen in freeze() below.
+        return {name: m for name, m in super().frozen_modules().items() if name != "text_encoder"}
+
+    def freeze(self, device, dtype):
+        super().freeze(device, dtype)  # pipe.to(device) moves T5 too, without a cast
+        if self.pipe.text_encoder is not None:
+            self.pipe.text_encoder.requires_grad_(False).eval()
+        return self
+
+    # ---- text side -------------------------------------------------------------------------
+    @property
+    def text_dim(self) -> int:
+        return self.pipe.transformer.config.caption_channels
+
+    @property
+    def num_tokens(self) -> int:
+        return MAX_SEQUENCE_LENGTH
+
+    @torch.no_grad()
+    def _encode_live(self, prompts: list[str]) -> Conditioning:
+        if self.pipe.text_encoder is None:
+            raise RuntimeError("the T5 text encoder was unloaded (text embedding cache in use) and cannot encode new prompts")
+        # The stock encoder: lower-case + strip (clean_caption=False), 120 tokens, T5 mask.
+        embeds, mask, _, _ = self.pipe.encode_prompt(
+            list(prompts), do_classifier_free_guidance=False, device=self.pipe.text_encoder.device,
+            clean_caption=False, max_sequence_length=MAX_SEQUENCE_LENGTH,
+        )
+        return Conditioning(embeds=embeds, mask=mask).to(self.device)
+
+    def encode_prompts(self, prompts: list[str]) -> Conditioning:
+        if self.text_cache is not None:
+            padding_matters = self.options["pixart_mask"] == "full"
+            return self.text_cache.lookup(list(prompts), need_padding=padding_matters).to(self.device)
+        return self._encode_live(prompts)
+
+    def encode_negative(self, prompts: list[str]) -> Conditioning:
+        if self.text_cache is not None:  # u's padding tokens are sharpener context: always stored
+            return self.text_cache.lookup(list(prompts), need_padding=True).to(self.device)
+        return self._encode_live(prompts)
+
+    @property
+    def keep_first_token(self) -> bool:
+        return bool(self.options["keep_first_token"])
+
+    def sharpener_context_mask(self, uncond: Conditioning) -> torch.Tensor | None:
+        return uncond.mask if self.options["pixart_context_mask"] == "prompt" else None
+
+    def sharpened_conditioning(self, cond: Conditioning, embeds: torch.Tensor) -> Conditioning:
+        if self.options["pixart_mask"] == "full":
+            return cond.replace(embeds=embeds, mask=torch.ones_like(cond.mask))
+        return cond.replace(embeds=embeds)
+
+    # ---- text embedding cache --------------------------------------------------------------
+    def prepare_text_cache(self, prompts: list[str], negatives: list[str], accelerator=None) -> None:
+        """With ``--text_embedding_cache DIR``: encode all prompts once, then drop T5 from the GPU.
+
+        ``negatives`` (u) keep their padding tokens, which the sharpener reads; with the prompt mask
+        the padding of a prompt is invisible to the transformer and never stored (about 8x smaller).
+        """
+        if not self.text_cache_dir:
+            return
+        from .text_cache import TextEmbeddingCache
+
+        def stored_tokens(cond: Conditioning) -> list[int]:
+            if self.options["pixart_mask"] == "full":
+                return [self.num_tokens] * len(cond)
+            return cond.mask.sum(dim=1).tolist()
+
+        encoder = self.pipe.text_encoder
+        # Not the model name: PixArt 512 and 1024 share one T5, and a cache may serve both. A probe
+        # prompt re-encoded on every reuse catches a different encoder.
+        fingerprint = {"family": self.family, "num_tokens": self.num_tokens, "text_dim": self.text_dim,
+                       "dtype": str(encoder.dtype)}
+        self.text_cache = TextEmbeddingCache.build(
+            self.text_cache_dir, prompts=list(prompts), full_prompts=list(negatives), encode=self._encode_live,
+            stored_tokens=stored_tokens, num_tokens=self.num_tokens, fingerprint=fingerprint, accelerator=accelerator,
+        )
+        # Every prompt training needs is cached: free the encoder (the pipeline runs on embeddings).
+        self.pipe.register_modules(text_encoder=None)
+        del encoder
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        logger.info("text embedding cache %s ready (%d prompts); T5 unloaded", self.text_cache_dir, len(self.text_cache.entries))
+
+    # ---- denoiser --------------------------------------------------------------------------
+    def predict_noise(self, x_t, t, cond, sizes=None):
+        transformer = self.pipe.transformer
+        added = {"resolution": None, "aspect_ratio": None}
+        if transformer.use_additional_conditions:
+            # PixArt-1024 models: image size and aspect ratio, as the pipeline passes them at sampling
+            # time (the generated size), so the distilled behaviour is the one used for generation.
+            height, width = x_t.shape[-2] * self.vae_scale_factor, x_t.shape[-1] * self.vae_scale_factor
+            added = {
+                "resolution": torch.tensor([[height, width]], device=x_t.device, dtype=self.dtype).expand(len(x_t), 2),
+                "aspect_ratio": torch.tensor([[height / width]], device=x_t.device, dtype=self.dtype).expand(len(x_t), 1),
+            }
+        out = transformer(
+            x_t, encoder_hidden_states=cond.embeds.to(self.dtype), encoder_attention_mask=cond.mask,
+            timestep=t, added_cond_kwargs=added,
+        ).sample
+        # Learned sigma: the output stacks eps and the variance channels; eps comes first.
+        return out[:, : self.latent_channels]
+
+    # ---- back to the stock pipeline --------------------------------------------------------
+    def pipeline_kwargs(self, cond, uncond):
+        return {
+            "prompt_embeds": cond.embeds, "prompt_attention_mask": cond.mask,
+            "negative_prompt_embeds": uncond.embeds, "negative_prompt_attention_mask": uncond.mask,
+            "negative_prompt": None,  # the default "" conflicts with negative_prompt_embeds
+            # Binning maps a requested size to the nearest trained aspect-ratio bucket and resizes the
+            # image back; sampling here is square at the requested size, where binning is the identity
+            # for the standard sizes, and tiny models have no bucket table at all.
+            "use_resolution_binning": False,
+            "clean_caption": False,
+        }

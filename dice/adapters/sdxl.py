@@ -1,0 +1,132 @@
+"""Stable Diffusion XL: two CLIP encoders, 77 x (768 + 1280) = 77 x 2048, plus pooled text and size ids.
+
+Only the concatenated penultimate hidden states are sharpened. The pooled embedding of the second
+encoder and the size/crop ``add_time_ids`` go to the UNet unchanged (the teacher gets
+``[u_pooled, c_pooled]`` through the base class's batched call).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .base import Adapter, Conditioning, ModelLoadError
+
+EMPTY_PROMPT_CHOICES = ("encoded", "zeros")
+
+
+class SDXLAdapter(Adapter):
+    family = "sdxl"
+    pipeline_class_name = "StableDiffusionXLPipeline"
+    default_resolution = 1024
+    option_defaults = {
+        # The null embedding u of the empty prompt: "encoded" = the encoders' output for "" (the authors'
+        # training code), "zeros" = all-zero sequence and pooled vector (stock SDXL's
+        # force_zeros_for_empty_prompt). A non-empty negative prompt is always encoded.
+        "empty_prompt": "encoded",
+    }
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        parser.add_argument(
+            "--empty_prompt", choices=EMPTY_PROMPT_CHOICES, default=cls.option_defaults["empty_prompt"],
+            help="null embedding u for the empty prompt: 'encoded' = encode \"\" (authors' code), 'zeros' = "
+            "stock SDXL's force_zeros_for_empty_prompt. Recorded in the checkpoint and used by the teacher, "
+            "the student, DICE sampling and the CFG baseline alike",
+        )
+        parser.add_argument(
+            "--pretrained_vae_model_name_or_path", default=None,
+            help="replacement VAE (hub id or folder), e.g. madebyollin/sdxl-vae-fp16-fix as in the authors' "
+            "runs; unset: the base model's own VAE",
+        )
+
+    @classmethod
+    def from_args(cls, args, torch_dtype: torch.dtype | None = None) -> "SDXLAdapter":
+        components = {}
+        if getattr(args, "pretrained_vae_model_name_or_path", None):
+            components["vae"] = load_vae(args.pretrained_vae_model_name_or_path, torch_dtype)
+        options = {name: getattr(args, name, None) for name in cls.option_defaults}
+        return cls.from_pretrained(
+            args.pretrained_model_name_or_path, revision=args.revision, variant=args.variant,
+            torch_dtype=torch_dtype, single_file_config=args.single_file_config, components=components, **options,
+        )
+
+    def __init__(self, pipe, model, options=None):
+        super().__init__(pipe, model, options)
+        if self.options["empty_prompt"] not in EMPTY_PROMPT_CHOICES:
+            raise ValueError(f"empty_prompt must be one of {EMPTY_PROMPT_CHOICES}, not {self.options['empty_prompt']!r}")
+
+    # ---- text side -------------------------------------------------------------------------
+    @property
+    def text_dim(self) -> int:
+        # Both encoders' widths side by side; the UNet's cross-attention width says it without the encoders.
+        return self.pipe.unet.config.cross_attention_dim
+
+    @property
+    def num_tokens(self) -> int:
+        return self.pipe.tokenizer_2.model_max_length
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> Conditioning:
+        # The stock encoder: both tokenizers, penultimate hidden states, pooled output of encoder 2.
+        embeds, _, pooled, _ = self.pipe.encode_prompt(
+            list(prompts), device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False,
+        )
+        return Conditioning(embeds=embeds, pooled=pooled)
+
+    def encode_negative(self, prompts: list[str]) -> Conditioning:
+        """u: encoded, except that with empty_prompt="zeros" an empty prompt is all zeros (pooled too)."""
+        uncond = self.encode_prompts(prompts)
+        if self.options["empty_prompt"] == "zeros":
+            empty = torch.tensor([not p.strip() for p in prompts], device=uncond.embeds.device)
+            uncond = uncond.replace(
+                embeds=uncond.embeds.masked_fill(empty[:, None, None], 0.0),
+                pooled=uncond.pooled.masked_fill(empty[:, None], 0.0),
+            )
+        return uncond
+
+    # ---- denoiser --------------------------------------------------------------------------
+    def time_ids(self, x_t: torch.Tensor, sizes: torch.Tensor | None) -> torch.Tensor:
+        """SDXL micro-conditioning [B, 6]: original (h, w), crop (top, left), target (h, w).
+
+        Training passes each image's original size and crop; without ``sizes`` it is what the stock
+        pipeline uses at sampling time (original = target, no crop).
+        """
+        batch = x_t.shape[0]
+        target = torch.tensor([x_t.shape[-2] * self.vae_scale_factor, x_t.shape[-1] * self.vae_scale_factor])
+        target = target.to(x_t.device).expand(batch, 2)
+        if sizes is None:
+            original_and_crop = torch.cat([target, torch.zeros_like(target)], dim=1)
+        else:
+            original_and_crop = sizes.to(x_t.device)[:, :4]
+        return torch.cat([original_and_crop, target], dim=1)
+
+    def predict_noise(self, x_t, t, cond, sizes=None):
+        added = {"text_embeds": cond.pooled.to(self.dtype), "time_ids": self.time_ids(x_t, sizes).to(self.dtype)}
+        return self.pipe.unet(
+            x_t, t, encoder_hidden_states=cond.embeds.to(self.dtype), added_cond_kwargs=added,
+        ).sample
+
+    # ---- back to the stock pipeline --------------------------------------------------------
+    def pipeline_kwargs(self, cond, uncond):
+        # Negatives are always passed explicitly, so the pipeline never re-derives them (it would zero
+        # an empty negative prompt when force_zeros_for_empty_prompt is set, whatever our option says).
+        return {
+            "prompt_embeds": cond.embeds, "pooled_prompt_embeds": cond.pooled,
+            "negative_prompt_embeds": uncond.embeds, "negative_pooled_prompt_embeds": uncond.pooled,
+        }
+
+
+def load_vae(name_or_path: str, torch_dtype: torch.dtype | None = None):
+    """An AutoencoderKL from a hub id or folder holding it at its root or in ``vae/``."""
+    from diffusers import AutoencoderKL
+
+    subfolder = "vae" if os.path.isdir(os.path.join(name_or_path, "vae")) else None
+    try:
+        return AutoencoderKL.from_pretrained(name_or_path, subfolder=subfolder, dtype=torch_dtype)
+    except Exception as err:  # noqa: BLE001 - one clear line; the cause is chained
+        raise ModelLoadError(
+            f"could not load the VAE '{name_or_path}' (--pretrained_vae_model_name_or_path): "
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. Pass a folder holding an "
+            "AutoencoderKL (config.json + weights), or a hub id available offline."
+        ) from err

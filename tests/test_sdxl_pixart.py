@@ -1,0 +1,244 @@
+"""SDXL and PixArt-alpha specifics: empty-prompt rule, pooled/size conditioning, T5 masks, the text
+embedding cache, and training + resume through dice.training.main on the tiny pipelines."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dice.adapters import adapter_class
+from dice.adapters.text_cache import TextCacheError
+from dice.checkpoint import load_sharpener
+from dice.losses import distillation_loss
+from dice.sampling import generate, initial_noise
+from dice.sharpener import Sharpener
+
+PROMPTS = ["a red ball on a green field", "a photo of a cat"]
+
+
+def load(tiny_model, family, **options):
+    return adapter_class(family).from_pretrained(str(tiny_model(family)), **options)
+
+
+def sharpener_for(adapter, seed=0):
+    torch.manual_seed(seed)
+    return Sharpener(adapter.text_dim)
+
+
+# ---- SDXL ------------------------------------------------------------------------------------
+def test_sdxl_empty_prompt_zeros_vs_encoded(tiny_model):
+    encoded, zeros = load(tiny_model, "sdxl"), load(tiny_model, "sdxl", empty_prompt="zeros")
+    assert encoded.options["empty_prompt"] == "encoded"  # the authors' choice is the default
+    u_enc, u_zero = encoded.encode_negative(["", "blurry"]), zeros.encode_negative(["", "blurry"])
+    assert u_zero.embeds[0].abs().sum() == 0 and u_zero.pooled[0].abs().sum() == 0
+    assert u_enc.embeds[0].abs().sum() > 0 and u_enc.pooled[0].abs().sum() > 0
+    # A non-empty negative prompt is always encoded.
+    assert torch.equal(u_enc.embeds[1], u_zero.embeds[1]) and torch.equal(u_enc.pooled[1], u_zero.pooled[1])
+    # The CFG baseline honours the option, and matches the stock pipeline's own handling of each:
+    # zeros = no negative prompt with force_zeros_for_empty_prompt, encoded = negative_prompt="".
+    seeds, common = [0, 1], dict(num_inference_steps=2, height=16, width=16, guidance_scale=5.0, output_type="latent")
+    ours = {a.options["empty_prompt"]: generate(a, PROMPTS, seeds, cfg_scale=5.0, steps=2, resolution=16, output_type="latent")
+            for a in (encoded, zeros)}
+    assert not torch.allclose(ours["zeros"], ours["encoded"])
+    latents = initial_noise(encoded, seeds, 16)
+    stock_zeros = zeros.pipe(prompt=PROMPTS, latents=latents, **common).images
+    stock_encoded = encoded.pipe(prompt=PROMPTS, negative_prompt=["", ""], latents=latents, **common).images
+    torch.testing.assert_close(ours["zeros"], stock_zeros)
+    torch.testing.assert_close(ours["encoded"], stock_encoded)
+    kwargs = zeros.pipeline_kwargs(zeros.encode_prompts(PROMPTS), u_zero)
+    assert kwargs["negative_prompt_embeds"] is u_zero.embeds and kwargs["negative_pooled_prompt_embeds"] is u_zero.pooled
+
+
+def test_sdxl_empty_prompt_option_reaches_checkpoint_and_sampler(tiny_model, tiny_dataset, tmp_path):
+    from dice.training import build_parser, resolve_options
+
+    argv = ["--pretrained_model_name_or_path", str(tiny_model("sdxl")), "--train_data_dir", str(tiny_dataset),
+            "--empty_prompt", "zeros"]
+    args = resolve_options("sdxl", build_parser("sdxl").parse_args(argv))
+    adapter = adapter_class("sdxl").from_args(args)
+    assert adapter.describe()["family_options"] == {"empty_prompt": "zeros"}  # what SharpenerConfig records
+    # The sampler re-creates the adapter from the checkpoint's family_options.
+    again = adapter_class("sdxl").from_pretrained(str(tiny_model("sdxl")), **adapter.describe()["family_options"])
+    assert again.encode_negative([""]).embeds.abs().sum() == 0
+
+
+def test_sdxl_pooled_and_time_ids_pass_through(tiny_model):
+    adapter = load(tiny_model, "sdxl")
+    cond, uncond = adapter.encode_prompts(PROMPTS), adapter.encode_negative(["", "blurry"])
+    sharpened = adapter.sharpen(sharpener_for(adapter), cond, uncond)
+    assert torch.equal(sharpened.pooled, cond.pooled) and not torch.equal(sharpened.embeds, cond.embeds)
+    seen = []
+    hook = adapter.denoiser.register_forward_hook(
+        lambda module, args, kwargs, out: seen.append(kwargs["added_cond_kwargs"]), with_kwargs=True)
+    x_t = torch.randn(2, 4, 8, 8)
+    sizes = torch.tensor([[48, 40, 3, 0], [40, 64, 0, 5]])
+    try:
+        adapter.teacher_noise(x_t, torch.tensor([5, 900]), cond, uncond, 5.0, sizes)
+        adapter.predict_noise(x_t, torch.tensor([5, 900]), cond)
+    finally:
+        hook.remove()
+    teacher, plain = seen
+    assert torch.equal(teacher["text_embeds"], torch.cat([uncond.pooled, cond.pooled]))
+    target = 8 * adapter.vae_scale_factor
+    expected = torch.tensor([[48, 40, 3, 0, target, target], [40, 64, 0, 5, target, target]], dtype=torch.float32)
+    assert torch.equal(teacher["time_ids"], torch.cat([expected, expected]))
+    # Without sizes: the sampling-time convention (original = target, no crop).
+    assert torch.equal(plain["time_ids"], torch.tensor([[target, target, 0, 0, target, target]] * 2, dtype=torch.float32))
+
+
+def test_sdxl_replacement_vae(tiny_model, tmp_path):
+    from diffusers import AutoencoderKL
+
+    from dice.adapters.sdxl import load_vae
+
+    folder = tmp_path / "vae"
+    AutoencoderKL.from_pretrained(str(tiny_model("sdxl")), subfolder="vae").save_pretrained(folder)
+    vae = load_vae(str(folder))
+    adapter = adapter_class("sdxl").from_pretrained(str(tiny_model("sdxl")), components={"vae": vae})
+    assert adapter.pipe.vae is vae
+    assert load_vae(str(tiny_model("sdxl"))).config.latent_channels == 4  # a pipeline folder: its vae/
+    with pytest.raises(Exception, match="pretrained_vae_model_name_or_path"):
+        load_vae(str(tmp_path / "missing"))
+
+
+# ---- PixArt ----------------------------------------------------------------------------------
+def test_pixart_defaults_and_pipeline_kwargs(tiny_model):
+    adapter = load(tiny_model, "pixart")
+    assert adapter.options == {"pixart_mask": "prompt", "keep_first_token": False, "pixart_context_mask": "all"}
+    cond, uncond = adapter.encode_prompts(PROMPTS), adapter.encode_negative(["", ""])
+    assert cond.mask.dtype == torch.long and cond.mask[0].sum() < adapter.num_tokens
+    sharpened = adapter.sharpen(sharpener_for(adapter), cond, uncond)
+    assert torch.equal(sharpened.mask, cond.mask)  # prompt mask: padding stays invisible
+    kwargs = adapter.pipeline_kwargs(sharpened, uncond)
+    assert torch.equal(kwargs["prompt_attention_mask"], cond.mask)
+    assert torch.equal(kwargs["negative_prompt_attention_mask"], uncond.mask)
+    assert kwargs["negative_prompt"] is None and kwargs["use_resolution_binning"] is False
+
+
+def test_pixart_full_mask_and_first_token(tiny_model):
+    adapter = load(tiny_model, "pixart", pixart_mask="full", keep_first_token=True)
+    cond, uncond = adapter.encode_prompts(PROMPTS), adapter.encode_negative(["", ""])
+    sharpened = adapter.sharpen(sharpener_for(adapter), cond, uncond)
+    assert torch.equal(sharpened.mask, torch.ones_like(cond.mask))  # sharpened padding becomes visible
+    assert torch.equal(sharpened.embeds[:, 0], cond.embeds[:, 0])
+    # The teacher still sees each prompt's own mask.
+    seen = []
+    hook = adapter.denoiser.register_forward_hook(
+        lambda module, args, kwargs, out: seen.append(kwargs["encoder_attention_mask"]), with_kwargs=True)
+    try:
+        adapter.teacher_noise(torch.randn(2, 4, 8, 8), torch.tensor([3, 700]), cond, uncond, 5.0)
+    finally:
+        hook.remove()
+    assert torch.equal(seen[0], torch.cat([uncond.mask, cond.mask]))
+
+
+def test_pixart_context_mask(tiny_model):
+    """T5 encodes "" (with its mask) as "</s>" plus 119 identical padding vectors. With u's real tokens
+    only, the residual is one constant vector for every token of every prompt; with all tokens the
+    attention can mix the two values per head, so it depends on the prompt (a little, at init)."""
+    spread = {}
+    for context in ("prompt", "all"):
+        adapter = load(tiny_model, "pixart", pixart_context_mask=context)
+        cond, uncond = adapter.encode_prompts(PROMPTS), adapter.encode_negative(["", ""])
+        assert (adapter.sharpener_context_mask(uncond) is None) == (context == "all")
+        residual = (adapter.sharpen(sharpener_for(adapter), cond, uncond).embeds - cond.embeds).flatten(0, 1)
+        spread[context] = (residual - residual[:1]).abs().max().item()
+    assert spread["prompt"] < 1e-6 < 1e-5 < spread["all"]
+
+
+def test_pixart_1024_additional_conditions(tiny_model):
+    from diffusers import PixArtTransformer2DModel
+
+    adapter = load(tiny_model, "pixart")
+    config = dict(adapter.pipe.transformer.config)
+    config["use_additional_conditions"] = True
+    adapter.pipe.transformer = PixArtTransformer2DModel.from_config(config)
+    assert adapter.denoiser.use_additional_conditions
+    seen = []
+    hook = adapter.denoiser.register_forward_hook(
+        lambda module, args, kwargs, out: seen.append(kwargs["added_cond_kwargs"]), with_kwargs=True)
+    try:
+        eps = adapter.predict_noise(torch.randn(2, 4, 8, 6), torch.tensor([1, 2]), adapter.encode_prompts(PROMPTS))
+    finally:
+        hook.remove()
+    assert eps.shape == (2, 4, 8, 6)  # eps only: the learned-sigma channels are dropped
+    assert torch.equal(seen[0]["resolution"], torch.tensor([[16.0, 12.0]] * 2))
+    torch.testing.assert_close(seen[0]["aspect_ratio"], torch.tensor([[16 / 12]] * 2))
+
+
+def test_pixart_text_cache_matches_live_encoding(tiny_model, tmp_path):
+    live = load(tiny_model, "pixart")
+    cached = load(tiny_model, "pixart")
+    cached.text_cache_dir = str(tmp_path / "cache")
+    cached.prepare_text_cache(PROMPTS, ["", "blurry"])
+    assert cached.pipe.text_encoder is None  # T5 unloaded
+
+    c_live, c_cached = live.encode_prompts(PROMPTS), cached.encode_prompts(PROMPTS)
+    assert torch.equal(c_live.mask, c_cached.mask)
+    real = c_live.mask.bool()
+    assert torch.equal(c_live.embeds[real], c_cached.embeds[real])
+    assert (c_cached.embeds[~real] == 0).all()  # prompt mask: padding never stored
+    u_live, u_cached = live.encode_negative(["", "blurry"]), cached.encode_negative(["", "blurry"])
+    assert torch.equal(u_live.embeds, u_cached.embeds) and torch.equal(u_live.mask, u_cached.mask)
+
+    # Identical losses: teacher and student see the same visible tokens.
+    x_t, t = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([50, 800])
+    sharpener = sharpener_for(live)
+    losses = []
+    for adapter, cond, uncond in ((live, c_live, u_live), (cached, c_cached, u_cached)):
+        teacher = adapter.teacher_noise(x_t, t, cond, uncond, 5.0)
+        student = adapter.predict_noise(x_t, t, adapter.sharpen(sharpener, cond, uncond))
+        losses.append(distillation_loss(student, teacher, "mse", "mean"))
+    assert torch.equal(losses[0], losses[1])
+
+    with pytest.raises(TextCacheError, match="not in the text embedding cache"):
+        cached.encode_prompts(["an uncached prompt"])
+    # Reusing the folder: only new prompts are encoded; another model's folder is refused.
+    again = load(tiny_model, "pixart")
+    again.text_cache_dir = cached.text_cache_dir
+    again.prepare_text_cache(PROMPTS + ["a blue car"], [""])
+    shards = sorted({shard for shard, _ in again.text_cache.entries.values()})
+    assert len(again.text_cache.entries) == 5 and len(shards) == 2  # the first shard + one for "a blue car"
+    full = load(tiny_model, "pixart", pixart_mask="full")
+    full.text_cache_dir = cached.text_cache_dir
+    full.prepare_text_cache([], [])
+    with pytest.raises(TextCacheError, match="without its padding"):
+        full.encode_prompts(PROMPTS)
+    other = adapter_class("pixart").from_pretrained(str(tiny_model("pixart")))
+    torch.nn.init.normal_(other.pipe.text_encoder.shared.weight)
+    other.text_cache_dir = cached.text_cache_dir
+    with pytest.raises(TextCacheError, match="different text encoder"):
+        other.prepare_text_cache(PROMPTS, [""])
+
+
+# ---- training + resume -----------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["sdxl", "pixart"])
+def test_training_resume_is_bit_identical(family, tiny_model, tiny_dataset, tmp_path):
+    from dice.training import main
+
+    common = ["--pretrained_model_name_or_path", str(tiny_model(family)), "--train_data_dir", str(tiny_dataset),
+              "--preset", "demo", "--train_batch_size", "2", "--resolution", "32", "--max_train_steps", "6",
+              "--checkpointing_steps", "3", "--validation_prompts", "--dataloader_num_workers", "0",
+              "--output_dir", str(tmp_path / "exps"), "--negative_prompts", "default",
+              "--negative_prompt_prob", "0.5", "--mixed_precision", "no", "--log_every", "3"]
+    run_dir = main(family, common)
+    uninterrupted = load_file(str(run_dir / "checkpoint-6" / "sharpener.safetensors"))
+    config = json.loads((run_dir / "checkpoint-6" / "sharpener.json").read_text())
+    assert config["family"] == family and config["step"] == 6
+    assert config["family_options"] == adapter_class(family).option_defaults
+    assert config["training_options"]["negative_prompts"] == "default"
+    assert len(config["training_options"]["negative_prompt_list"]) >= 20
+    losses = [json.loads(line)["loss"] for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    assert len(losses) == 6 and all(loss == loss and loss > 0 for loss in losses)
+
+    # Resume from step 3 (PixArt: through the text embedding cache, T5 unloaded) and finish again.
+    extra = ["--text_embedding_cache", str(tmp_path / "t5cache")] if family == "pixart" else []
+    main(family, common + ["--resume_from_checkpoint", str(run_dir / "checkpoint-3")] + extra)
+    resumed = load_file(str(run_dir / "checkpoint-6" / "sharpener.safetensors"))
+    assert uninterrupted.keys() == resumed.keys()
+    for name in uninterrupted:
+        assert torch.equal(uninterrupted[name], resumed[name]), name
+    sharpener, _ = load_sharpener(run_dir, family=family)
+    assert sharpener.dim == adapter_class(family).from_pretrained(str(tiny_model(family))).text_dim
