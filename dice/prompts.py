@@ -1,7 +1,7 @@
 """Prompt lists for sampling and evaluation.
 
 ``load_prompts(spec)``: "coco5k" (the paper's 5,000 MS-COCO val2017 captions, shipped in
-dice/data/), a ``.txt`` file (one prompt per line) or a ``.jsonl`` file → [(index, prompt)].
+dice/assets/), a ``.txt`` file (one prompt per line) or a ``.jsonl`` file → [(index, prompt)].
 
 The 5k list (SPEC §5): one caption per val2017 image — the first caption of each image in
 ``captions_val2017.json`` annotation order, images in order of first appearance, captions verbatim.
@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 COCO5K = "coco5k"
-COCO5K_FILE = Path(__file__).parent / "data" / "coco_val2017_5k_prompts.jsonl"
+COCO5K_FILE = Path(__file__).parent / "assets" / "coco_val2017_5k_prompts.jsonl"
 PROMPT_KEYS = ("caption", "prompt", "text")
 
 
@@ -57,7 +57,7 @@ def build_coco5k(captions_json_path: str | os.PathLike, out_path: str | os.PathL
     """Write the 5k prompt list from MS-COCO ``captions_val2017.json``; return the number of lines.
 
     Lines are ``json.dumps`` with its default separators and ASCII escapes, byte-identical to the
-    shipped dice/data/coco_val2017_5k_prompts.jsonl.
+    shipped dice/assets/coco_val2017_5k_prompts.jsonl.
     """
     captions = json.loads(Path(captions_json_path).read_text(encoding="utf-8"))
     entries = coco5k_entries(captions)

@@ -51,7 +51,7 @@ def build_parser(family: str) -> argparse.ArgumentParser:
     a("--train_data_dir", required=True, help="MS-COCO 2017 root (train2017/ + annotations/) or a folder with metadata.jsonl")
     a("--resolution", type=int, default=None, help="training resolution (centre crop + resize)")
     a("--dataloader_num_workers", type=int, default=2, help="image-decoding worker processes per GPU")
-    a("--negative_prompts", default=None, help="file with one negative prompt per line (paper 3.2), or 'default' for dice/data/negative_prompts.txt; u is one of them with --negative_prompt_prob")
+    a("--negative_prompts", default=None, help="file with one negative prompt per line (paper 3.2), or 'default' for dice/assets/negative_prompts.txt; u is one of them with --negative_prompt_prob")
     a("--negative_prompt_prob", type=float, default=1.0, help="probability that a sample's u is a random negative prompt rather than the empty prompt (needs --negative_prompts)")
     # Recipe.
     a("--preset", default="paper", choices=sorted(PRESETS[family]), help="paper settings, the authors' scripts, or the tiny demo")
@@ -119,7 +119,7 @@ class NegativeBank:
         return self.bank.select(index.to(self.bank.embeds.device))
 
 
-DEFAULT_NEGATIVE_PROMPTS = Path(__file__).parent / "data" / "negative_prompts.txt"
+DEFAULT_NEGATIVE_PROMPTS = Path(__file__).parent / "assets" / "negative_prompts.txt"
 
 
 def read_negative_prompts(path: str | None) -> list[str]:
