@@ -22,14 +22,14 @@ PRESETS: dict[str, dict[str, dict]] = {
         "paper": dict(_COMMON_PAPER, train_batch_size=16, resolution=512),
         "authors": dict(_COMMON_AUTHORS, train_batch_size=16, resolution=512, loss_type="l1"),
         "demo": dict(_COMMON_PAPER, train_batch_size=16, resolution=32, max_train_steps=600,
-                     checkpointing_steps=300, learning_rate=1e-3),
+                     checkpointing_steps=300),
     },
     "sdxl": {
         "paper": dict(_COMMON_PAPER, train_batch_size=16, resolution=1024),
         "authors": dict(_COMMON_AUTHORS, train_batch_size=8, resolution=1024, loss_type="mse",
                         max_train_steps=4000, checkpointing_steps=400),
         "demo": dict(_COMMON_PAPER, train_batch_size=16, resolution=32, max_train_steps=600,
-                     checkpointing_steps=300, learning_rate=1e-3),
+                     checkpointing_steps=300),
     },
     # 512 = PixArt-XL-2-512x512 (default); 1024 = PixArt-XL-2-1024-MS. No official PixArt script exists:
     # "authors" applies the official SDXL script's conventions at the paper's batch and length.
@@ -38,7 +38,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         "paper-1024": dict(_COMMON_PAPER, train_batch_size=16, resolution=1024),
         "authors": dict(_COMMON_AUTHORS, train_batch_size=16, resolution=512, loss_type="mse"),
         "demo": dict(_COMMON_PAPER, train_batch_size=16, resolution=32, max_train_steps=600,
-                     checkpointing_steps=300, learning_rate=1e-3),
+                     checkpointing_steps=300),
     },
 }
 
