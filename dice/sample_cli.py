@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--prompt", action="append", default=None, help="a prompt (repeatable); overrides --prompts")
     a("--prompts", default="coco5k", help="coco5k (the paper's 5,000 MS-COCO val2017 captions), a .txt or a .jsonl file")
     a("--num_images", type=int, default=None, help="only the first N prompts")
-    a("--resolution", type=int, default=None, help="image size (default: the family's)")
+    a("--resolution", type=int, default=None, help="image size (default: the sharpener's training resolution, else the family's)")
     a("--batch_gpu", type=int, default=8, help="images per batch per process")
     a("--seed", type=int, default=0, help="image i uses seed + i")
     a("--outdir", default="samples", help="parent folder of the per-configuration folders")
@@ -114,12 +114,14 @@ def main(argv: list[str] | None = None) -> Path:
         adapter.enable_xformers()
     use_scheduler(adapter, args.scheduler)
 
+    # Default size: what the sharpener was trained at (e.g. 1024 for SDXL, 32 for the tiny demo).
+    trained_resolution = config.training_options.get("resolution") if config else None
     method = method_name(sharpener is not None, args.cfg_scale)
     options = {
         "family": plan["family"], "base_model": plan["model"], "family_options": dict(adapter.options),
         "method": method, "cfg_scale": args.cfg_scale, "alpha": args.alpha if sharpener is not None else None,
         "steps": args.steps, "nfe": args.steps * (2 if args.cfg_scale > 1 else 1), "scheduler": args.scheduler,
-        "resolution": args.resolution or adapter.default_resolution, "seed": args.seed,
+        "resolution": args.resolution or trained_resolution or adapter.default_resolution, "seed": args.seed,
         "negative_prompt": args.negative_prompt, "prompts": "cli" if args.prompt else args.prompts,
         "num_images": len(prompts), "sharpener": plan["sharpener"],
         "sharpener_step": config.step if config else None,

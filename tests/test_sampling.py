@@ -21,7 +21,8 @@ def exps(tiny_model, tmp_path_factory):
     """exps/00000-trained/checkpoint-5 with a random (not zero) sharpener for the tiny SD1.5."""
     root = tmp_path_factory.mktemp("exps")
     torch.manual_seed(1)
-    cfg = SharpenerConfig(family="sd15", base_model=str(tiny_model("sd15")), dim=32, step=5)
+    cfg = SharpenerConfig(family="sd15", base_model=str(tiny_model("sd15")), dim=32, step=5,
+                          training_options={"resolution": 32})
     save_sharpener(root / "00000-trained" / "checkpoint-5", Sharpener(32), cfg)
     return root
 
@@ -58,8 +59,8 @@ def test_dice_with_alpha_zero_equals_unguided(tiny_model, exps):
 
 
 def test_image_depends_only_on_seed_and_index(tiny_model, exps, tmp_path):
-    common = ["--sharpener_path", "0", "--exps_root", str(exps), "--steps", "3", "--resolution", "32",
-              "--prompts", str(tmp_path / "p.txt")]
+    # No --resolution: the sharpener's training resolution (32) is the default.
+    common = ["--sharpener_path", "0", "--exps_root", str(exps), "--steps", "3", "--prompts", str(tmp_path / "p.txt")]
     (tmp_path / "p.txt").write_text("\n".join(["a red cat", "a blue dog", "a tree", "a house", "a car"]) + "\n")
     _sample(common + ["--batch_gpu", "1", "--outdir", str(tmp_path / "b1")])
     _sample(common + ["--batch_gpu", "7", "--outdir", str(tmp_path / "b7")])
@@ -74,6 +75,7 @@ def test_image_depends_only_on_seed_and_index(tiny_model, exps, tmp_path):
     assert manifest[3]["file"] == "00003.png" and manifest[3]["seed"] == 3
     options = json.loads((folders[0] / "sampling_options.json").read_text())
     assert options["method"] == "dice" and options["nfe"] == 3 and options["num_images"] == 5
+    assert options["resolution"] == 32
     assert options["base_model"] == str(tiny_model("sd15"))  # taken from the sharpener's checkpoint
     assert options["sharpener_experiment"] == "00000-trained"
 
