@@ -39,3 +39,13 @@ def tiny_dataset(tmp_path_factory):
     from dice.data import write_synthetic_dataset
 
     return write_synthetic_dataset(tmp_path_factory.mktemp("data") / "synthetic", num_images=24, size=40)
+
+
+def free_port() -> str:
+    """A free TCP port for one multi-process launch: back-to-back launches on the default port
+    (29500) can collide while the previous rendezvous socket is still closing."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])

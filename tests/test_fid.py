@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
+from conftest import free_port
 import scipy.linalg
 import torch
 
@@ -359,6 +360,7 @@ def test_cli_calc_with_two_processes(tmp_path):
     (tmp_path / "launcher.py").write_text(LAUNCHER)
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
     command = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--main_process_port", free_port(),
                "--mixed_precision", "no", "--dynamo_backend", "no", str(tmp_path / "launcher.py"),
                str(REPO / "evaluation" / "fid.py"), "calc", "--images", str(tmp_path / "samples"),
                "--ref", str(tmp_path / "ref.npz"), "--results", str(tmp_path / "results.jsonl"),

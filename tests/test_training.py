@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -14,7 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 def _launch(args, processes=1, extra_launch=(), check=True):
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--dynamo_backend", "no"]
     if processes > 1:
-        launch += ["--multi_gpu"]  # gloo DDP on CPU; `--cpu --num_processes N` would silently run one process
+        # gloo DDP on CPU; `--cpu --num_processes N` would silently run one process
+        launch += ["--multi_gpu", "--main_process_port", free_port()]
     launch += ["--num_processes", str(processes), *extra_launch]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.run(launch + [str(REPO / "train_sd15.py"), *args], cwd=REPO, env=env,
