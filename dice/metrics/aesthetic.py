@@ -161,14 +161,4 @@ def calc_aesthetic(
             features = clip_image_features(clip_model, torch.stack(pixels).to(processes.device))
             scores = aesthetic_scores(features, head).to(torch.float64).cpu()
         totals += torch.tensor([scores.sum().item(), len(scores)], dtype=torch.float64)
-    score_sum, count = processes.sum(totals).tolist()
-    options.update(num_processes=processes.world_size, allow_incomplete=allow_incomplete)
-    return MetricResult(
-        metric="aesthetic",
-        value=score_sum / count,
-        count=int(count),
-        images=collection.path,
-        sampling_options=collection.sampling_options,
-        options=options,
-        seconds=time.time() - started,
-    )
+    return MetricResult.mean_over_processes("aesthetic", totals, processes, collection, options, allow_incomplete, started)

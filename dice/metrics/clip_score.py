@@ -103,14 +103,4 @@ def calc_clip_score(
             text_embeddings = model.encode_text(tokenizer([r.prompt for r in records]).to(processes.device))
         scores = clip_scores(image_embeddings, text_embeddings).cpu()
         totals += torch.tensor([scores.sum().item(), len(scores)], dtype=torch.float64)
-    score_sum, count = processes.sum(totals).tolist()
-    options.update(num_processes=processes.world_size, allow_incomplete=allow_incomplete)
-    return MetricResult(
-        metric="clip_score",
-        value=score_sum / count,
-        count=int(count),
-        images=collection.path,
-        sampling_options=collection.sampling_options,
-        options=options,
-        seconds=time.time() - started,
-    )
+    return MetricResult.mean_over_processes("clip_score", totals, processes, collection, options, allow_incomplete, started)

@@ -66,6 +66,16 @@ class MetricResult:
     options: dict = field(default_factory=dict)
     seconds: float = 0.0
 
+    @classmethod
+    def mean_over_processes(cls, metric, totals, processes, collection, options, allow_incomplete, started) -> "MetricResult":
+        """The mean of per-image scores from ``totals`` = [sum, count] summed over all processes."""
+        import time
+
+        score_sum, count = processes.sum(totals).tolist()
+        options.update(num_processes=processes.world_size, allow_incomplete=allow_incomplete)
+        return cls(metric=metric, value=score_sum / count, count=int(count), images=collection.path,
+                   sampling_options=collection.sampling_options, options=options, seconds=time.time() - started)
+
     def to_record(self) -> dict:
         return {
             "metric": self.metric,
