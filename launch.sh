@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The paper's recipes, end to end. Usage:
-#   bash launch.sh demo [sd15|sdxl|pixart]     tiny CPU experiment, no downloads (ends with cfg_gap_closed=...)
+#   bash launch.sh demo [sd15|sdxl|pixart] [--free_residual_steps 300 ...]   tiny CPU experiment, no downloads (ends with cfg_gap_closed=...)
 #   bash launch.sh demo-eval [EXP_ID]          sample the demo (DICE/CFG/unguided), score with --smoke_test, table
 #   bash launch.sh train  sd15|sdxl|pixart     train a sharpener on MS-COCO 2017 (paper preset)
 #   bash launch.sh train-variants              DreamShaper, AbsoluteReality, Anime Pastel Dream (+ negative prompts)
@@ -59,8 +59,8 @@ evaluate() {  # sample folders...
 
 case "${1:-}" in
   demo)
-    # No GPU, no downloads: the tiny embedded pipeline on CPU.
-    HF_HUB_OFFLINE=1 "$PYTHON" -m dice.demo "${2:-sd15}" ;;
+    # No GPU, no downloads: the tiny embedded pipeline on CPU. Options: python -m dice.demo --help
+    HF_HUB_OFFLINE=1 "$PYTHON" -m dice.demo "${@:2}" ;;
   demo-eval)
     # The latest exps/NNNNN-demo-* (or EXP_ID) end to end, no GPU needed; evaluators with random-weight stand-ins
     # (--smoke_test: meaningless numbers, plumbing only). Options: python -m dice.demo_eval --help
