@@ -11,9 +11,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from dice.metrics import Processes, append_result, calc_aesthetic, exit_on_user_error  # noqa: E402
+from dice.metrics import Processes, calc_aesthetic, exit_on_user_error, report_result  # noqa: E402
 from dice.metrics.aesthetic import AESTHETIC_WEIGHTS_ENV, CLIP_L_ENV, CLIP_L_MODEL  # noqa: E402
-from dice.metrics.smoke import SMOKE_TEST_HELP, mark_smoke_test, smoke_aesthetic_models  # noqa: E402
+from dice.metrics.smoke import SMOKE_TEST_HELP, smoke_aesthetic_models  # noqa: E402
 
 
 def main(argv=None):
@@ -44,12 +44,7 @@ def main(argv=None):
         allow_incomplete=args.allow_incomplete,
         processes=processes,
     )
-    if args.smoke_test:
-        mark_smoke_test(result)
-    if processes.is_main:
-        append_result(args.results, result)
-        smoke = "SMOKE TEST (random weights, meaningless): " if args.smoke_test else ""
-        print(f"{smoke}Aesthetic score {result.value:.4f} over {result.count} images of {result.images} (appended to {args.results})")
+    report_result(result, args.results, processes, "Aesthetic score", args.smoke_test)
 
 
 if __name__ == "__main__":

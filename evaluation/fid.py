@@ -15,14 +15,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from dice.metrics import (  # noqa: E402
     Processes,
-    append_result,
     build_reference,
     calc_fid,
     exit_on_user_error,
     fid_from_files,
+    report_result,
 )
 from dice.metrics.fid import INCEPTION_WEIGHTS_ENV  # noqa: E402
-from dice.metrics.smoke import SMOKE_TEST_HELP, mark_smoke_test, smoke_feature_extractor  # noqa: E402
+from dice.metrics.smoke import SMOKE_TEST_HELP, smoke_feature_extractor  # noqa: E402
 
 
 def main(argv=None, feature_extractor=None):
@@ -67,12 +67,7 @@ def main(argv=None, feature_extractor=None):
             print(f"Wrote reference statistics of {count} images to {args.dest}{smoke}")
         return
     result = calc_fid(args.images, args.ref, allow_incomplete=args.allow_incomplete, **common)
-    if args.smoke_test:
-        mark_smoke_test(result)
-    if processes.is_main:
-        append_result(args.results, result)
-        smoke = "SMOKE TEST (random weights, meaningless): " if args.smoke_test else ""
-        print(f"{smoke}FID {result.value:.4f} over {result.count} images of {result.images} (appended to {args.results})")
+    report_result(result, args.results, processes, "FID", args.smoke_test)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,18 @@ def exit_on_user_error():
         raise SystemExit(f"error: {error}") from None
 
 
+def report_result(result: MetricResult, results_path: str, processes: Processes, label: str, smoke_test: bool = False) -> None:
+    """For the CLIs: flag a smoke-test result, append it to results.jsonl (main process) and print it."""
+    from dice.metrics.smoke import mark_smoke_test
+
+    if smoke_test:
+        mark_smoke_test(result)
+    if processes.is_main:
+        append_result(results_path, result)
+        smoke = "SMOKE TEST (random weights, meaningless): " if smoke_test else ""
+        print(f"{smoke}{label} {result.value:.4f} over {result.count} images of {result.images} (appended to {results_path})")
+
+
 __all__ = [
     "AestheticMLP",
     "FeatureStats",
@@ -53,6 +65,7 @@ __all__ = [
     "clip_scores",
     "compute_feature_stats",
     "exit_on_user_error",
+    "report_result",
     "fid_from_files",
     "frechet_distance",
     "load_aesthetic_head",
