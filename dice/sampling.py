@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .adapters.base import Adapter
+from .adapters.base import Adapter, Conditioning
 
 SCHEDULERS = {
     # name -> (diffusers class, config overrides). DPM-Solver++ 2M is the paper's sampler (SPEC section 5).
@@ -56,6 +56,21 @@ def initial_noise(adapter: Adapter, seeds: list[int], resolution: int) -> torch.
     return torch.stack(noise).to(adapter.device, adapter.dtype)
 
 
+def sharpen_for_pipeline(
+    adapter: Adapter, cond: Conditioning, uncond: Conditioning, sharpener: nn.Module | None = None, alpha: float = 1.0,
+) -> tuple[Conditioning, Conditioning]:
+    """``cond`` sharpened (when a sharpener is given), then both sides in the pipeline's device and dtype.
+
+    The sharpener follows the embeddings' device but keeps its own dtype (fp32 as trained), whatever
+    dtype the pipeline runs in.
+    """
+    if sharpener is not None:
+        dtype = getattr(next(sharpener.parameters(), None), "dtype", torch.float32)
+        sharpener.to(cond.embeds.device)
+        cond = adapter.sharpen(sharpener, cond.to(dtype=dtype), uncond.to(dtype=dtype), alpha)
+    return cond.to(adapter.device, adapter.dtype), uncond.to(adapter.device, adapter.dtype)
+
+
 @torch.no_grad()
 def generate(
     adapter: Adapter, prompts: list[str], seeds: list[int], *, sharpener: nn.Module | None = None,
@@ -71,9 +86,7 @@ def generate(
     resolution = resolution or adapter.default_resolution
     cond = adapter.encode_prompts(list(prompts))
     uncond = adapter.encode_negative([negative_prompt] * len(prompts))
-    if sharpener is not None:
-        cond = adapter.sharpen(sharpener, cond.to(dtype=torch.float32), uncond.to(dtype=torch.float32), alpha)
-    cond, uncond = cond.to(adapter.device, adapter.dtype), uncond.to(adapter.device, adapter.dtype)
+    cond, uncond = sharpen_for_pipeline(adapter, cond, uncond, sharpener, alpha)
     out = adapter.pipe(
         **adapter.pipeline_kwargs(cond, uncond), guidance_scale=cfg_scale, num_inference_steps=steps,
         height=resolution, width=resolution, latents=initial_noise(adapter, seeds, resolution),

@@ -92,6 +92,8 @@ class Adapter:
     default_resolution: ClassVar[int]
     # Family-specific options recorded in the checkpoint (name -> default).
     option_defaults: ClassVar[dict[str, Any]] = {}
+    # The stock pipeline's keyword for each Conditioning field: field -> (prompt side, negative side).
+    embedding_kwargs: ClassVar[dict[str, tuple[str, str]]] = {"embeds": ("prompt_embeds", "negative_prompt_embeds")}
 
     def __init__(self, pipe, model: str, options: dict[str, Any] | None = None):
         unknown = set(options or {}) - set(self.option_defaults)
@@ -312,7 +314,30 @@ class Adapter:
 
     # ---- back to the stock pipeline --------------------------------------------------------
     def pipeline_kwargs(self, cond: Conditioning, uncond: Conditioning) -> dict[str, Any]:
-        raise NotImplementedError
+        """Everything the stock pipeline needs to sample from these embeddings."""
+        return self.embedding_pipeline_kwargs(cond, uncond)
+
+    def embedding_pipeline_kwargs(self, cond: Conditioning, uncond: Conditioning) -> dict[str, Any]:
+        """Only the embeddings, under the pipeline's keyword names (see ``embedding_kwargs``)."""
+        kwargs = {}
+        for field, (prompt_name, negative_name) in self.embedding_kwargs.items():
+            kwargs[prompt_name], kwargs[negative_name] = getattr(cond, field), getattr(uncond, field)
+        return kwargs
+
+    def conditioning_from_pipeline_kwargs(self, kwargs: dict[str, Any], negative: bool = False) -> Conditioning | None:
+        """Pop the embeddings a caller handed to the pipeline (one side); None if it passed none.
+
+        The inverse of :meth:`embedding_pipeline_kwargs`, for a caller's own ``prompt_embeds`` & co.
+        """
+        side = 1 if negative else 0
+        names = {field: pair[side] for field, pair in self.embedding_kwargs.items()}
+        given = {field: kwargs.pop(name, None) for field, name in names.items()}
+        if given["embeds"] is None:
+            return None
+        missing = [names[field] for field, value in given.items() if value is None]
+        if missing:
+            raise ValueError(f"{names['embeds']} was given without {', '.join(missing)}; the {self.family} pipeline needs both")
+        return Conditioning(**given)
 
     def describe(self) -> dict[str, Any]:
         """What a checkpoint records about the base model and family choices."""

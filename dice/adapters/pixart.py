@@ -35,6 +35,10 @@ class PixArtAdapter(Adapter):
     pipeline_class_name = "PixArtAlphaPipeline"
     default_resolution = 512
     option_defaults = {"pixart_mask": "prompt", "keep_first_token": False, "pixart_context_mask": "all"}
+    embedding_kwargs = {
+        "embeds": ("prompt_embeds", "negative_prompt_embeds"),
+        "mask": ("prompt_attention_mask", "negative_prompt_attention_mask"),
+    }
 
     def __init__(self, pipe, model, options=None):
         super().__init__(pipe, model, options)
@@ -186,8 +190,7 @@ class PixArtAdapter(Adapter):
     # ---- back to the stock pipeline --------------------------------------------------------
     def pipeline_kwargs(self, cond, uncond):
         return {
-            "prompt_embeds": cond.embeds, "prompt_attention_mask": cond.mask,
-            "negative_prompt_embeds": uncond.embeds, "negative_prompt_attention_mask": uncond.mask,
+            **self.embedding_pipeline_kwargs(cond, uncond),
             "negative_prompt": None,  # the default "" conflicts with negative_prompt_embeds
             # Binning maps a requested size to the nearest trained aspect-ratio bucket and resizes the
             # image back; sampling here is square at the requested size, where binning is the identity

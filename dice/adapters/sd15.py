@@ -27,6 +27,3 @@ class SD15Adapter(Adapter):
 
     def predict_noise(self, x_t, t, cond, sizes=None):
         return self.pipe.unet(x_t, t, encoder_hidden_states=cond.embeds.to(self.dtype)).sample
-
-    def pipeline_kwargs(self, cond, uncond):
-        return {"prompt_embeds": cond.embeds, "negative_prompt_embeds": uncond.embeds}

@@ -25,6 +25,12 @@ class SDXLAdapter(Adapter):
         # force_zeros_for_empty_prompt). A non-empty negative prompt is always encoded.
         "empty_prompt": "encoded",
     }
+    # Negatives are always passed explicitly, so the pipeline never re-derives them (it would zero an
+    # empty negative prompt when force_zeros_for_empty_prompt is set, whatever our option says).
+    embedding_kwargs = {
+        "embeds": ("prompt_embeds", "negative_prompt_embeds"),
+        "pooled": ("pooled_prompt_embeds", "negative_pooled_prompt_embeds"),
+    }
 
     @classmethod
     def add_arguments(cls, parser) -> None:
@@ -106,15 +112,6 @@ class SDXLAdapter(Adapter):
         return self.pipe.unet(
             x_t, t, encoder_hidden_states=cond.embeds.to(self.dtype), added_cond_kwargs=added,
         ).sample
-
-    # ---- back to the stock pipeline --------------------------------------------------------
-    def pipeline_kwargs(self, cond, uncond):
-        # Negatives are always passed explicitly, so the pipeline never re-derives them (it would zero
-        # an empty negative prompt when force_zeros_for_empty_prompt is set, whatever our option says).
-        return {
-            "prompt_embeds": cond.embeds, "pooled_prompt_embeds": cond.pooled,
-            "negative_prompt_embeds": uncond.embeds, "negative_pooled_prompt_embeds": uncond.pooled,
-        }
 
 
 def load_vae(name_or_path: str, torch_dtype: torch.dtype | None = None):
