@@ -1,12 +1,15 @@
 """One checkpoint format: the sharpener as ``sharpener.safetensors`` + ``sharpener.json``.
 
 The JSON records everything needed to rebuild and use it: family, base model, widths, step,
-family options (e.g. SDXL's empty-prompt rule) and the training options. No pickles.
+family options (e.g. SDXL's empty-prompt rule) and the training options. No pickles. The same two
+files under the Hub's names (``model.safetensors`` + ``config.json``, see :mod:`dice.hub`) make a
+folder or Hub repository that loads the same way.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .experiments import DEFAULT_ROOT, ExperimentNotFound, latest_checkpoint, resolve_run
+from .experiments import DEFAULT_ROOT, ExperimentNotFound, latest_checkpoint, resolve_run, validation_grid_path
+from .hub import GRID_NAME, HUB_CONFIG_NAME, HUB_WEIGHTS_NAME, download_sharpener, is_repo_id
 from .sharpener import Sharpener
 
 WEIGHTS_NAME = "sharpener.safetensors"
@@ -24,6 +28,13 @@ FORMAT_VERSION = 1
 
 @dataclass
 class SharpenerConfig:
+    """What a sharpener was trained for and how: saved beside its weights, read back on loading.
+
+    ``family`` / ``dim`` / ``num_tokens`` say which text embeddings it fits; ``base_model`` (+ revision,
+    variant) the model it was distilled from; ``family_options`` the per-family choices sampling must
+    repeat (SDXL's empty-prompt rule, PixArt's masks); ``training_options`` the whole training command.
+    """
+
     family: str
     base_model: str
     dim: int
@@ -39,57 +50,125 @@ class SharpenerConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SharpenerConfig":
+        """Read a saved config; keys this version does not know are ignored."""
         known = {f for f in cls.__dataclass_fields__}
+        missing = [name for name in ("family", "base_model", "dim") if name not in data]
+        if missing:
+            raise ValueError(f"not a dice sharpener config: it has no {', '.join(missing)}")
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def save_sharpener(folder: str | os.PathLike, sharpener: Sharpener, config: SharpenerConfig) -> None:
+def save_sharpener(folder: str | os.PathLike, sharpener: Sharpener, config: SharpenerConfig, *, hub_layout: bool = False) -> None:
+    """Write weights (safetensors) and config (JSON) into ``folder``; ``hub_layout``: under the Hub's names."""
+    weights_name, config_name = (HUB_WEIGHTS_NAME, HUB_CONFIG_NAME) if hub_layout else (WEIGHTS_NAME, CONFIG_NAME)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in sharpener.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "family": config.family})
-    (folder / CONFIG_NAME).write_text(json.dumps(config.__dict__, indent=2, default=str) + "\n")
+    save_file(state, str(folder / weights_name), metadata={"format": "pt", "family": config.family})
+    (folder / config_name).write_text(json.dumps(config.__dict__, indent=2, default=str) + "\n")
 
 
-def resolve_sharpener_files(spec: str | int | os.PathLike, root: str | os.PathLike = DEFAULT_ROOT) -> tuple[Path, Path]:
-    """(weights, config) from an experiment id, a run folder, a checkpoint folder or a weights file."""
+def save_pretrained_files(folder: str | os.PathLike, sharpener: Sharpener) -> None:
+    """The files of ``Sharpener.save_pretrained`` but the model card: weights, config, validation grid."""
+    if sharpener.config is None:
+        raise ValueError(
+            "this Sharpener has no config (family, base model), so it cannot be saved as a Hub folder. Load it "
+            "with dice.load_sharpener / Sharpener.from_pretrained, or set sharpener.config = SharpenerConfig(...)."
+        )
+    save_sharpener(folder, sharpener, sharpener.config, hub_layout=True)
+    if sharpener.validation_grid is not None:
+        grid, target = Path(sharpener.validation_grid), Path(folder) / GRID_NAME
+        if not target.exists() or not grid.samefile(target):
+            shutil.copyfile(grid, target)
+
+
+def _weights_in(folder: Path) -> Path | None:
+    """The sharpener weights a folder holds in either layout (checkpoint names first)."""
+    if (folder / WEIGHTS_NAME).is_file():
+        return folder / WEIGHTS_NAME
+    # A checkpoint also holds accelerate's model.safetensors; only config.json beside it makes a Hub folder.
+    if (folder / HUB_WEIGHTS_NAME).is_file() and (folder / HUB_CONFIG_NAME).is_file():
+        return folder / HUB_WEIGHTS_NAME
+    return None
+
+
+def _download(repo_id: str, revision: str | None) -> Path:
+    try:
+        return download_sharpener(repo_id, revision=revision)
+    except Exception as err:  # noqa: BLE001 - any hub failure: one line with the cause
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        hint = (f"HF_HUB_OFFLINE=1 and it is not in the Hugging Face cache: download it first (hf download {repo_id})"
+                if offline else "check the repo id, the revision, your token (hf auth login) and your network")
+        cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExperimentNotFound(
+            f"'{repo_id}' is no local folder or file, and loading it as a Hub sharpener repository failed: {hint}. "
+            f"Cause: {type(err).__name__}: {cause}"
+        ) from err
+
+
+def resolve_sharpener_files(
+    spec: str | int | os.PathLike, root: str | os.PathLike = DEFAULT_ROOT, revision: str | None = None,
+) -> tuple[Path, Path]:
+    """(weights, config) from an experiment id, a run folder, a checkpoint folder, a weights file, a
+    Hub-layout folder or a Hub repo id (``owner/name``, fetched through the cache at ``revision``)."""
     text = str(spec)
     if os.path.isfile(text):
         weights = Path(text)
-        config = weights.with_name(CONFIG_NAME)
     else:
-        folder = Path(text) if os.path.isdir(text) else resolve_run(text, root)
-        if not (folder / WEIGHTS_NAME).is_file():
+        if os.path.isdir(text):
+            folder = Path(text)
+        elif is_repo_id(text):
+            folder = _download(text, revision)
+        else:
+            folder = resolve_run(text, root)
+        if _weights_in(folder) is None:
             ckpt = latest_checkpoint(folder)
             if ckpt is None:
                 raise ExperimentNotFound(
-                    f"'{folder}' holds no sharpener: no {WEIGHTS_NAME} and no checkpoint-<step>/ folder. "
-                    "Has the run saved a checkpoint yet?"
+                    f"'{folder}' holds no sharpener: no {WEIGHTS_NAME}, no {HUB_WEIGHTS_NAME} + {HUB_CONFIG_NAME} and "
+                    "no checkpoint-<step>/ folder. Has the run saved a checkpoint yet?"
                 )
             folder = ckpt
-        weights, config = folder / WEIGHTS_NAME, folder / CONFIG_NAME
+        weights = _weights_in(folder) or folder / WEIGHTS_NAME
+    config_name = HUB_CONFIG_NAME if weights.name == HUB_WEIGHTS_NAME else CONFIG_NAME
+    config = weights.with_name(config_name)
     if not config.is_file():
-        raise ExperimentNotFound(f"'{weights}' has no {CONFIG_NAME} beside it; it is not a dice sharpener checkpoint.")
+        raise ExperimentNotFound(f"'{weights}' has no {config_name} beside it; it is not a dice sharpener checkpoint.")
     return weights, config
 
 
-def load_sharpener(
-    spec: str | int | os.PathLike, root: str | os.PathLike = DEFAULT_ROOT, *, family: str | None = None,
-    dim: int | None = None, device: torch.device | str = "cpu",
-) -> tuple[Sharpener, SharpenerConfig]:
-    """Load a trained sharpener; refuse one trained for another family or text width."""
-    weights, config_path = resolve_sharpener_files(spec, root)
-    config = SharpenerConfig.from_dict(json.loads(config_path.read_text()))
+def check_sharpener_fits(config: SharpenerConfig, source: str, family: str | None = None, dim: int | None = None) -> None:
+    """Refuse a sharpener trained for another family or text width (``source`` names it in the message)."""
     if family is not None and config.family != family:
         raise ValueError(
-            f"sharpener '{weights}' was trained for {config.family} ({config.base_model}); it cannot be "
+            f"sharpener '{source}' was trained for {config.family} ({config.base_model}); it cannot be "
             f"applied to a {family} model. Use a {family} sharpener, or sample with --family {config.family}."
         )
     if dim is not None and config.dim != dim:
         raise ValueError(
-            f"sharpener '{weights}' expects {config.dim}-wide text embeddings but this model's are {dim}-wide "
+            f"sharpener '{source}' expects {config.dim}-wide text embeddings but this model's are {dim}-wide "
             f"(trained on {config.base_model}); use a sharpener trained for this text encoder."
         )
+
+
+def load_sharpener(
+    spec: str | int | os.PathLike, root: str | os.PathLike = DEFAULT_ROOT, *, family: str | None = None,
+    dim: int | None = None, device: torch.device | str = "cpu", revision: str | None = None,
+) -> tuple[Sharpener, SharpenerConfig]:
+    """Load a trained sharpener; refuse one trained for another family or text width.
+
+    ``spec``: an experiment id ("3", under ``root``), a run or checkpoint folder, a weights file, a
+    Hub-layout folder or a Hub repo id (``revision``: its branch, tag or commit). The sharpener comes
+    back in eval mode without gradients, with ``config`` and ``validation_grid`` set.
+    """
+    weights, config_path = resolve_sharpener_files(spec, root, revision)
+    config = SharpenerConfig.from_dict(json.loads(config_path.read_text()))
+    check_sharpener_fits(config, str(weights), family, dim)
     sharpener = Sharpener(config.dim, config.inner_dim, config.num_heads)
     sharpener.load_state_dict(load_file(str(weights)))
+    sharpener.config = config
+    grids = [weights.with_name(GRID_NAME)]  # a Hub-layout folder
+    if config.step is not None:  # a training run's checkpoint-<step>/
+        grids.append(validation_grid_path(weights.parent.parent, config.step))
+    sharpener.validation_grid = next((grid for grid in grids if grid.is_file()), None)
     return sharpener.to(device).eval().requires_grad_(False), config

@@ -72,6 +72,11 @@ def checkpoint_step(path: str | os.PathLike) -> int:
     return int(match.group(1))
 
 
+def validation_grid_path(run_dir: str | os.PathLike, step: int) -> Path:
+    """Where a run keeps the unguided / CFG / DICE grid of the checkpoint at ``step``."""
+    return Path(run_dir) / "validation" / f"step-{step:06d}.png"
+
+
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     ckpts = list_checkpoints(run_dir)
     return ckpts[-1] if ckpts else None

@@ -18,7 +18,9 @@ logger = logging.getLogger("dice")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sample.py", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
-    a("--sharpener_path", default=None, help="DICE: experiment id (3), run folder, checkpoint-<step> folder or sharpener.safetensors")
+    a("--sharpener_path", default=None, help="DICE: experiment id (3), run folder, checkpoint-<step> folder, sharpener.safetensors, "
+      "a folder written by python -m dice.export, or a Hub repo id (owner/name)")
+    a("--sharpener_revision", default=None, help="branch, tag or commit of a Hub sharpener")
     a("--sharpener_id", default=None, help="same as --sharpener_path with an experiment id (the authors' flag)")
     a("--exps_root", default=DEFAULT_ROOT, help="where experiment ids are looked up")
     a("--pretrained_model_name_or_path", default=None, help="base model (default: the one the sharpener was trained on)")
@@ -59,7 +61,7 @@ def resolve(args) -> dict:
 
         from .checkpoint import SharpenerConfig, resolve_sharpener_files
 
-        weights, config_path = resolve_sharpener_files(sharpener_spec, args.exps_root)
+        weights, config_path = resolve_sharpener_files(sharpener_spec, args.exps_root, args.sharpener_revision)
         config = SharpenerConfig.from_dict(json.loads(config_path.read_text()))
         family = family or config.family
         model = model or config.base_model
@@ -73,7 +75,17 @@ def resolve(args) -> dict:
         from .adapters.registry import detect_family
 
         family = detect_family(model, args.revision) or "sd15"
-    return {"family": family, "model": model, "sharpener": sharpener_spec, "config": config}
+    return {"family": family, "model": model, "sharpener": sharpener_spec, "config": config,
+            "sharpener_name": _sharpener_name(args.sharpener_path or args.sharpener_id, sharpener_spec)}
+
+
+def _sharpener_name(spec: str | None, weights: str | None) -> str | None:
+    """What names the sharpener in the options and folder name: its run folder, or its Hub repo id."""
+    from .hub import is_repo_id
+
+    if weights is None:
+        return None
+    return spec if is_repo_id(str(spec)) else Path(weights).parent.parent.name
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -125,7 +137,7 @@ def main(argv: list[str] | None = None) -> Path:
         "negative_prompt": args.negative_prompt, "prompts": "cli" if args.prompt else args.prompts,
         "num_images": len(prompts), "sharpener": plan["sharpener"],
         "sharpener_step": config.step if config else None,
-        "sharpener_experiment": Path(plan["sharpener"]).parent.parent.name if plan["sharpener"] else None,
+        "sharpener_experiment": plan["sharpener_name"],
         "precision": precision,
     }
     folder = Path(args.outdir) / "pending"

@@ -134,8 +134,9 @@ def sample_folder_name(options: dict) -> str:
     """
     model = Path(str(options["base_model"]).rstrip("/")).name.replace(".safetensors", "")
     parts = [model, options["method"].replace("+", "-")]
-    if options.get("sharpener_experiment"):
-        parts.append(options["sharpener_experiment"].split("-")[0])
+    experiment = options.get("sharpener_experiment")
+    if experiment:  # a run's number, or a Hub repo id made folder-safe
+        parts.append(experiment.split("-")[0] if experiment[:5].isdigit() else experiment.replace("/", "--"))
     if options["cfg_scale"] != 1:
         parts.append(f"w{options['cfg_scale']:g}")
     if options.get("alpha") is not None:

@@ -6,17 +6,30 @@ The module returns the *residual*; :func:`apply_sharpener` adds it with strength
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 
-class Sharpener(nn.Module):
+class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dice"):
+    """The DICE sharpener ``f(c, u)`` for text embeddings ``dim`` wide (paper A.1).
+
+    A trained one carries ``config`` (a :class:`dice.SharpenerConfig`: family, base model, training
+    options) and, from a training run, ``validation_grid`` (the image path). As a huggingface_hub
+    ``PyTorchModelHubMixin`` it has ``save_pretrained(folder)``, ``push_to_hub(repo_id)`` and
+    ``Sharpener.from_pretrained(repo_id_or_folder, revision=...)`` (see :mod:`dice.hub`).
+    """
+
     def __init__(self, dim: int, inner_dim: int = 512, num_heads: int = 8):
         super().__init__()
         if inner_dim % num_heads:
             raise ValueError(f"inner_dim {inner_dim} must be divisible by num_heads {num_heads}")
         self.dim, self.inner_dim, self.num_heads = dim, inner_dim, num_heads
+        self.config = None  # SharpenerConfig, set when loaded (or by the caller before save_pretrained)
+        self.validation_grid = None  # path of the training run's unguided/CFG/DICE grid, if any
         self.fc1 = nn.Linear(dim, inner_dim)
         self.to_q = nn.Linear(inner_dim, inner_dim, bias=False)
         self.to_k = nn.Linear(inner_dim, inner_dim, bias=False)
@@ -39,6 +52,34 @@ class Sharpener(nn.Module):
         h = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         h = h.transpose(1, 2).reshape(c.shape[0], c.shape[1], self.inner_dim)
         return self.fc2(F.relu(self.to_out(h)))
+
+    # ---- huggingface_hub's PyTorchModelHubMixin hooks -------------------------------------------
+    def _save_pretrained(self, save_directory) -> None:
+        from .checkpoint import save_pretrained_files
+
+        save_pretrained_files(save_directory, self)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id, revision, cache_dir, force_download, local_files_only, token,
+                         map_location: str = "cpu", **_config_values) -> "Sharpener":
+        from .checkpoint import load_sharpener
+        from .hub import download_sharpener
+
+        folder = model_id if os.path.isdir(model_id) else download_sharpener(
+            model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
+            local_files_only=local_files_only, token=token)
+        return load_sharpener(folder, device=map_location)[0]
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Upload as a Hub repository (see ``PyTorchModelHubMixin.push_to_hub``); the card names ``repo_id``."""
+        kwargs["model_card_kwargs"] = {"repo_id": repo_id, **(kwargs.get("model_card_kwargs") or {})}
+        return super().push_to_hub(repo_id, **kwargs)
+
+    def generate_model_card(self, *args, repo_id: str | None = None, **kwargs):
+        from .hub import model_card
+
+        return model_card(self.config, repo_id=repo_id, has_grid=self.validation_grid is not None,
+                          num_parameters=sum(p.numel() for p in self.parameters()))
 
 
 def apply_sharpener(

@@ -233,7 +233,7 @@ def _validation_grid(adapter, sharpener, args, run_dir: Path, step: int) -> None
         generate(adapter, prompts, seeds, sharpener=sharpener, **common),
     ]
     labels = ["unguided", f"CFG w={args.guidance_scale:g}", "DICE"]
-    path = run_dir / "validation" / f"step-{step:06d}.png"
+    path = experiments.validation_grid_path(run_dir, step)
     path.parent.mkdir(exist_ok=True)
     image_grid(rows, labels).save(path)
     logger.info("validation grid: %s", path)
