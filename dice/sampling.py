@@ -81,8 +81,12 @@ def generate(
 
     The negative prompt is the CFG negative and, for DICE, the sharpener's context ``u``.
     """
+    from .addon import is_applied
+
     if len(prompts) != len(seeds):
         raise ValueError("one seed per prompt")
+    if is_applied(adapter.pipe):  # its __call__ would sharpen these embeddings a second time
+        raise ValueError("this pipeline has a sharpener applied (dice.apply): call the pipeline itself, or dice.remove(pipe) first")
     resolution = resolution or adapter.default_resolution
     cond = adapter.encode_prompts(list(prompts))
     uncond = adapter.encode_negative([negative_prompt] * len(prompts))

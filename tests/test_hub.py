@@ -235,3 +235,8 @@ def test_sample_py_takes_a_hub_id_offline(trained_run, tmp_path):
     assert options["sharpener"].startswith(str(tmp_path / "hf_home" / "hub" / "models--someone--dice-tiny-sd15"))
     assert (folder / "00000.png").is_file() and options["resolution"] == 32
 
+
+def test_every_public_name_has_its_own_docstring():
+    for name in dice.__all__:
+        doc = getattr(dice, name).__doc__ or ""
+        assert len(doc.strip()) > 20 and not doc.startswith(f"{name}("), name
