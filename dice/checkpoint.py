@@ -96,9 +96,10 @@ def _download(repo_id: str, revision: str | None) -> Path:
     try:
         return download_sharpener(repo_id, revision=revision)
     except Exception as err:  # noqa: BLE001 - any hub failure: one line with the cause
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        from huggingface_hub.constants import is_offline_mode
+
         hint = (f"HF_HUB_OFFLINE=1 and it is not in the Hugging Face cache: download it first (hf download {repo_id})"
-                if offline else "check the repo id, the revision, your token (hf auth login) and your network")
+                if is_offline_mode() else "check the repo id, the revision, your token (hf auth login) and your network")
         cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExperimentNotFound(
             f"'{repo_id}' is no local folder or file, and loading it as a Hub sharpener repository failed: {hint}. "

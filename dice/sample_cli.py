@@ -55,16 +55,22 @@ def resolve(args) -> dict:
     family = args.family
     if model in MODELS:
         family, model = family or MODELS[model][0], MODELS[model][1]
-    config = None
+    config = name = None
     if sharpener_spec is not None:
         import json
 
         from .checkpoint import SharpenerConfig, resolve_sharpener_files
+        from .hub import HUB_WEIGHTS_NAME, is_repo_id
 
         weights, config_path = resolve_sharpener_files(sharpener_spec, args.exps_root, args.sharpener_revision)
         config = SharpenerConfig.from_dict(json.loads(config_path.read_text()))
         family = family or config.family
         model = model or config.base_model
+        # What names it in the options and the folder name: its Hub repo id, its Hub-layout folder or its run.
+        if is_repo_id(str(sharpener_spec)):
+            name = str(sharpener_spec)
+        else:
+            name = weights.parent.name if weights.name == HUB_WEIGHTS_NAME else weights.parent.parent.name
         sharpener_spec = str(weights)
     if sharpener_spec is not None and args.alpha == 0:
         # c + 0 * f(c, u) = c exactly: the base model itself (unguided or CFG), labelled as such.
@@ -76,16 +82,7 @@ def resolve(args) -> dict:
 
         family = detect_family(model, args.revision) or "sd15"
     return {"family": family, "model": model, "sharpener": sharpener_spec, "config": config,
-            "sharpener_name": _sharpener_name(args.sharpener_path or args.sharpener_id, sharpener_spec)}
-
-
-def _sharpener_name(spec: str | None, weights: str | None) -> str | None:
-    """What names the sharpener in the options and folder name: its run folder, or its Hub repo id."""
-    from .hub import is_repo_id
-
-    if weights is None:
-        return None
-    return spec if is_repo_id(str(spec)) else Path(weights).parent.parent.name
+            "sharpener_name": name if sharpener_spec else None}
 
 
 def main(argv: list[str] | None = None) -> Path:

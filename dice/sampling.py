@@ -140,7 +140,7 @@ def sample_folder_name(options: dict) -> str:
     parts = [model, options["method"].replace("+", "-")]
     experiment = options.get("sharpener_experiment")
     if experiment:  # a run's number, or a Hub repo id made folder-safe
-        parts.append(experiment.split("-")[0] if experiment[:5].isdigit() else experiment.replace("/", "--"))
+        parts.append(experiment.replace("/", "--") if "/" in experiment else experiment.split("-")[0])
     if options["cfg_scale"] != 1:
         parts.append(f"w{options['cfg_scale']:g}")
     if options.get("alpha") is not None:

@@ -182,6 +182,7 @@ def trained_run(tmp_path, tiny_model):
 
 def test_export_turns_a_checkpoint_into_a_hub_folder(trained_run, fake_upload, tmp_path, capsys):
     from dice.export import main
+    from dice.sample_cli import build_parser, resolve
 
     root, sharpener, grid = trained_run
     out = main(["0", str(tmp_path / "out"), "--exps_root", str(root), "--base_model", "someone/tiny-sd15",
@@ -195,6 +196,8 @@ def test_export_turns_a_checkpoint_into_a_hub_folder(trained_run, fake_upload, t
     assert_same_weights(sharpener, loaded)
     assert config.base_model == "someone/tiny-sd15" and config.step == 5
     assert loaded.validation_grid == out / "validation_grid.png"
+    plan = resolve(build_parser().parse_args(["--sharpener_path", str(out)]))  # sample.py takes the folder
+    assert plan["sharpener_name"] == "out" and plan["model"] == "someone/tiny-sd15" and plan["family"] == "sd15"
     # The upload is the exported folder, byte for byte.
     (upload,) = fake_upload["uploads"]
     assert upload["files"] == {name: (out / name).read_bytes() for name in files}
