@@ -247,6 +247,9 @@ def train(family: str, args: argparse.Namespace) -> Path:
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to, cpu=needs_cpu_process_group(),
+        # A prepared scheduler otherwise steps once per process per update, so every schedule but
+        # "constant" would run num_processes times too fast; the loop steps it once per update instead.
+        step_scheduler_with_optimizer=False,
     )
     if args.n_gpus is not None and args.n_gpus != accelerator.num_processes:
         raise SystemExit(
@@ -338,11 +341,11 @@ def train(family: str, args: argparse.Namespace) -> Path:
                     loss = _micro_step(adapter, sharpener, negative_bank, batch, args, global_step, micro, rank, accelerator)
                     accelerator.backward(loss)
                     optimizer.step()
-                    lr_scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                 loss_sum += loss.detach().item() / accum
                 window_images += len(batch["captions"]) * world
             assert accelerator.sync_gradients, "one update per --gradient_accumulation_steps micro-batches"
+            lr_scheduler.step()  # once per update, whatever the number of processes
             global_step += 1
             progress.update(1)
             now = time.time()
