@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .errors import UserError
+
 logger = logging.getLogger("dice")
 
 EXPECTED_LAYOUTS = """Expected one of:
@@ -23,7 +25,7 @@ EXPECTED_LAYOUTS = """Expected one of:
     annotations/captions_train2017.json  a.jpg ...        ("text" may be a list of captions)"""
 
 
-class DataLayoutError(FileNotFoundError):
+class DataLayoutError(UserError, FileNotFoundError):
     pass
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import exit_on_user_error
+
 HELD_OUT_TEMPLATES = [
     "a picture of a {size} {color} {shape} near a {color2} tree",
     "a painting of a {color} {shape} under the {color2} sky",
@@ -177,4 +179,5 @@ def cli(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    cli()
+    with exit_on_user_error():
+        cli()

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import UserError, exit_on_user_error
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO_RUN = re.compile(r"^\d{5}-demo-")
 
@@ -33,7 +35,7 @@ DEMO_RUN = re.compile(r"^\d{5}-demo-")
 def latest_demo_run(exps_root: str | Path) -> Path:
     runs = sorted(p for p in Path(exps_root).glob("[0-9][0-9][0-9][0-9][0-9]-demo-*") if p.is_dir() and DEMO_RUN.match(p.name))
     if not runs:
-        raise SystemExit(f"error: no demo experiment (NNNNN-demo-*) under '{exps_root}/'; run `bash launch.sh demo` first")
+        raise UserError(f"no demo experiment (NNNNN-demo-*) under '{exps_root}/'. Run `bash launch.sh demo` first")
     return runs[-1]
 
 
@@ -132,4 +134,5 @@ def cli(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    cli()
+    with exit_on_user_error():
+        cli()

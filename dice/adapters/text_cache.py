@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from ..errors import UserError
 from .base import Conditioning
 
 logger = logging.getLogger("dice")
@@ -29,7 +30,7 @@ PROBE_PROMPT = "a photo of a cat sitting on a chair"
 _FIELDS = ("embeds", "mask", "pooled")
 
 
-class TextCacheError(RuntimeError):
+class TextCacheError(UserError, RuntimeError):
     """The cache folder does not match the model, or lacks a prompt; the message says what to do."""
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from dice.metrics.images import Processes, iterate_batches, open_image_collection
 from dice.metrics.results import MetricResult
+from dice.errors import one_line
 from dice.metrics.weights import MissingWeightsError, is_offline
 
 CLIP_MODEL = "ViT-g-14"
@@ -33,9 +34,9 @@ def load_open_clip(weights: str | None = None, device: str | torch.device = "cpu
         f"and pass --clip_weights PATH (or set {CLIP_WEIGHTS_ENV}=PATH)."
     )
     if weights and not os.path.isfile(weights):
-        raise MissingWeightsError(f"CLIP weights file not found: {weights}\n{missing}")
+        raise MissingWeightsError(f"CLIP weights file not found: {weights}. {missing}")
     if not weights and is_offline() and not _in_hub_cache():
-        raise MissingWeightsError(f"{missing}\n(offline: HF_HUB_OFFLINE=1 and not in the Hugging Face cache)")
+        raise MissingWeightsError(f"{missing} (Offline: HF_HUB_OFFLINE=1, and not in the Hugging Face cache.)")
     import open_clip  # slow to import (~10 s): only once the weights are known to exist
 
     try:
@@ -45,7 +46,7 @@ def load_open_clip(weights: str | None = None, device: str | torch.device = "cpu
     except RuntimeError as error:  # open_clip's wording for "could not download / find the weights"
         if weights or "download" not in str(error).lower():
             raise
-        raise MissingWeightsError(f"{missing}\n({error})") from error
+        raise MissingWeightsError(f"{missing} ({one_line(error)})") from error
     return model.eval().requires_grad_(False), preprocess, open_clip.get_tokenizer(CLIP_MODEL)
 
 

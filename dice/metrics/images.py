@@ -21,6 +21,8 @@ import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
+from dice.errors import UserError
+
 logger = logging.getLogger("dice")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -28,7 +30,7 @@ MANIFEST = "manifest.jsonl"
 SAMPLING_OPTIONS = "sampling_options.json"
 
 
-class IncompleteSamplesError(RuntimeError):
+class IncompleteSamplesError(UserError, RuntimeError):
     """A sample folder has fewer finished images than its sampling_options.json promises."""
 
 
