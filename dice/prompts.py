@@ -14,9 +14,19 @@ import json
 import os
 from pathlib import Path
 
+from .errors import UserError
+
 COCO5K = "coco5k"
 COCO5K_FILE = Path(__file__).parent / "assets" / "coco_val2017_5k_prompts.jsonl"
 PROMPT_KEYS = ("caption", "prompt", "text")
+
+
+class PromptListError(UserError, ValueError):
+    pass
+
+
+class PromptListNotFound(UserError, FileNotFoundError):
+    pass
 
 
 def load_prompts(spec: str | os.PathLike = COCO5K) -> list[tuple[int, str]]:
@@ -26,19 +36,28 @@ def load_prompts(spec: str | os.PathLike = COCO5K) -> list[tuple[int, str]]:
     """
     path = COCO5K_FILE if str(spec) == COCO5K else Path(spec)
     if not path.is_file():
-        raise FileNotFoundError(f"Prompt list not found: {spec} (expected '{COCO5K}', a .txt or a .jsonl file)")
+        raise PromptListNotFound(f"prompt list not found: {spec}. Pass '{COCO5K}', a .txt or a .jsonl file")
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if path.suffix == ".txt":
         return list(enumerate(lines))
     if path.suffix != ".jsonl":
-        raise ValueError(f"Unknown prompt list format: {spec} (use '{COCO5K}', a .txt or a .jsonl file)")
+        raise PromptListError(f"Unknown prompt list format: {spec}. Use '{COCO5K}', a .txt or a .jsonl file")
     prompts = []
     for position, line in enumerate(lines):
-        entry = json.loads(line)
-        key = next((k for k in PROMPT_KEYS if k in entry), None)
-        if key is None:
-            raise ValueError(f"{spec}: line {position + 1} has none of the keys {PROMPT_KEYS}: {line[:200]}")
-        prompts.append((int(entry.get("index", position)), entry[key]))
+        try:
+            entry = json.loads(line)
+            key = next((k for k in PROMPT_KEYS if k in entry), None)
+            if key is None or not isinstance(entry[key], str):
+                raise ValueError(f"none of the keys {PROMPT_KEYS} holds a string")
+            prompts.append((int(entry.get("index", position)), entry[key]))
+        except (ValueError, TypeError) as err:
+            raise PromptListError(
+                f"{spec}: line {position + 1} is not a prompt ({err}): {line[:200]}. Give each line a "
+                f'"caption", "prompt" or "text" string (and optionally an integer "index")'
+            ) from None
+    indices = [index for index, _ in prompts]
+    if len(set(indices)) != len(indices) or min(indices, default=0) < 0:
+        raise PromptListError(f"{spec}: the \"index\" values are not distinct non-negative integers. Give every line its own index, or none")
     return prompts
 
 

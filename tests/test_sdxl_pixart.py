@@ -246,6 +246,7 @@ def test_training_resume_is_bit_identical(family, tiny_model, tiny_dataset, tmp_
     assert config["family"] == family and config["step"] == 6
     assert config["family_options"] == adapter_class(family).option_defaults
     assert config["training_options"]["negative_prompts"] == "default"
+    assert config["negative_prompt_prob"] == 0.5 and config["negative_prompts"][0] == "blurry"  # sample.py's default u
     assert len(config["training_options"]["negative_prompt_list"]) >= 20
     losses = [json.loads(line)["loss"] for line in (run_dir / "stats.jsonl").read_text().splitlines()]
     assert len(losses) == 6 and all(loss == loss and loss > 0 for loss in losses)
