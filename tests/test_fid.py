@@ -289,7 +289,7 @@ def test_incomplete_sample_folder_is_refused(tmp_path):
 def test_dimension_mismatch_and_missing_reference(tmp_path):
     write_sample_folder(tmp_path / "samples", 4)
     save_stats(tmp_path / "ref5.npz", np.zeros(5), np.eye(5))
-    with pytest.raises(ValueError, match="Feature dimension 12 .* does not match 5"):
+    with pytest.raises(ValueError, match="12-d features but .* has 5-d"):
         calc_fid(tmp_path / "samples", tmp_path / "ref5.npz", feature_extractor=tiny_features)
     with pytest.raises(FileNotFoundError, match="Reference statistics not found"):
         calc_fid(tmp_path / "samples", tmp_path / "nope.npz", feature_extractor=tiny_features)

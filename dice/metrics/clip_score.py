@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from dice.metrics.images import Processes, iterate_batches, open_image_collection
+from dice.metrics.images import Processes, SampleFolderError, iterate_batches, open_image_collection
 from dice.metrics.results import MetricResult
 from dice.errors import one_line
 from dice.metrics.weights import MissingWeightsError, is_offline
@@ -80,9 +80,10 @@ def calc_clip_score(
     processes = processes or Processes()
     collection = open_image_collection(images, allow_incomplete=allow_incomplete)
     if not collection.has_manifest or any(record.prompt is None for record in collection.records):
-        raise ValueError(
-            f"{collection.path}: CLIP score pairs image i with prompt i through manifest.jsonl "
-            "(lines with 'index', 'prompt', 'file'), which this folder lacks; score a folder written by sample.py."
+        raise SampleFolderError(
+            f"{collection.path} has no manifest.jsonl with a prompt per image (lines with 'index', 'prompt', 'file'), "
+            "and CLIP score pairs image i with prompt i through it. Score a folder written by sample.py (running "
+            "sample.py again with the same options finishes a folder and writes its manifest)"
         )
     if model is None:
         model, preprocess, tokenizer = load_open_clip(clip_weights, processes.device)

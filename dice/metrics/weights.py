@@ -18,6 +18,10 @@ class MissingWeightsError(UserError, RuntimeError):
     """Metric weights are neither given, cached, nor downloadable."""
 
 
+class WrongWeightsError(UserError, ValueError):
+    """A metric weights file is not the expected one."""
+
+
 def is_offline() -> bool:
     # Read at call time (not huggingface_hub.constants, frozen at import) so tests can toggle it.
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
