@@ -88,6 +88,11 @@ def hub_revision(model: str, revision: str | None = None) -> str | None:
 
 def read_pipeline_class(model: str, revision: str | None = None) -> str | None:
     """The ``_class_name`` in a model's ``model_index.json`` (local folder or hub cache), if found."""
+    if not os.path.exists(model) and (os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1):
+        raise ModelLoadError(
+            f"base model '{model}' does not exist. Pass an existing diffusers folder, a .safetensors/.ckpt file, "
+            "or a hub id (organisation/name)"
+        )
     if os.path.isdir(model):
         index = Path(model) / "model_index.json"
         if not index.is_file():

@@ -78,13 +78,10 @@ def calc_clip_score(
     """Mean CLIP score of a sample folder (prompts from its manifest), over all processes."""
     started = time.time()
     processes = processes or Processes()
-    collection = open_image_collection(images, allow_incomplete=allow_incomplete)
-    if not collection.has_manifest or any(record.prompt is None for record in collection.records):
-        raise SampleFolderError(
-            f"{collection.path} has no manifest.jsonl with a prompt per image (lines with 'index', 'prompt', 'file'), "
-            "and CLIP score pairs image i with prompt i through it. Score a folder written by sample.py (running "
-            "sample.py again with the same options finishes a folder and writes its manifest)"
-        )
+    # Image i is paired with prompt i through the manifest.
+    collection = open_image_collection(images, allow_incomplete=allow_incomplete, need_prompts=True)
+    if any(record.prompt is None for record in collection.records):
+        raise SampleFolderError(f"{collection.path}/manifest.jsonl has entries without a 'prompt'. Run sample.py again into this folder")
     if model is None:
         model, preprocess, tokenizer = load_open_clip(clip_weights, processes.device)
         options = {"model": CLIP_MODEL, "pretrained": clip_weights or os.environ.get(CLIP_WEIGHTS_ENV) or CLIP_PRETRAINED}

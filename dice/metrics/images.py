@@ -129,13 +129,22 @@ def _read_manifest(reader, path: str) -> dict[int, dict]:
     return entries
 
 
-def open_image_collection(path: str | os.PathLike, allow_incomplete: bool = False) -> ImageCollection:
+def _no_prompts(path: str) -> SampleFolderError:
+    return SampleFolderError(
+        f"{path} has no {MANIFEST} pairing each image with its prompt (lines with 'index', 'prompt', 'file'). "
+        "Score a folder written by sample.py (running sample.py again with the same options finishes a "
+        "folder and writes its manifest)"
+    )
+
+
+def open_image_collection(path: str | os.PathLike, allow_incomplete: bool = False, need_prompts: bool = False) -> ImageCollection:
     """List the images of a sample folder (through its manifest), a plain folder, or a zip.
 
     A sample folder must hold every image ``0 .. num_images-1`` of its sampling_options.json, with
     the file present; otherwise IncompleteSamplesError, unless ``allow_incomplete`` (then the
     images present are scored and a warning says how many are missing). A sample folder whose
     sampler was killed before it wrote a manifest is read from its ``NNNNN.png`` files (without prompts).
+    ``need_prompts``: refuse a folder without a manifest that gives every image its prompt.
     """
     path = os.path.normpath(str(path))
     if os.path.isdir(path):
@@ -158,6 +167,8 @@ def open_image_collection(path: str | os.PathLike, allow_incomplete: bool = Fals
             entries = {int(n[:-4]): {"file": n} for n in names if n.endswith(".png") and n[:-4].isdigit()}
         elif not names:
             raise ImagesNotFound(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {path}. Pass a folder or zip of images")
+        elif need_prompts:
+            raise _no_prompts(path)
         else:
             records = [ImageRecord(index=i, name=name) for i, name in enumerate(names)]
             return ImageCollection(path, records, sampling_options, has_manifest=False, reader=reader)
@@ -181,6 +192,9 @@ def open_image_collection(path: str | os.PathLike, allow_incomplete: bool = Fals
                 f"{message}. Finish sampling (sample.py resumes where it stopped) or pass --allow_incomplete "
                 f"to score the {len(present)} images present."
             )
+    if need_prompts and not reader.exists(MANIFEST):
+        raise _no_prompts(path)
+    if problems:
         logger.warning("%s; scoring the %d images present (--allow_incomplete).", message, len(present))
     if not present:
         raise ImagesNotFound(f"no finished images in {path}. Run sample.py (it resumes where it stopped)")
