@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from dice.metrics.results import MetricResult, append_result, build_table, format_csv, format_markdown, read_results
+from dice.metrics.results import (
+    MetricResult,
+    append_result,
+    build_table,
+    format_csv,
+    format_markdown,
+    paper_values,
+    read_results,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -143,3 +151,5 @@ def test_cross_model_rows_name_both_models_and_are_not_table1(tmp_path):
     assert next(r for r in markdown.splitlines() if "samples/cross" in r).rstrip(" |").endswith("DreamShaper")
     table = {r["images"]: r for r in csv.DictReader(io.StringIO(format_csv(list(rows.values()))))}
     assert table["samples/cross"]["sharpener_model"] == "DreamShaper" and table["samples/cross"]["model"] == "SD1.5"
+    with_negative = dict(options("Lykon/DreamShaper", "cfg", 5.0), negative_prompt="blurry")
+    assert paper_values(with_negative) is None and paper_values(options("Lykon/DreamShaper", "cfg", 5.0))["fid"] == 30.35

@@ -143,7 +143,7 @@ def paper_row_key(options: dict) -> str | None:
         return None
     method, scale, alpha = options.get("method"), options.get("cfg_scale"), options.get("alpha")
     if method == "cfg" and scale == 5:
-        return "w=5"
+        return None if options.get("negative_prompt") else "w=5"  # Table 1's CFG uses the empty negative prompt
     if method == "unguided" or (method == "cfg" and scale == 1):
         return "w=1"
     if method == "dice" and alpha in (None, 1) and scale in (None, 1):
