@@ -9,12 +9,11 @@ Regenerate it with ``python -m dice.prompts build-coco5k --captions captions_val
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
 
-from .errors import UserError
+from .errors import ArgumentParser, UserError, exit_on_user_error
 
 COCO5K = "coco5k"
 COCO5K_FILE = Path(__file__).parent / "assets" / "coco_val2017_5k_prompts.jsonl"
@@ -87,7 +86,7 @@ def build_coco5k(captions_json_path: str | os.PathLike, out_path: str | os.PathL
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m dice.prompts", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m dice.prompts", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build-coco5k", help="regenerate the 5k list from captions_val2017.json")
     build.add_argument("--captions", required=True, help="MS-COCO annotations/captions_val2017.json")
@@ -98,4 +97,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_user_error():
+        main()
