@@ -254,6 +254,9 @@ def test_training_resume_is_bit_identical(family, tiny_model, tiny_dataset, tmp_
     # Resume from step 3 (PixArt: through the text embedding cache, T5 unloaded) and finish again.
     extra = ["--text_embedding_cache", str(tmp_path / "t5cache")] if family == "pixart" else []
     main(family, common + ["--resume_from_checkpoint", str(run_dir / "checkpoint-3")] + extra)
+    if extra:  # shards as readable as the cache's index (safetensors alone writes 0600)
+        assert {p.stat().st_mode & 0o777 for p in (tmp_path / "t5cache").iterdir()} == {
+            (tmp_path / "t5cache" / "index.json").stat().st_mode & 0o777}
     resumed = load_file(str(run_dir / "checkpoint-6" / "sharpener.safetensors"))
     assert uninterrupted.keys() == resumed.keys()
     for name in uninterrupted:
