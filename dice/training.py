@@ -365,8 +365,14 @@ def _keep_stats_until(stats_path: Path, step: int) -> None:
         return
     from .sampling import write_atomic
 
+    def logged_step(line: str) -> float:
+        try:
+            return json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):  # a line cut short by the kill
+            return float("inf")
+
     lines = stats_path.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    kept = [line for line in lines if logged_step(line) <= step]
     if len(kept) != len(lines):
         write_atomic(stats_path, lambda tmp: tmp.write_text("".join(kept)))
 

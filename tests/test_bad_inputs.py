@@ -300,6 +300,8 @@ def test_resume_after_a_crash_repairs_stats_and_grids(tiny_model, tiny_dataset, 
     (run / ".checkpoint-4.tmp").mkdir()
     (run / "validation" / "step-000002.png").unlink()
     (run / "validation" / "step-000004.png").write_bytes(b"")
+    with open(run / "stats.jsonl", "a") as stats:
+        stats.write('{"step": 5, "lo')  # a line cut short by the kill
     main("sd15", argv + ["--resume_from_checkpoint", "latest", "--experiment", str(run)])
     assert [json.loads(line)["step"] for line in (run / "stats.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
     for step in (2, 4):
