@@ -33,6 +33,10 @@ class UnknownScheduler(UserError, ValueError):
     pass
 
 
+class FolderOfAnotherConfiguration(UserError, ValueError):
+    pass
+
+
 def scheduler_choice(name: str) -> tuple[str, dict]:
     """(diffusers class name, config overrides) of a --scheduler value; refused before any model loads."""
     import diffusers
@@ -179,7 +183,7 @@ def prepare_folder(outdir: Path, options: dict) -> Path:
         previous = json.loads(saved.read_text())
         changed = {k: (previous.get(k), options.get(k)) for k in IMAGE_DEFINING if previous.get(k) != options.get(k)}
         if changed:
-            raise ValueError(f"{folder} holds images of another configuration ({changed}); use another --outdir")
+            raise FolderOfAnotherConfiguration(f"{folder} holds images of another configuration ({changed}). Use another --outdir")
     write_atomic(saved, lambda tmp: tmp.write_text(json.dumps(options, indent=2, default=str) + "\n"))
     return folder
 
