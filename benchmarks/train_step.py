@@ -52,6 +52,7 @@ def main(argv=None) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    from dice.negatives import NegativePrompts
     from dice.sharpener import Sharpener
     from dice.training import NegativeBank, _micro_step
 
@@ -72,7 +73,7 @@ def main(argv=None) -> dict:
     sharpener = Sharpener(adapter.text_dim)
     optimizer = torch.optim.AdamW(sharpener.parameters(), lr=2e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     sharpener, optimizer = accelerator.prepare(sharpener, optimizer)
-    negative_bank = NegativeBank(adapter, [], 1.0)
+    negative_bank = NegativeBank(adapter, NegativePrompts())
 
     gen = torch.Generator().manual_seed(args.seed)
     batch = {
