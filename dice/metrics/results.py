@@ -18,8 +18,9 @@ from pathlib import Path
 
 from dice.errors import UserError
 
-METRICS = ("fid", "clip_score", "aesthetic")
-METRIC_TITLES = {"fid": "FID", "clip_score": "CLIP", "aesthetic": "AS"}
+METRICS = ("fid", "clip_score", "aesthetic", "world_accuracy", "world_fd")
+METRIC_TITLES = {"fid": "FID", "clip_score": "CLIP", "aesthetic": "AS", "world_accuracy": "accuracy (world)", "world_fd": "FD (world)"}
+PAPER_METRICS = METRICS[:3]  # always in the Markdown table; the shapes world's own two only when scored
 
 # Paper Table 1 (AAAI / arXiv v2; SPEC §6): the rows our sampler reproduces. 20 sampling steps;
 # "w=5" is CFG (NFE 40), "w=1" unguided (NFE 20), "DICE" the sharpened embeddings unguided (NFE 20).
@@ -67,6 +68,7 @@ class MetricResult:
     sampling_options: dict | None = None
     options: dict = field(default_factory=dict)
     seconds: float = 0.0
+    per_image: list | None = field(default=None, repr=False)  # for paired statistics in-process; not written
 
     @classmethod
     def mean_over_processes(cls, metric, totals, processes, collection, options, allow_incomplete, started) -> "MetricResult":
@@ -225,8 +227,9 @@ def _format(value) -> str:
 
 
 def format_markdown(rows: list[dict]) -> str:
+    metrics = [m for m in METRICS if m in PAPER_METRICS or any(m in row["values"] for row in rows)]
     header = ["model", "method", "w / α", "steps", "NFE", "N"]
-    header += [f"{METRIC_TITLES[m]} (paper)" for m in METRICS] + ["images"]
+    header += [f"{METRIC_TITLES[m]} (paper)" if m in PAPER_METRICS else METRIC_TITLES[m] for m in metrics] + ["images"]
     any_smoke = any(row.get("smoke_test") for row in rows)
     any_cross = any(row.get("cross_model") for row in rows)
     if any_cross:
@@ -238,7 +241,7 @@ def format_markdown(rows: list[dict]) -> str:
         counts = sorted({c for c in row["counts"].values() if c is not None})
         cells = [row["model"], row["method"], row["guidance"], str(row["steps"] or ""), str(row["nfe"] or "")]
         cells.append("/".join(str(c) for c in counts))
-        for metric in METRICS:
+        for metric in metrics:
             cell = _format(row["values"].get(metric))
             if metric in row["paper"]:
                 cell = f"{cell or '–'} ({_format(row['paper'][metric])})"

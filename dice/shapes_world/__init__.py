@@ -1,0 +1,26 @@
+"""The shapes world: a trained toy text-to-image world in which CFG matters and DICE can be measured.
+
+``world`` generates captioned images (two coloured shapes, a held-out set of unseen combinations),
+``model`` defines its small SD1.5-architecture pipeline, ``pretrain`` trains it and its attribute
+``evaluator`` from nothing, and ``scoring`` turns generated images into prompt accuracy and a
+Fréchet distance. The trained model ships in ``dice/assets/shapes_world/``.
+"""
+from .scoring import DEFAULT_EVALUATOR, DEFAULT_PIPELINE
+from .world import (
+    COLOURS,
+    SHAPES,
+    TEMPLATES,
+    Combination,
+    evaluation_prompts,
+    parse_caption,
+    render,
+    scenes,
+    unseen_combinations,
+    write_imagefolder,
+    write_prompt_file,
+)
+
+__all__ = [
+    "COLOURS", "DEFAULT_EVALUATOR", "DEFAULT_PIPELINE", "SHAPES", "TEMPLATES", "Combination", "evaluation_prompts",
+    "parse_caption", "render", "scenes", "unseen_combinations", "write_imagefolder", "write_prompt_file",
+]
