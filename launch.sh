@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The paper's recipes, end to end. Usage:
-#   bash launch.sh demo [sd15|sdxl|pixart] [--free_residual_steps 300 ...]   tiny CPU experiment, no downloads (ends with cfg_gap_closed=...)
+#   bash launch.sh demo [toy|sd15|sdxl|pixart] [options]   CPU, no downloads: DICE on the trained shapes world (default),
+#                                              or a random-weight plumbing demo of one family (ends with cfg_gap_closed=...)
 #   bash launch.sh demo-eval [EXP_ID]          sample the demo (DICE/CFG/unguided), score with --smoke_test, table
 #   bash launch.sh train  sd15|sdxl|pixart     train a sharpener on MS-COCO 2017 (paper preset)
 #   bash launch.sh train-variants              DreamShaper, AbsoluteReality, Anime Pastel Dream (+ negative prompts)
@@ -60,7 +61,7 @@ evaluate() {  # sample folders...
 
 case "${1:-}" in
   demo)
-    # No GPU, no downloads: the tiny embedded pipeline on CPU. Options: python -m dice.demo --help
+    # No GPU, no downloads: the shipped shapes-world model (or a tiny random pipeline) on CPU. Options: python -m dice.demo --help
     HF_HUB_OFFLINE=1 "$PYTHON" -m dice.demo "${@:2}" ;;
   demo-eval)
     # The latest exps/NNNNN-demo-* (or EXP_ID) end to end, no GPU needed; evaluators with random-weight stand-ins
@@ -89,5 +90,5 @@ case "${1:-}" in
     evaluate samples/*
     "$PYTHON" evaluation/results.py --results results/results.jsonl --out results/table ;;
   *)
-    sed -n '2,13p' "$0"; exit 2 ;;
+    sed -n '2,14p' "$0"; exit 2 ;;
 esac

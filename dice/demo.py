@@ -1,18 +1,23 @@
-"""The embedded demo: a complete tiny DICE experiment on CPU, no downloads.
+"""The embedded demo: a complete DICE experiment on CPU, no downloads.
 
-Builds a tiny random-weight pipeline and a synthetic captioned image set, trains a sharpener into
-``exps/``, then samples held-out prompts unguided, with CFG and with DICE from identical noise and
-reports how much of the unguided-to-CFG gap DICE closes on the final latents:
+``python -m dice.demo`` (= ``bash launch.sh demo``) runs the paper in miniature on the **shapes world**,
+a trained toy text-to-image model shipped in dice/assets/shapes_world: ``train_sd15.py`` fits a
+sharpener (the paper's recipe, fewer steps and a smaller batch), ``sample.py`` samples held-out
+prompts (half of them attribute combinations never seen in training) unguided, with CFG (w=5) and
+with DICE from identical noise, and ``evaluation/shapes_world.py`` scores them: prompt accuracy (every
+attribute of the prompt right) and a Fréchet distance on the world evaluator's features. It ends
+with the table, a grid PNG, and
 
-    cfg_gap_closed = 1 - mean||z_dice - z_cfg|| / mean||z_uncond - z_cfg||
+    accuracy_unguided=… accuracy_cfg=… accuracy_dice=…
+    cfg_gain_recovered = (accuracy_dice - accuracy_unguided) / (accuracy_cfg - accuracy_unguided)
+    cfg_gap_closed = 1 - mean||z_dice - z_cfg|| / mean||z_uncond - z_cfg||   (final latents)
 
-This measures the distillation machinery on random weights, not image quality.
-
-``--free_residual_steps N`` also fits one free residual per held-out prompt (no sharpener; the same
-DICE loss, data and guidance scale, fitted on the held-out prompts themselves) and reports its gap: a
-reference for how far a rewrite of the prompt embedding, the sharpener's only lever, moves this random
-model towards CFG. A low ``cfg_gap_closed`` beside a similar reference is a limit of the tiny model,
-not of the training code.
+``python -m dice.demo sd15|sdxl|pixart`` are the random-weight **plumbing** demos: tiny random
+models whose images are noise; they report only cfg_gap_closed, which measures the distillation
+machinery, not image quality. ``--free_residual_steps N`` also fits one free residual per held-out
+prompt (no sharpener; the same DICE loss, data and guidance scale, fitted on the held-out prompts
+themselves) and reports its gap: a reference for how far a rewrite of the prompt embedding, the
+sharpener's only lever, moves such a random model towards CFG.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ArgumentParser, check_output_dir, exit_on_user_error, non_negative_int, positive_int
+from .errors import ArgumentParser, UserError, check_output_dir, exit_on_user_error, non_negative_int, positive_int
 
 HELD_OUT_TEMPLATES = [
     "a picture of a {size} {color} {shape} near a {color2} tree",
@@ -155,7 +160,7 @@ def run(family: str = "sd15", exps_root: str = "exps", max_train_steps: int | No
                   seconds=round(time.time() - start, 1))
     (run_dir / "demo_result.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nDemo finished in {result['seconds']} s: {run_dir}")
-    print("This measures the distillation machinery on a tiny random-weight model, not image quality:")
+    print("Random-weight PLUMBING demo: this measures the distillation machinery on a tiny random model, not image quality:")
     print(f"DICE closes this fraction of the unguided-to-CFG (w={result['guidance_scale']:g}) distance over the final "
           f"latents of {result['num_prompts']} held-out prompts, sampled from identical noise.")
     if free_residual_steps:
@@ -165,18 +170,150 @@ def run(family: str = "sd15", exps_root: str = "exps", max_train_steps: int | No
     return result
 
 
+# ---- the shapes world ------------------------------------------------------------------------------
+
+TOY_TRAIN_IMAGES = 4000
+TOY_VALIDATION_PROMPTS = [
+    "a red circle and a blue square", "a yellow triangle next to a green cross",
+    "a white square on the left and a purple circle on the right", "a blue cross and a red triangle",
+]
+TOY_GRID_COLUMNS = 8
+TOY_METHODS = {  # name -> (sample.py options, NFE per step); alpha 0 is the base model itself
+    "unguided": (["--alpha", "0"], 1),
+    "cfg": (["--alpha", "0", "--cfg_scale", "{w}"], 2),
+    "dice": ([], 1),
+}
+
+
+def folder_latents(adapter, folder: Path) -> torch.Tensor:
+    """The VAE latents (posterior mean) of a sample folder's PNGs, in prompt order."""
+    import numpy as np
+
+    from .metrics.images import open_image_collection
+
+    collection = open_image_collection(folder)
+    pixels = torch.stack([torch.from_numpy(np.array(collection.open_image(r.name))).permute(2, 0, 1) for r in collection.records])
+    return adapter.encode_images(pixels.float() / 127.5 - 1.0)
+
+
+def toy_grid(folders: dict[str, Path], labels: list[str], entries: list[dict], path: Path) -> Path:
+    """Rows unguided / CFG / DICE, the same prompts and seeds; half seen, half unseen combinations."""
+    from PIL import Image
+
+    from .sampling import image_grid
+
+    seen = [e for e in entries if e["split"] == "seen"][: TOY_GRID_COLUMNS // 2]
+    unseen = [e for e in entries if e["split"] == "unseen"][: TOY_GRID_COLUMNS // 2]
+    picks = seen + unseen
+    rows = [[Image.open(folder / f"{e['index']:05d}.png").convert("RGB") for e in picks] for folder in folders.values()]
+    captions = [f"{e['prompt']} ({e['split']})" for e in picks]
+    image_grid(rows, labels, captions, scale=4).save(path)
+    return path
+
+
+def run_toy(exps_root: str = "exps", max_train_steps: int | None = None, num_prompts: int = 256) -> dict:
+    """The shapes-world demo; returns what it writes to demo_result.json."""
+    from .adapters import adapter_class
+    from .metrics import append_result
+    from .metrics.shapes_world import calc_shapes_world
+    from .presets import preset
+    from .sample_cli import main as sample_main
+    from .shapes_world import DEFAULT_PIPELINE, evaluation_prompts, write_imagefolder, write_prompt_file
+    from .shapes_world.scoring import gain_recovered, gain_recovered_interval
+    from .training import main as train_main
+
+    start = time.time()
+    assets = Path(exps_root) / "_demo_assets"
+    data = write_imagefolder(assets / f"shapes-world-train-{TOY_TRAIN_IMAGES}", TOY_TRAIN_IMAGES, "train")
+    prompt_file = write_prompt_file(assets / f"shapes-world-prompts-{num_prompts}.jsonl", num_prompts)
+    settings = preset("sd15", "toy")
+    w = settings["guidance_scale"]
+    argv = ["--pretrained_model_name_or_path", str(DEFAULT_PIPELINE), "--train_data_dir", str(data), "--preset", "toy",
+            "--output_dir", exps_root, "--desc", "demo-toy", "--dataloader_num_workers", "0",
+            "--validation_prompts", *TOY_VALIDATION_PROMPTS]
+    if max_train_steps:
+        argv += ["--max_train_steps", str(max_train_steps), "--checkpointing_steps", str(max_train_steps)]
+    print(f"$ python train_sd15.py {shlex.join(argv)}", flush=True)
+    run_dir = train_main("sd15", argv)
+
+    folders, nfe = {}, {}
+    for name, (extra, evaluations_per_step) in TOY_METHODS.items():
+        sample_argv = ["--sharpener_path", str(run_dir), "--prompts", str(prompt_file), "--outdir", str(run_dir / "samples"),
+                       "--batch_gpu", "64", *(a.format(w=f"{w:g}") for a in extra)]
+        print(f"$ python sample.py {shlex.join(sample_argv)}", flush=True)
+        folders[name] = sample_main(sample_argv)
+        nfe[name] = 20 * evaluations_per_step
+    scores = {}
+    for name, folder in folders.items():
+        print(f"$ python evaluation/shapes_world.py calc --images {shlex.quote(str(folder))} --results {run_dir / 'results.jsonl'}", flush=True)
+        scores[name] = calc_shapes_world(folder)
+        for result in scores[name]:
+            append_result(run_dir / "results.jsonl", result)
+
+    adapter = adapter_class("sd15").from_pretrained(str(DEFAULT_PIPELINE))
+    latents = {name: folder_latents(adapter, folder) for name, folder in folders.items()}
+    accuracy = {name: s[0] for name, s in scores.items()}
+    labels = [f"unguided (NFE {nfe['unguided']})", f"CFG w={w:g} (NFE {nfe['cfg']})", f"DICE (NFE {nfe['dice']})"]
+    grid = toy_grid(folders, labels, evaluation_prompts(num_prompts), run_dir / "demo_grid.png")
+    per_image = [accuracy[m].per_image for m in ("unguided", "cfg", "dice")]
+    result = {
+        "world": "shapes", "experiment": str(run_dir), "train_steps": settings["max_train_steps"] if not max_train_steps else max_train_steps,
+        "num_prompts": num_prompts, "guidance_scale": w, "grid": str(grid),
+        "methods": {name: {"nfe": nfe[name], "folder": str(folders[name]), "accuracy": accuracy[name].value,
+                           **{k: accuracy[name].options[k] for k in ("accuracy_ci95", "accuracy_seen", "accuracy_unseen")},
+                           "fd": scores[name][1].value, "fd_real_vs_real": scores[name][1].options["fd_real_vs_real"]}
+                    for name in folders},
+        "cfg_gain_recovered": gain_recovered(*(accuracy[m].value for m in ("unguided", "cfg", "dice"))),
+        "cfg_gain_recovered_ci95": list(gain_recovered_interval(*per_image)),
+        "cfg_gap_closed": cfg_gap_closed(latents["unguided"], latents["cfg"], latents["dice"]),
+        "seconds": round(time.time() - start, 1),
+    }
+    (run_dir / "demo_result.json").write_text(json.dumps(result, indent=2) + "\n")
+    print_toy_report(result, labels)
+    return result
+
+
+def print_toy_report(result: dict, labels: list[str]) -> None:
+    methods = result["methods"]
+    print(f"\nDemo finished in {result['seconds']} s: {result['experiment']}")
+    print(f"Shapes world, {result['num_prompts']} held-out prompts (half unseen combinations), DPM-Solver++ 20 steps, "
+          "the same seeds for every method. Prompt accuracy: all four attributes right (world evaluator).\n")
+    print(f"| method | NFE | accuracy seen | unseen | pooled [95% CI] | FD (real vs real {methods['cfg']['fd_real_vs_real']:.1f}) |")
+    print("|---|---|---|---|---|---|")
+    for label, (name, m) in zip(labels, methods.items()):
+        lo, hi = m["accuracy_ci95"]
+        print(f"| {label.split(' (')[0]} | {m['nfe']} | {m['accuracy_seen']:.3f} | {m['accuracy_unseen']:.3f} | "
+              f"{m['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] | {m['fd']:.1f} |")
+    lo, hi = result["cfg_gain_recovered_ci95"]
+    print(f"\nGrid (rows unguided / CFG / DICE, same prompts and seeds): {result['grid']}")
+    print(f"DICE recovers {result['cfg_gain_recovered']:.0%} of CFG's accuracy gain (paired bootstrap 95% CI "
+          f"{lo:.0%} to {hi:.0%}) at half CFG's network evaluations.")
+    print(f"accuracy_unguided={methods['unguided']['accuracy']:.3f}")
+    print(f"accuracy_cfg={methods['cfg']['accuracy']:.3f}")
+    print(f"accuracy_dice={methods['dice']['accuracy']:.3f}")
+    print(f"cfg_gain_recovered={result['cfg_gain_recovered']:.3f}")
+    print(f"cfg_gap_closed={result['cfg_gap_closed']:.3f}")
+
+
 def cli(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(prog="python -m dice.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("family", nargs="?", default="sd15", choices=["sd15", "sdxl", "pixart"])
+    parser.add_argument("world", nargs="?", default="toy", choices=["toy", "sd15", "sdxl", "pixart"],
+                        help="toy: the trained shapes world (default); sd15/sdxl/pixart: random-weight plumbing demos")
     parser.add_argument("--exps_root", default="exps", help="where the experiment folder goes")
-    parser.add_argument("--max_train_steps", type=positive_int, default=None, help="override the demo preset's 600 updates")
-    parser.add_argument("--num_prompts", type=positive_int, default=32, help="held-out prompts for cfg_gap_closed")
-    parser.add_argument("--model_seed", type=non_negative_int, default=0, help="seed of the tiny random model's weights")
+    parser.add_argument("--max_train_steps", type=positive_int, default=None, help="override the preset's updates (toy and plumbing: 600)")
+    parser.add_argument("--num_prompts", type=positive_int, default=None, help="held-out prompts (toy: 256, half unseen; plumbing: 32)")
+    parser.add_argument("--model_seed", type=non_negative_int, default=0, help="plumbing demos: seed of the tiny random model's weights")
     parser.add_argument("--free_residual_steps", type=non_negative_int, default=0,
-                        help="also fit free per-prompt residuals for this many steps and report their gap (0: off; the README figures use 300)")
+                        help="plumbing demos: also fit free per-prompt residuals for this many steps and report their gap (0: off; the README figures use 300)")
     args = parser.parse_args(argv)
+    if args.world == "toy" and (args.model_seed or args.free_residual_steps):
+        raise UserError("--model_seed and --free_residual_steps apply to the random-weight plumbing demos. "
+                        "Name one (python -m dice.demo sd15 ...), or drop them")
     check_output_dir(args.exps_root, "--exps_root")
-    run(args.family, args.exps_root, args.max_train_steps, args.num_prompts, args.model_seed, args.free_residual_steps)
+    if args.world == "toy":
+        run_toy(args.exps_root, args.max_train_steps, args.num_prompts or 256)
+    else:
+        run(args.world, args.exps_root, args.max_train_steps, args.num_prompts or 32, args.model_seed, args.free_residual_steps)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,12 @@
 "paper": what the paper states (Adam, lr 2e-4, batch 128, ~8,000 updates, w = 5, squared error).
 "authors": what the authors' launch scripts do (AdamW wd 1e-2, L1 for SD1.5, per-sample sum,
 one timestep per batch, 16/GPU x 8 for SD1.5, 8/GPU x 8 and 4,000 updates for SDXL).
-"demo": the embedded tiny CPU experiment (`bash launch.sh demo`).
+"toy": the shapes world's demo (`bash launch.sh demo`); "demo": the random-weight plumbing demos.
 Per-GPU batch sizes assume 8 processes; the global batch is batch x processes x accumulation.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 _COMMON_PAPER = dict(
     learning_rate=2e-4, lr_scheduler="constant", lr_warmup_steps=0, adam_weight_decay=0.0,
@@ -23,6 +25,10 @@ PRESETS: dict[str, dict[str, dict]] = {
         "authors": dict(_COMMON_AUTHORS, train_batch_size=16, resolution=512, loss_type="l1"),
         "demo": dict(_COMMON_PAPER, train_batch_size=16, resolution=32, max_train_steps=600,
                      checkpointing_steps=300),
+        # The shapes world (`bash launch.sh demo`): the paper's recipe at the model's 32 px, with steps
+        # and batch cut to fit the demo's few minutes on 2 CPU cores.
+        "toy": dict(_COMMON_PAPER, train_batch_size=16, resolution=32, max_train_steps=600,
+                    checkpointing_steps=600),
     },
     "sdxl": {
         "paper": dict(_COMMON_PAPER, train_batch_size=16, resolution=1024),
@@ -60,4 +66,6 @@ MODELS: dict[str, tuple[str, str]] = {
     "sdxl": ("sdxl", "stabilityai/stable-diffusion-xl-base-1.0"),
     "pixart": ("pixart", "PixArt-alpha/PixArt-XL-2-512x512"),
     "pixart-1024": ("pixart", "PixArt-alpha/PixArt-XL-2-1024-MS"),
+    # The trained toy model shipped in dice/assets/shapes_world (python -m dice.shapes_world pretrain).
+    "shapes-world": ("sd15", str(Path(__file__).parent / "assets" / "shapes_world" / "shapes-world")),
 }

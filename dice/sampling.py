@@ -116,19 +116,33 @@ def generate(
     return out.images
 
 
-def image_grid(rows: list[list], labels: list[str] | None = None):
-    """Paste equally sized PIL images into a grid (one row per method)."""
+def image_grid(rows: list[list], labels: list[str] | None = None, captions: list[str] | None = None, scale: int = 1):
+    """Paste equally sized PIL images into a grid: one row per method (``labels`` on the left), one
+    column per prompt (``captions`` wrapped under each column). ``scale`` enlarges small images
+    (nearest neighbour, so pixels stay pixels)."""
+    import textwrap
+
     from PIL import Image, ImageDraw
 
-    w, h = rows[0][0].size
-    pad = 70 if labels else 0
-    grid = Image.new("RGB", (pad + w * max(len(r) for r in rows), h * len(rows)), "white")
+    w, h = (side * scale for side in rows[0][0].size)
+    draw_probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    char_w = max(1, draw_probe.textlength("M"))
+    pad = int(max((draw_probe.textlength(label) for label in labels), default=0) + 12) if labels else 0
+    wrapped = [textwrap.wrap(c, max(4, int((w - 4) // char_w))) for c in captions] if captions else []
+    caption_h = 12 * max((len(lines) for lines in wrapped), default=0) + (6 if captions else 0)
+    columns = max(len(r) for r in rows)
+    gap = 4 if scale > 1 else 0  # enlarged cells get a white border so neighbouring images stay apart
+    pitch_w, pitch_h = w + gap, h + gap
+    grid = Image.new("RGB", (pad + pitch_w * columns, pitch_h * len(rows) + caption_h), "white")
     draw = ImageDraw.Draw(grid)
     for y, row in enumerate(rows):
         if labels:
-            draw.text((4, y * h + h // 2 - 5), labels[y], fill="black")
+            draw.text((4, y * pitch_h + h // 2 - 5), labels[y], fill="black")
         for x, img in enumerate(row):
-            grid.paste(img, (pad + x * w, y * h))
+            grid.paste(img.resize((w, h), Image.NEAREST) if scale != 1 else img, (pad + x * pitch_w, y * pitch_h))
+    for x, lines in enumerate(wrapped):
+        for k, line in enumerate(lines):
+            draw.text((pad + x * pitch_w + 2, pitch_h * len(rows) + 3 + 12 * k), line, fill="black")
     return grid
 
 
