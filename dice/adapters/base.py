@@ -337,22 +337,41 @@ class Adapter:
     def num_train_timesteps(self) -> int:
         return self.noise_scheduler.config.num_train_timesteps
 
-    def predict_noise(
-        self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, sizes: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The denoiser's output for noisy latents ``x_t`` at timesteps ``t`` [B].
+    def denoiser_inputs(self, x_t: torch.Tensor, cond: Conditioning, sizes: torch.Tensor | None = None) -> dict[str, Any]:
+        """The text (and size) keyword arguments of a denoiser call on ``x_t``; a guide network built
+        from the denoiser (PnP's ControlNet) takes the same ones.
 
         ``sizes`` [B, 4] = (original height, original width, crop top, crop left) of each training
         image, for families with size micro-conditioning (SDXL); others ignore it.
         """
         raise NotImplementedError
 
+    def predict_noise(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, sizes: torch.Tensor | None = None,
+        denoiser: nn.Module | None = None, **extra,
+    ) -> torch.Tensor:
+        """The predicted noise for noisy latents ``x_t`` at timesteps ``t`` [B].
+
+        ``denoiser``: another module called the same way (a method's trainable student; default the
+        frozen base denoiser); ``extra``: further keyword arguments of that call (GD's ``timestep_cond``,
+        PnP's residuals).
+        """
+        out = (denoiser or self.denoiser)(x_t, timestep=t, **self.denoiser_inputs(x_t, cond, sizes), **extra).sample
+        return self.noise_of(out)
+
+    def noise_of(self, output: torch.Tensor) -> torch.Tensor:
+        """The noise prediction within the denoiser's output (PixArt also predicts the variance)."""
+        return output
+
     @torch.no_grad()
     def teacher_noise(
         self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, uncond: Conditioning,
-        guidance_scale: float, sizes: torch.Tensor | None = None,
+        guidance_scale: float | torch.Tensor, sizes: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The CFG target; conditional and unconditional halves go through one denoiser call."""
+        """The CFG target; conditional and unconditional halves go through one denoiser call.
+
+        ``guidance_scale``: one scale, or one per sample [B] (GD and PnP train over a range of scales).
+        """
         from ..losses import cfg_combine
 
         double = lambda x: None if x is None else torch.cat([x, x])  # noqa: E731

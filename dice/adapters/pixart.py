@@ -173,10 +173,9 @@ class PixArtAdapter(Adapter):
         logger.info("text embedding cache %s ready (%d prompts); T5 unloaded", self.text_cache_dir, len(self.text_cache.entries))
 
     # ---- denoiser --------------------------------------------------------------------------
-    def predict_noise(self, x_t, t, cond, sizes=None):
-        transformer = self.pipe.transformer
+    def denoiser_inputs(self, x_t, cond, sizes=None):
         added = {"resolution": None, "aspect_ratio": None}
-        if transformer.use_additional_conditions:
+        if self.pipe.transformer.use_additional_conditions:
             # PixArt-1024 models: image size and aspect ratio, as the pipeline passes them at sampling
             # time (the generated size), so the distilled behaviour is the one used for generation.
             height, width = x_t.shape[-2] * self.vae_scale_factor, x_t.shape[-1] * self.vae_scale_factor
@@ -184,12 +183,12 @@ class PixArtAdapter(Adapter):
                 "resolution": torch.tensor([[height, width]], device=x_t.device, dtype=self.dtype).expand(len(x_t), 2),
                 "aspect_ratio": torch.tensor([[height / width]], device=x_t.device, dtype=self.dtype).expand(len(x_t), 1),
             }
-        out = transformer(
-            x_t, encoder_hidden_states=cond.embeds.to(self.dtype), encoder_attention_mask=cond.mask,
-            timestep=t, added_cond_kwargs=added,
-        ).sample
+        return {"encoder_hidden_states": cond.embeds.to(self.dtype), "encoder_attention_mask": cond.mask,
+                "added_cond_kwargs": added}
+
+    def noise_of(self, output):
         # Learned sigma: the output stacks eps and the variance channels; eps comes first.
-        return out[:, : self.latent_channels]
+        return output[:, : self.latent_channels]
 
     # ---- back to the stock pipeline --------------------------------------------------------
     def pipeline_kwargs(self, cond, uncond):

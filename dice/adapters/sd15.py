@@ -24,5 +24,5 @@ class SD15Adapter(Adapter):
         embeds, _ = self.pipe.encode_prompt(list(prompts), self.device, 1, False)
         return Conditioning(embeds=embeds)
 
-    def predict_noise(self, x_t, t, cond, sizes=None):
-        return self.pipe.unet(x_t, t, encoder_hidden_states=cond.embeds.to(self.dtype)).sample
+    def denoiser_inputs(self, x_t, cond, sizes=None):
+        return {"encoder_hidden_states": cond.embeds.to(self.dtype)}

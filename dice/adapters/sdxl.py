@@ -105,11 +105,9 @@ class SDXLAdapter(Adapter):
             original_and_crop = sizes.to(x_t.device)[:, :4]
         return torch.cat([original_and_crop, target], dim=1)
 
-    def predict_noise(self, x_t, t, cond, sizes=None):
+    def denoiser_inputs(self, x_t, cond, sizes=None):
         added = {"text_embeds": cond.pooled.to(self.dtype), "time_ids": self.time_ids(x_t, sizes).to(self.dtype)}
-        return self.pipe.unet(
-            x_t, t, encoder_hidden_states=cond.embeds.to(self.dtype), added_cond_kwargs=added,
-        ).sample
+        return {"encoder_hidden_states": cond.embeds.to(self.dtype), "added_cond_kwargs": added}
 
 
 def load_vae(name_or_path: str, torch_dtype: torch.dtype | None = None):
