@@ -131,6 +131,14 @@ class Adapter:
     option_defaults: ClassVar[dict[str, Any]] = {}
     # The stock pipeline's keyword for each Conditioning field: field -> (prompt side, negative side).
     embedding_kwargs: ClassVar[dict[str, tuple[str, str]]] = {"embeds": ("prompt_embeds", "negative_prompt_embeds")}
+    # The pipeline component that is the denoiser (a fine-tuned one replaces it: GD).
+    denoiser_component: ClassVar[str] = "unet"
+    # The stock diffusers pipeline that runs this family with a ControlNet (PnP's guide network);
+    # None where diffusers has none.
+    controlnet_pipeline_class_name: ClassVar[str | None] = None
+    # For a denoiser without a guidance-scale input (no time_cond_proj_dim): the submodule whose output
+    # is the timestep's sinusoidal features, where GD adds its guidance-scale embedding.
+    timestep_projection_path: ClassVar[str | None] = None
 
     def __init__(self, pipe, model: str, options: dict[str, Any] | None = None):
         unknown = set(options or {}) - set(self.option_defaults)
@@ -231,7 +239,7 @@ class Adapter:
 
     @property
     def denoiser(self) -> nn.Module:
-        return self.pipe.unet
+        return getattr(self.pipe, self.denoiser_component)
 
     def freeze(self, device: torch.device | str, dtype: torch.dtype) -> "Adapter":
         """No gradients into the base model; move it and cast it to the mixed-precision dtype."""

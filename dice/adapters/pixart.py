@@ -33,6 +33,10 @@ CONTEXT_MASK_CHOICES = ("all", "prompt")
 class PixArtAdapter(Adapter):
     family = "pixart"
     pipeline_class_name = "PixArtAlphaPipeline"
+    denoiser_component = "transformer"
+    # Where the timestep's sinusoidal features are made: GD adds its guidance-scale embedding there.
+    timestep_projection_path = "adaln_single.emb.time_proj"
+    # diffusers 0.42.1 has no PixArt ControlNet (only a research example outside the package): no PnP.
     option_defaults = {"pixart_mask": "prompt", "keep_first_token": False, "pixart_context_mask": "all"}
     embedding_kwargs = {
         "embeds": ("prompt_embeds", "negative_prompt_embeds"),
@@ -76,10 +80,6 @@ class PixArtAdapter(Adapter):
         return adapter
 
     # ---- frozen modules --------------------------------------------------------------------
-    @property
-    def denoiser(self):
-        return self.pipe.transformer
-
     def frozen_modules(self):
         # Everything but T5, which keeps the dtype from_pretrained gave it: transformers holds T5's
         # feed-forward output layers in fp32 under fp16 (they overflow otherwise), and the base
