@@ -13,7 +13,6 @@ import math
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,8 +23,9 @@ from .checkpoint import SharpenerConfig, save_sharpener
 from .data import load_records, make_loader, step_generator
 from .losses import LOSS_TYPES, REDUCTIONS, distillation_loss
 from .presets import PRESETS, preset
-from .runtime import needs_cpu_process_group
+from .runtime import needs_cpu_process_group, to_device
 from .sharpener import Sharpener
+from .step_log import StepLog
 
 logger = logging.getLogger("dice")
 
@@ -116,7 +116,7 @@ class NegativeBank:
             use_negative = torch.rand(batch, generator=generator) < self.prob
             choice = torch.randint(1, self.num_negatives + 1, (batch,), generator=generator)
             index = torch.where(use_negative, choice, index)
-        return self.bank.select(index.to(self.bank.embeds.device))
+        return self.bank.select(to_device(index, self.bank.embeds.device))
 
 
 DEFAULT_NEGATIVE_PROMPTS = Path(__file__).parent / "assets" / "negative_prompts.txt"
@@ -326,11 +326,11 @@ def train(family: str, args: argparse.Namespace) -> Path:
 
     progress = tqdm(total=args.max_train_steps, initial=global_step, desc="training", disable=not accelerator.is_main_process,
                     mininterval=0.5 if sys.stderr.isatty() else 30)  # keep redirected logs short
-    stats_file = open(run_dir / "stats.jsonl", "a") if accelerator.is_main_process else None
-    skipped_images, window_start, window_images, loss_sum = 0, time.time(), 0, 0.0
-    train_start = time.time()
+    step_log = StepLog(run_dir / "stats.jsonl" if accelerator.is_main_process else None)
+    skipped_images = 0
     try:
         while global_step < args.max_train_steps:
+            loss_sum, images = 0.0, 0
             for micro in range(accum):
                 batch = next(loader)
                 skipped_images += batch["skipped"]
@@ -340,24 +340,23 @@ def train(family: str, args: argparse.Namespace) -> Path:
                     optimizer.step()
                     lr_scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
-                loss_sum += loss.detach().item() / accum
-                window_images += len(batch["captions"]) * world
+                loss_sum = loss_sum + loss.detach() / accum  # stays on the device: no wait for the GPU here
+                images += len(batch["captions"]) * world
             assert accelerator.sync_gradients, "one update per --gradient_accumulation_steps micro-batches"
             global_step += 1
             progress.update(1)
-            now = time.time()
-            record = {"step": global_step, "loss": loss_sum, "lr": lr_scheduler.get_last_lr()[0],
-                      "seconds": round(now - train_start, 3), "images_per_second": round(window_images / max(now - window_start, 1e-9), 3)}
-            progress.set_postfix(loss=f"{loss_sum:.4g}")
-            if stats_file:
-                stats_file.write(json.dumps(record) + "\n")
-                stats_file.flush()
-            accelerator.log({"loss": loss_sum, "lr": record["lr"]}, step=global_step)
-            if global_step % args.log_every == 0 or global_step == args.max_train_steps:
-                logger.info("step %d/%d loss %.5g lr %.3g %.1f img/s skipped-images %d", global_step,
-                            args.max_train_steps, loss_sum, record["lr"], record["images_per_second"], skipped_images)
-            window_start, window_images, loss_sum = now, 0, 0.0
-            if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
+            step_log.add(global_step, loss_sum, lr_scheduler.get_last_lr()[0], images)
+            checkpoint_now = global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps
+            if global_step % args.log_every == 0 or checkpoint_now:
+                records = step_log.flush()  # the window's one host synchronisation
+                for record in records:
+                    accelerator.log({"loss": record["loss"], "lr": record["lr"]}, step=record["step"])
+                if records:
+                    last = records[-1]
+                    progress.set_postfix(loss=f"{last['loss']:.4g}")
+                    logger.info("step %d/%d loss %.5g lr %.3g %.1f img/s skipped-images %d", global_step,
+                                args.max_train_steps, last["loss"], last["lr"], last["images_per_second"], skipped_images)
+            if checkpoint_now:
                 _check_replicas_identical(accelerator, sharpener)
                 _save_checkpoint(accelerator, run_dir, global_step, sharpener, config, args.checkpoints_total_limit)
                 if accelerator.is_main_process:
@@ -365,8 +364,7 @@ def train(family: str, args: argparse.Namespace) -> Path:
                 accelerator.wait_for_everyone()
     finally:
         progress.close()
-        if stats_file:
-            stats_file.close()
+        step_log.close()
     if skipped_images:
         logger.warning("%d unreadable image(s) were skipped during training", skipped_images)
     accelerator.end_training()
@@ -382,12 +380,13 @@ def _micro_step(adapter, sharpener, negative_bank, batch, args, step, micro, ran
     # Shared timestep: the same draw on every process (the key leaves the rank out).
     t_gen = step_generator(args.seed, step, micro, -1) if args.shared_timestep else gen
     timesteps = torch.randint(0, adapter.num_train_timesteps, (1 if args.shared_timestep else batch_size,), generator=t_gen)
-    timesteps = timesteps.expand(batch_size).to(device)
+    # Host tensors go over with to_device: a plain .to("cuda") would make the host wait for the GPU.
+    timesteps = to_device(timesteps.expand(batch_size).contiguous(), device)
 
     latents = adapter.encode_images(batch["pixels"])
-    noise = torch.randn(latents.shape, generator=gen).to(device, dtype)
+    noise = to_device(torch.randn(latents.shape, generator=gen), device, dtype)
     x_t = adapter.add_noise(latents, noise, timesteps)
-    sizes = batch["sizes"].to(device)
+    sizes = to_device(batch["sizes"], device)
     cond = adapter.encode_prompts(batch["captions"])
     uncond = negative_bank.sample(batch_size, gen)
 

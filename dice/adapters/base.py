@@ -278,7 +278,7 @@ class Adapter:
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels in [-1, 1] -> scaled VAE latents (the mean of the posterior: deterministic)."""
         vae = self.pipe.vae
-        latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode()
+        latents = vae.encode(pixels.to(vae.device, vae.dtype, non_blocking=True)).latent_dist.mode()
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         return (latents - shift) * vae.config.scaling_factor
 

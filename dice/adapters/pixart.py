@@ -176,9 +176,12 @@ class PixArtAdapter(Adapter):
             # PixArt-1024 models: image size and aspect ratio, as the pipeline passes them at sampling
             # time (the generated size), so the distilled behaviour is the one used for generation.
             height, width = x_t.shape[-2] * self.vae_scale_factor, x_t.shape[-1] * self.vae_scale_factor
+            # Filled on the device: a tensor built from Python numbers would be a host-to-GPU copy that waits.
+            resolution = torch.full((len(x_t), 2), height, device=x_t.device, dtype=self.dtype)
+            resolution[:, 1] = width
             added = {
-                "resolution": torch.tensor([[height, width]], device=x_t.device, dtype=self.dtype).expand(len(x_t), 2),
-                "aspect_ratio": torch.tensor([[height / width]], device=x_t.device, dtype=self.dtype).expand(len(x_t), 1),
+                "resolution": resolution,
+                "aspect_ratio": torch.full((len(x_t), 1), height / width, device=x_t.device, dtype=self.dtype),
             }
         out = transformer(
             x_t, encoder_hidden_states=cond.embeds.to(self.dtype), encoder_attention_mask=cond.mask,
