@@ -51,6 +51,8 @@ def build_parser(family: str) -> argparse.ArgumentParser:
     a("--train_data_dir", required=True, help="MS-COCO 2017 root (train2017/ + annotations/) or a folder with metadata.jsonl")
     a("--resolution", type=int, default=None, help="training resolution (centre crop + resize)")
     a("--dataloader_num_workers", type=int, default=2, help="image-decoding worker processes per GPU")
+    a("--latent_cache", default=None, metavar="DIR", help="encode every training image with the VAE once into safetensors shards in DIR "
+      "(reused by later runs with the same data, VAE and resolution), then train on the stored latents: no JPEG decoding, no VAE per step")
     a("--negative_prompts", default=None, help="file with one negative prompt per line (paper 3.2), or 'default' for dice/assets/negative_prompts.txt; u is one of them with --negative_prompt_prob")
     a("--negative_prompt_prob", type=float, default=1.0, help="probability that a sample's u is a random negative prompt rather than the empty prompt (needs --negative_prompts)")
     # Recipe.
@@ -202,6 +204,17 @@ def _save_checkpoint(accelerator, run_dir: Path, step: int, sharpener, config: S
     return final
 
 
+def _build_latent_cache(args, records, adapter, accelerator):
+    from .latent_cache import LatentCacheError, build_latent_cache
+
+    try:
+        return build_latent_cache(args.latent_cache, records, args.train_data_dir, adapter, args.resolution,
+                                  accelerator=accelerator, batch_size=args.train_batch_size,
+                                  num_workers=args.dataloader_num_workers)
+    except LatentCacheError as err:
+        raise SystemExit(f"error: {err}") from err
+
+
 def _check_replicas_identical(accelerator, sharpener) -> str:
     """Every process must hold the same sharpener (DDP keeps them in sync); fail loudly if not."""
     import hashlib
@@ -282,6 +295,7 @@ def train(family: str, args: argparse.Namespace) -> Path:
     # A family with a huge text encoder (PixArt's T5, --text_embedding_cache) encodes every prompt once here.
     adapter.prepare_text_cache([c for r in records for c in r.captions] + list(args.validation_prompts or []),
                                [""] + negatives, accelerator)
+    latent_cache = _build_latent_cache(args, records, adapter, accelerator) if args.latent_cache else None
 
     set_seed(args.seed)  # the sharpener's initial weights
     sharpener = Sharpener(adapter.text_dim)
@@ -319,7 +333,8 @@ def train(family: str, args: argparse.Namespace) -> Path:
 
     accum = args.gradient_accumulation_steps
     loader = iter(make_loader(records, args.resolution, args.train_batch_size, rank, world, args.seed,
-                              start_batch=global_step * accum, num_workers=args.dataloader_num_workers))
+                              start_batch=global_step * accum, num_workers=args.dataloader_num_workers,
+                              latent_cache=latent_cache))
     negative_bank = NegativeBank(adapter, negatives, args.negative_prompt_prob)
 
     from tqdm.auto import tqdm
@@ -383,7 +398,10 @@ def _micro_step(adapter, sharpener, negative_bank, batch, args, step, micro, ran
     # Host tensors go over with to_device: a plain .to("cuda") would make the host wait for the GPU.
     timesteps = to_device(timesteps.expand(batch_size).contiguous(), device)
 
-    latents = adapter.encode_images(batch["pixels"])
+    if "latents" in batch:  # --latent_cache
+        latents = to_device(batch["latents"], device, dtype)
+    else:
+        latents = adapter.encode_images(batch["pixels"])
     noise = to_device(torch.randn(latents.shape, generator=gen), device, dtype)
     x_t = adapter.add_noise(latents, noise, timesteps)
     sizes = to_device(batch["sizes"], device)
