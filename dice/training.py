@@ -19,6 +19,7 @@ import torch
 
 from . import experiments
 from .adapters import Conditioning, adapter_class
+from .adapters.base import COMPILE_CHOICES
 from .checkpoint import SharpenerConfig, save_sharpener
 from .data import load_records, make_loader, step_generator
 from .losses import LOSS_TYPES, REDUCTIONS, distillation_loss
@@ -86,6 +87,9 @@ def build_parser(family: str) -> argparse.ArgumentParser:
     a("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="overrides accelerate launch's setting")
     a("--enable_xformers_memory_efficient_attention", action="store_true", help="xformers attention in the frozen model (falls back to PyTorch SDPA)")
     a("--gradient_checkpointing", action="store_true", help="recompute the frozen denoiser's activations in the student's backward pass (less memory)")
+    a("--compile", nargs="?", const="full", choices=COMPILE_CHOICES, default=None,
+      help="torch.compile the frozen denoiser: 'full' (the bare flag) the whole model, 'regional' each repeated block (compiles faster)")
+    a("--channels_last", action="store_true", help="channels-last memory format for the frozen denoiser (faster convolutions on recent GPUs)")
     a("--n_gpus", type=int, default=None, help="expected number of processes; an error if it differs from the real count")
     a("--report_to", default="none", help="accelerate tracker: tensorboard, wandb, ... or none")
     adapter_class(family).add_arguments(p)
@@ -290,6 +294,10 @@ def train(family: str, args: argparse.Namespace) -> Path:
         adapter.enable_xformers()
     if args.gradient_checkpointing:
         adapter.denoiser.enable_gradient_checkpointing()
+    if args.channels_last:
+        adapter.denoiser.to(memory_format=torch.channels_last)
+    if args.compile:
+        adapter.compile_denoiser(args.compile)
     logger.info("data: %s, %d images (%s); base model %s (%s)", args.train_data_dir, len(records), layout,
                 args.pretrained_model_name_or_path, family)
     # A family with a huge text encoder (PixArt's T5, --text_embedding_cache) encodes every prompt once here.

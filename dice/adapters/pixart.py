@@ -39,6 +39,7 @@ class PixArtAdapter(Adapter):
         "embeds": ("prompt_embeds", "negative_prompt_embeds"),
         "mask": ("prompt_attention_mask", "negative_prompt_attention_mask"),
     }
+    repeated_blocks = ("BasicTransformerBlock",)
 
     def __init__(self, pipe, model, options=None):
         super().__init__(pipe, model, options)
