@@ -48,6 +48,12 @@ class Conditioning:
         # The mask stays integer: only floating tensors take the dtype.
         return self._map(lambda x: x.to(device=device, dtype=dtype if x.is_floating_point() else None))
 
+    def to_device(self, device) -> "Conditioning":
+        """Host to ``device`` without making the host wait for the GPU (see :func:`dice.runtime.to_device`)."""
+        from ..runtime import to_device
+
+        return self._map(lambda x: to_device(x, device))
+
     def select(self, index) -> "Conditioning":
         return self._map(lambda x: x[index])
 

@@ -117,12 +117,12 @@ class PixArtAdapter(Adapter):
     def encode_prompts(self, prompts: list[str]) -> Conditioning:
         if self.text_cache is not None:
             padding_matters = self.options["pixart_mask"] == "full"
-            return self.text_cache.lookup(list(prompts), need_padding=padding_matters).to(self.device)
+            return self.text_cache.lookup(list(prompts), need_padding=padding_matters).to_device(self.device)
         return self._encode_live(prompts)
 
     def encode_negative(self, prompts: list[str]) -> Conditioning:
         if self.text_cache is not None:  # u's padding tokens are sharpener context: always stored
-            return self.text_cache.lookup(list(prompts), need_padding=True).to(self.device)
+            return self.text_cache.lookup(list(prompts), need_padding=True).to_device(self.device)
         return self._encode_live(prompts)
 
     @property
