@@ -7,7 +7,8 @@ first step, sharded over the processes, and reused by every later run on the sam
 resolution.
 
 What is stored: the posterior **mean**, scaled (``Adapter.encode_images``, the live path), so a run
-with the cache computes exactly the losses it computes without one. The authors' script draws
+with the cache computes the losses it computes without one (to float32 rounding: a convolution's
+result for one image varies in the last bits with the rest of its batch). The authors' script draws
 ``latent_dist.sample()`` afresh at every step; a cache can only freeze one such draw (the same
 "random" offset at every epoch: neither their augmentation nor deterministic) or store mean and
 standard deviation to redraw it (twice the disk). The posterior's spread enters the loss only
@@ -30,6 +31,8 @@ import os
 from pathlib import Path
 
 import torch
+
+from .cache_check import refuse_other_writer
 
 logger = logging.getLogger("dice")
 
@@ -150,7 +153,8 @@ def build_latent_cache(
             tmp.write_text(json.dumps(index, indent=1))
             os.replace(tmp, index_path)
     _barrier(accelerator)
-    _check_matches(folder, json.loads(index_path.read_text()), wanted, probe)
+    refuse_other_writer(folder, json.loads(index_path.read_text()), wanted, probe, error=LatentCacheError,
+                        cache="latent cache", option="--latent_cache", writer="VAE")
 
     shard_size = json.loads(index_path.read_text())["shard_size"]
     num_shards = -(-len(records) // shard_size)
@@ -181,20 +185,3 @@ def build_latent_cache(
     bar.close()
     _barrier(accelerator)
     return LatentCache(folder)
-
-
-def _check_matches(folder: Path, index: dict, wanted: dict, probe: torch.Tensor) -> None:
-    stored = index.get("fingerprint", {})
-    differ = {k: (stored.get(k), v) for k, v in wanted.items() if stored.get(k) != v}
-    if differ:
-        raise LatentCacheError(
-            f"latent cache '{folder}' was written for other settings {differ} (stored, now). "
-            "Use another --latent_cache folder, or delete this one"
-        )
-    stored_probe = torch.tensor(index["probe"], dtype=torch.float32)
-    scale = float(stored_probe.abs().max()) or 1.0
-    if stored_probe.shape != probe.shape or not torch.allclose(stored_probe, probe, rtol=1e-2, atol=1e-2 * scale):
-        raise LatentCacheError(
-            f"latent cache '{folder}' was written by a VAE with other weights (a probe image encodes differently "
-            "now). Use another --latent_cache folder, or delete this one"
-        )

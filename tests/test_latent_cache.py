@@ -62,8 +62,8 @@ def test_training_on_cached_latents_matches_live_encoding(tiny_model, dataset, t
         store.get(3)
 
     # Refused: another resolution, another VAE (same config, other weights).
-    with pytest.raises(LatentCacheError, match="other settings.*resolution"):
+    with pytest.raises(LatentCacheError, match="different settings.*resolution"):
         build_latent_cache(cache, records, dataset, adapter, 16)
     torch.nn.init.normal_(adapter.pipe.vae.encoder.conv_in.weight)
-    with pytest.raises(LatentCacheError, match="other weights"):
+    with pytest.raises(LatentCacheError, match="different VAE"):
         build_latent_cache(cache, records, dataset, adapter, 32)
