@@ -43,6 +43,7 @@ latest_exp() { ls -d exps/[0-9][0-9][0-9][0-9][0-9]-* | tail -n 1 | xargs basena
 
 sample_all() {  # experiment id: DICE + the two baselines of Table 1 on the 5k COCO prompts
   local exp=$1
+  # u (negative prompt) defaults to what the sharpener was trained with; the baselines below use "".
   "${LAUNCH[@]}" sample.py --sharpener_path="$exp" --batch_gpu=16
   # alpha 0 leaves the embedding unchanged: the sharpener's base model itself, labelled unguided / cfg.
   "${LAUNCH[@]}" sample.py --sharpener_path="$exp" --alpha=0 --batch_gpu=16
@@ -68,7 +69,9 @@ case "${1:-}" in
   train)
     train "${2:?family}" "${@:3}" ;;
   train-variants)
-    # Paper 4.1: "Enhancers for SD15-based variants are trained with negative prompts."
+    # Paper 4.1: "Enhancers for SD15-based variants are trained with negative prompts." u is always one of
+    # them (3.2: they "replace all null text embeddings"); the checkpoint records the list, and `sample`
+    # below draws each image's u from it by default (README "Negative prompts").
     for model in Lykon/DreamShaper digiplay/AbsoluteReality_v1.8.1 Lykon/AnimePastelDream; do
       "${LAUNCH[@]}" train_sd15.py --pretrained_model_name_or_path="$model" --train_data_dir="$COCO" \
         --n_gpus="$NGPUS" --negative_prompts=default "${@:2}"

@@ -8,7 +8,9 @@ The base model comes from the sharpener's checkpoint unless --pretrained_model_n
 Reruns only generate missing images. Output: <outdir>/<configuration>/{00000.png, manifest.jsonl,
 sampling_options.json}; the evaluators read those folders.
 """
+from dice.errors import exit_on_user_error
 from dice.sample_cli import main
 
 if __name__ == "__main__":
-    main()
+    with exit_on_user_error():
+        main()

@@ -7,7 +7,9 @@
 
 Options are listed by --help; unset ones come from --preset (paper settings by default).
 """
+from dice.errors import exit_on_user_error
 from dice.training import main
 
 if __name__ == "__main__":
-    main("sdxl")
+    with exit_on_user_error():
+        main("sdxl")

@@ -53,13 +53,14 @@ class OursStep:
                  num_workers, latent_cache, stats_path):
         from dice.data import make_loader
         from dice.step_log import StepLog
+        from dice.negatives import NegativePrompts
         from dice.training import NegativeBank
 
         self.name, self.adapter, self.accelerator = name, adapter, accelerator
         self.sharpener, self.optimizer = sharpener, optimizer
         self.loader = iter(make_loader(records, resolution, batch_size, 0, 1, seed, num_workers=num_workers,
                                        latent_cache=latent_cache))
-        self.negative_bank = NegativeBank(adapter, [], 1.0)
+        self.negative_bank = NegativeBank(adapter, NegativePrompts())  # u = the empty prompt
         # The paper preset: one timestep per sample, squared error, mean over elements.
         self.args = SimpleNamespace(seed=seed, guidance_scale=5.0, shared_timestep=False, loss_type="mse",
                                     loss_reduction="mean")

@@ -1,9 +1,10 @@
 """One checkpoint format: the sharpener as ``sharpener.safetensors`` + ``sharpener.json``.
 
-The JSON records everything needed to rebuild and use it: family, base model, widths, step,
-family options (e.g. SDXL's empty-prompt rule) and the training options. No pickles. The same two
-files under the Hub's names (``model.safetensors`` + ``config.json``, see :mod:`dice.hub`) make a
-folder or Hub repository that loads the same way.
+The JSON records everything needed to rebuild and use it: family, base model (an absolute path for a
+local model; hub id + revision otherwise), widths, step, family options (e.g. SDXL's empty-prompt rule
+and VAE), the negative prompts u was drawn from in training, and the training options. No pickles. The
+same two files under the Hub's names (``model.safetensors`` + ``config.json``, see :mod:`dice.hub`) make
+a folder or Hub repository that loads the same way.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .errors import UserError, give_default_permissions, one_line
 from .experiments import DEFAULT_ROOT, ExperimentNotFound, latest_checkpoint, resolve_run, validation_grid_path
 from .hub import GRID_NAME, HUB_CONFIG_NAME, HUB_WEIGHTS_NAME, download_sharpener, is_repo_id
 from .sharpener import Sharpener
@@ -45,6 +47,10 @@ class SharpenerConfig:
     family_options: dict[str, Any] = field(default_factory=dict)
     base_model_revision: str | None = None
     base_model_variant: str | None = None
+    # u in training: with probability negative_prompt_prob one of negative_prompts, else the empty prompt
+    # (paper 3.2). Sampling defaults to the same distribution (dice.negatives).
+    negative_prompts: list[str] = field(default_factory=list)
+    negative_prompt_prob: float = 0.0
     training_options: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
@@ -65,6 +71,7 @@ def save_sharpener(folder: str | os.PathLike, sharpener: Sharpener, config: Shar
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in sharpener.state_dict().items()}
     save_file(state, str(folder / weights_name), metadata={"format": "pt", "family": config.family})
+    give_default_permissions(folder / weights_name)
     (folder / config_name).write_text(json.dumps(config.__dict__, indent=2, default=str) + "\n")
 
 
@@ -138,18 +145,57 @@ def resolve_sharpener_files(
     return weights, config
 
 
+class SharpenerMismatch(UserError, ValueError):
+    """A sharpener used with a model of another family or text width."""
+
+
 def check_sharpener_fits(config: SharpenerConfig, source: str, family: str | None = None, dim: int | None = None) -> None:
     """Refuse a sharpener trained for another family or text width (``source`` names it in the message)."""
     if family is not None and config.family != family:
-        raise ValueError(
+        raise SharpenerMismatch(
             f"sharpener '{source}' was trained for {config.family} ({config.base_model}); it cannot be "
-            f"applied to a {family} model. Use a {family} sharpener, or sample with --family {config.family}."
+            f"applied to a {family} model. Use a {family} sharpener, or a {config.family} base model"
         )
     if dim is not None and config.dim != dim:
-        raise ValueError(
+        raise SharpenerMismatch(
             f"sharpener '{source}' expects {config.dim}-wide text embeddings but this model's are {dim}-wide "
-            f"(trained on {config.base_model}); use a sharpener trained for this text encoder."
+            f"(trained on {config.base_model}). Use a sharpener trained for this text encoder"
         )
+
+
+class InvalidSharpenerConfig(UserError, ValueError):
+    """A sharpener's JSON that cannot be read as a SharpenerConfig."""
+
+
+def read_config(config_path: str | os.PathLike) -> SharpenerConfig:
+    try:
+        return SharpenerConfig.from_dict(json.loads(Path(config_path).read_text()))
+    except (ValueError, TypeError, AttributeError) as err:
+        raise InvalidSharpenerConfig(
+            f"'{config_path}' is not a sharpener config ({type(err).__name__}: {err}). Restore it from the run, "
+            "or pick another checkpoint"
+        ) from err
+
+
+def read_weights(weights: str | os.PathLike, config: SharpenerConfig, config_name: str = CONFIG_NAME) -> dict[str, torch.Tensor]:
+    """The sharpener's tensors, checked against the layout its JSON describes (one line on mismatch)."""
+    try:
+        state = load_file(str(weights))
+    except Exception as err:  # noqa: BLE001 - safetensors' errors for truncated / foreign files
+        raise UserError(
+            f"'{weights}' is not a readable safetensors file (truncated or corrupt: {one_line(err)}). "
+            "Copy it again, or pick another checkpoint of the run"
+        ) from err
+    expected = {k: tuple(v.shape) for k, v in Sharpener(config.dim, config.inner_dim, config.num_heads).state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if found != expected:
+        wrong = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
+        raise UserError(
+            f"'{weights}' does not match its {config_name} (dim {config.dim}, inner_dim {config.inner_dim}): "
+            f"{wrong[0]} is {found.get(wrong[0], 'missing')} in the file but {expected.get(wrong[0], 'unknown')} "
+            f"by the config. Restore the {config_name} written with these weights"
+        )
+    return state
 
 
 def load_sharpener(
@@ -163,10 +209,10 @@ def load_sharpener(
     back in eval mode without gradients, with ``config`` and ``validation_grid`` set.
     """
     weights, config_path = resolve_sharpener_files(spec, root, revision)
-    config = SharpenerConfig.from_dict(json.loads(config_path.read_text()))
+    config = read_config(config_path)
     check_sharpener_fits(config, str(weights), family, dim)
     sharpener = Sharpener(config.dim, config.inner_dim, config.num_heads)
-    sharpener.load_state_dict(load_file(str(weights)))
+    sharpener.load_state_dict(read_weights(weights, config, config_path.name))
     sharpener.config = config
     grids = [weights.with_name(GRID_NAME)]  # a Hub-layout folder
     if config.step is not None:  # a training run's checkpoint-<step>/

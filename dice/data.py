@@ -14,16 +14,17 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .errors import UserError
+
 logger = logging.getLogger("dice")
 
-EXPECTED_LAYOUTS = """Expected one of:
-  MS-COCO 2017                         plain image folder (Hugging Face imagefolder)
-  <train_data_dir>/                    <train_data_dir>/
-    train2017/000000000009.jpg ...       metadata.jsonl   lines {"file_name": "a.jpg", "text": "a caption"}
-    annotations/captions_train2017.json  a.jpg ...        ("text" may be a list of captions)"""
+EXPECTED_LAYOUTS = (
+    "Pass MS-COCO 2017 (DIR/train2017/*.jpg and DIR/annotations/captions_train2017.json) or an image folder with "
+    'DIR/metadata.jsonl (lines {"file_name": "a.jpg", "text": "a caption"}; "text" may be a list of captions)'
+)
 
 
-class DataLayoutError(FileNotFoundError):
+class DataLayoutError(UserError, FileNotFoundError):
     pass
 
 
@@ -35,11 +36,17 @@ class ImageRecord:
 
 def _load_coco(root: Path) -> list[ImageRecord]:
     annotations = json.loads((root / "annotations" / "captions_train2017.json").read_text())
-    files = {img["id"]: img["file_name"] for img in annotations["images"]}
+    files = {img["id"]: _text(img["file_name"]) for img in annotations["images"]}
     captions: dict[int, list[str]] = {}
     for ann in annotations["annotations"]:
-        captions.setdefault(ann["image_id"], []).append(ann["caption"].strip())
+        captions.setdefault(ann["image_id"], []).append(_text(ann["caption"]).strip())
     return [ImageRecord(root / "train2017" / files[i], caps) for i, caps in sorted(captions.items()) if i in files]
+
+
+def _text(value) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, found {type(value).__name__} {value!r:.60}")
+    return value
 
 
 def _load_imagefolder(root: Path) -> list[ImageRecord]:
@@ -50,11 +57,12 @@ def _load_imagefolder(root: Path) -> list[ImageRecord]:
         try:
             row = json.loads(line)
             text = row["text"]
-            by_file.setdefault(row["file_name"], []).extend([text] if isinstance(text, str) else list(text))
+            texts = [text] if isinstance(text, str) else list(text)
+            by_file.setdefault(_text(row["file_name"]), []).extend(_text(t) for t in texts)
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise DataLayoutError(
                 f"{root / 'metadata.jsonl'} line {lineno} is not a JSON object with \"file_name\" and \"text\" "
-                f"({err}).\n{EXPECTED_LAYOUTS}"
+                f"({type(err).__name__}: {err}). {EXPECTED_LAYOUTS}"
             ) from err
     return [ImageRecord(root / name, caps) for name, caps in by_file.items()]
 
@@ -63,21 +71,29 @@ def load_records(train_data_dir: str | Path) -> tuple[str, list[ImageRecord]]:
     """Recognise the layout of ``train_data_dir``; returns (layout name, records)."""
     root = Path(train_data_dir)
     if not root.is_dir():
-        raise DataLayoutError(f"--train_data_dir '{root}' does not exist or is not a folder.\n{EXPECTED_LAYOUTS}")
+        raise DataLayoutError(f"--train_data_dir '{root}' does not exist or is not a folder. {EXPECTED_LAYOUTS}")
     coco_json = root / "annotations" / "captions_train2017.json"
     if coco_json.is_file() or (root / "train2017").is_dir():
         if not (coco_json.is_file() and (root / "train2017").is_dir()):
-            raise DataLayoutError(f"'{root}' looks like MS-COCO but is incomplete.\n{EXPECTED_LAYOUTS}")
+            raise DataLayoutError(f"'{root}' looks like MS-COCO but is incomplete. {EXPECTED_LAYOUTS}")
         try:
             layout, records = "coco2017", _load_coco(root)
-        except (json.JSONDecodeError, KeyError) as err:
-            raise DataLayoutError(f"{coco_json} is not a COCO captions file ({err}).\n{EXPECTED_LAYOUTS}") from err
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+            raise DataLayoutError(
+                f"{coco_json} is not a COCO captions file ({type(err).__name__}: {err}). {EXPECTED_LAYOUTS}"
+            ) from err
     elif (root / "metadata.jsonl").is_file():
         layout, records = "imagefolder", _load_imagefolder(root)
     else:
-        raise DataLayoutError(f"'{root}' has neither a COCO layout nor metadata.jsonl.\n{EXPECTED_LAYOUTS}")
+        raise DataLayoutError(f"'{root}' has neither a COCO layout nor metadata.jsonl. {EXPECTED_LAYOUTS}")
     if not records:
-        raise DataLayoutError(f"'{root}' ({layout}) lists no captioned images.\n{EXPECTED_LAYOUTS}")
+        raise DataLayoutError(f"'{root}' ({layout}) lists no captioned images. {EXPECTED_LAYOUTS}")
+    first = records[:100]  # unreadable images are skipped in training; none at all is a wrong folder
+    if not any(record.path.is_file() for record in first):
+        raise DataLayoutError(
+            f"'{root}' ({layout}) lists images that do not exist (none of the first {len(first)}, e.g. "
+            f"'{first[0].path}'). Put the image files where the captions file says, or pass the right --train_data_dir"
+        )
     return layout, records
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import ArgumentParser, check_output_dir, exit_on_user_error, non_negative_int, positive_int
+
 HELD_OUT_TEMPLATES = [
     "a picture of a {size} {color} {shape} near a {color2} tree",
     "a painting of a {color} {shape} under the {color2} sky",
@@ -164,17 +166,19 @@ def run(family: str = "sd15", exps_root: str = "exps", max_train_steps: int | No
 
 
 def cli(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m dice.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("family", nargs="?", default="sd15", choices=["sd15", "sdxl", "pixart"])
     parser.add_argument("--exps_root", default="exps", help="where the experiment folder goes")
-    parser.add_argument("--max_train_steps", type=int, default=None, help="override the demo preset's 600 updates")
-    parser.add_argument("--num_prompts", type=int, default=32, help="held-out prompts for cfg_gap_closed")
-    parser.add_argument("--model_seed", type=int, default=0, help="seed of the tiny random model's weights")
-    parser.add_argument("--free_residual_steps", type=int, default=0,
+    parser.add_argument("--max_train_steps", type=positive_int, default=None, help="override the demo preset's 600 updates")
+    parser.add_argument("--num_prompts", type=positive_int, default=32, help="held-out prompts for cfg_gap_closed")
+    parser.add_argument("--model_seed", type=non_negative_int, default=0, help="seed of the tiny random model's weights")
+    parser.add_argument("--free_residual_steps", type=non_negative_int, default=0,
                         help="also fit free per-prompt residuals for this many steps and report their gap (0: off; the README figures use 300)")
     args = parser.parse_args(argv)
+    check_output_dir(args.exps_root, "--exps_root")
     run(args.family, args.exps_root, args.max_train_steps, args.num_prompts, args.model_seed, args.free_residual_steps)
 
 
 if __name__ == "__main__":
-    cli()
+    with exit_on_user_error():
+        cli()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import re
 import shlex
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import ArgumentParser, UserError, check_output_dir, exit_on_user_error, positive_int
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO_RUN = re.compile(r"^\d{5}-demo-")
 
@@ -33,7 +34,7 @@ DEMO_RUN = re.compile(r"^\d{5}-demo-")
 def latest_demo_run(exps_root: str | Path) -> Path:
     runs = sorted(p for p in Path(exps_root).glob("[0-9][0-9][0-9][0-9][0-9]-demo-*") if p.is_dir() and DEMO_RUN.match(p.name))
     if not runs:
-        raise SystemExit(f"error: no demo experiment (NNNNN-demo-*) under '{exps_root}/'; run `bash launch.sh demo` first")
+        raise UserError(f"no demo experiment (NNNNN-demo-*) under '{exps_root}/'. Run `bash launch.sh demo` first")
     return runs[-1]
 
 
@@ -58,24 +59,26 @@ def run(
     steps: int = 20,
 ) -> Path:
     """Run the chain; returns the table's Markdown path."""
-    from .checkpoint import SharpenerConfig, resolve_sharpener_files
+    from .checkpoint import read_config, resolve_sharpener_files
     from .demo import held_out_prompts
     from .experiments import resolve_run
-    from .metrics import exit_on_user_error
     from .presets import preset
     from .sample_cli import main as sample_main
 
     start = time.time()
     run_dir = resolve_run(experiment, exps_root) if experiment is not None else latest_demo_run(exps_root)
     _, config_path = resolve_sharpener_files(run_dir)
-    config = SharpenerConfig.from_dict(json.loads(config_path.read_text()))
+    config = read_config(config_path)
     settings = preset(config.family, "demo")
     resolution, guidance = settings["resolution"], settings["guidance_scale"]
     out = Path(out) if out else run_dir / "demo_eval"
-    out.mkdir(parents=True, exist_ok=True)
     if ref_data is None:  # the images the demo trained on
         trained_on = config.training_options.get("train_data_dir")
         ref_data = trained_on if trained_on and Path(trained_on).is_dir() else str(Path(exps_root) / "_demo_assets" / "synthetic-captions")
+    if not Path(ref_data).exists():
+        raise UserError(f"--ref_data '{ref_data}' does not exist. Pass the folder of images for the FID reference")
+    check_output_dir(out, "--out")
+    out.mkdir(parents=True, exist_ok=True)
     print(f"Evaluating {run_dir} (base model {config.base_model}) into {out}")
     print("The evaluators run with --smoke_test: tiny random-weight networks, so the scores are MEANINGLESS; "
           "this checks that sampling, scoring and the table work end to end.")
@@ -106,23 +109,22 @@ def run(
             ("evaluation/aesthetic.py", aesthetic, ["calc", "--images", str(folder), "--results", str(results)] + quiet),
         ]
     steps_to_run.append(("evaluation/results.py", results_cli, ["--results", str(results), "--out", str(out / "table")]))
-    with exit_on_user_error():
-        for script, module, argv in steps_to_run:
-            _step(script, argv)
-            module.main(argv)
+    for script, module, argv in steps_to_run:
+        _step(script, argv)
+        module.main(argv)
     print(f"\nDemo evaluation finished in {time.time() - start:.1f} s: {out}")
     return out / "table.md"
 
 
 def cli(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m dice.demo_eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", nargs="?", default=None, help="experiment id or run folder (default: the latest NNNNN-demo-*)")
     parser.add_argument("--exps_root", default="exps", help="where experiment ids are looked up")
     parser.add_argument("--out", default=None, help="output folder (default: <run>/demo_eval)")
     parser.add_argument("--ref_data", default=None,
                         help="images for the FID reference (default: the demo's training images, exps/_demo_assets/synthetic-captions)")
-    parser.add_argument("--num_prompts", type=int, default=16, help="held-out prompts per configuration")
-    parser.add_argument("--steps", type=int, default=20, help="sampling steps (the paper's 20)")
+    parser.add_argument("--num_prompts", type=positive_int, default=16, help="held-out prompts per configuration")
+    parser.add_argument("--steps", type=positive_int, default=20, help="sampling steps (the paper's 20)")
     args = parser.parse_args(argv)
     if "OMP_NUM_THREADS" not in os.environ:
         # Tiny models gain nothing from intra-op threads; on a busy 2-core machine they made this
@@ -132,4 +134,5 @@ def cli(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    cli()
+    with exit_on_user_error():
+        cli()

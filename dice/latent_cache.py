@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from .cache_check import refuse_other_writer
+from .errors import UserError, give_default_permissions
 
 logger = logging.getLogger("dice")
 
@@ -41,7 +42,7 @@ FORMAT_VERSION = 1
 SHARD_SIZE = 1024
 
 
-class LatentCacheError(RuntimeError):
+class LatentCacheError(UserError, RuntimeError):
     """The cache folder was written for something else; the message says what to do."""
 
 
@@ -181,6 +182,7 @@ def build_latent_cache(
                  "readable": torch.cat(readable).to(torch.uint8)}
         tmp = folder / f".{_shard_name(k)}.tmp-{rank}"
         save_file(shard, str(tmp))
+        give_default_permissions(tmp)
         os.replace(tmp, folder / _shard_name(k))  # a killed build never leaves a half shard under the final name
     bar.close()
     _barrier(accelerator)

@@ -9,14 +9,23 @@ Regenerate it with ``python -m dice.prompts build-coco5k --captions captions_val
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
 
+from .errors import ArgumentParser, UserError, exit_on_user_error
+
 COCO5K = "coco5k"
 COCO5K_FILE = Path(__file__).parent / "assets" / "coco_val2017_5k_prompts.jsonl"
 PROMPT_KEYS = ("caption", "prompt", "text")
+
+
+class PromptListError(UserError, ValueError):
+    pass
+
+
+class PromptListNotFound(UserError, FileNotFoundError):
+    pass
 
 
 def load_prompts(spec: str | os.PathLike = COCO5K) -> list[tuple[int, str]]:
@@ -26,19 +35,28 @@ def load_prompts(spec: str | os.PathLike = COCO5K) -> list[tuple[int, str]]:
     """
     path = COCO5K_FILE if str(spec) == COCO5K else Path(spec)
     if not path.is_file():
-        raise FileNotFoundError(f"Prompt list not found: {spec} (expected '{COCO5K}', a .txt or a .jsonl file)")
+        raise PromptListNotFound(f"prompt list not found: {spec}. Pass '{COCO5K}', a .txt or a .jsonl file")
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if path.suffix == ".txt":
         return list(enumerate(lines))
     if path.suffix != ".jsonl":
-        raise ValueError(f"Unknown prompt list format: {spec} (use '{COCO5K}', a .txt or a .jsonl file)")
+        raise PromptListError(f"Unknown prompt list format: {spec}. Use '{COCO5K}', a .txt or a .jsonl file")
     prompts = []
     for position, line in enumerate(lines):
-        entry = json.loads(line)
-        key = next((k for k in PROMPT_KEYS if k in entry), None)
-        if key is None:
-            raise ValueError(f"{spec}: line {position + 1} has none of the keys {PROMPT_KEYS}: {line[:200]}")
-        prompts.append((int(entry.get("index", position)), entry[key]))
+        try:
+            entry = json.loads(line)
+            key = next((k for k in PROMPT_KEYS if k in entry), None)
+            if key is None or not isinstance(entry[key], str):
+                raise ValueError(f"none of the keys {PROMPT_KEYS} holds a string")
+            prompts.append((int(entry.get("index", position)), entry[key]))
+        except (ValueError, TypeError) as err:
+            raise PromptListError(
+                f"{spec}: line {position + 1} is not a prompt ({err}): {line[:200]}. Give each line a "
+                f'"caption", "prompt" or "text" string (and optionally an integer "index")'
+            ) from None
+    indices = [index for index, _ in prompts]
+    if len(set(indices)) != len(indices) or min(indices, default=0) < 0:
+        raise PromptListError(f"{spec}: the \"index\" values are not distinct non-negative integers. Give every line its own index, or none")
     return prompts
 
 
@@ -68,7 +86,7 @@ def build_coco5k(captions_json_path: str | os.PathLike, out_path: str | os.PathL
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m dice.prompts", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m dice.prompts", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build-coco5k", help="regenerate the 5k list from captions_val2017.json")
     build.add_argument("--captions", required=True, help="MS-COCO annotations/captions_val2017.json")
@@ -79,4 +97,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_user_error():
+        main()

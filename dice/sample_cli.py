@@ -1,4 +1,8 @@
-"""Command line of sample.py: options -> adapter + sharpener -> dice.sampling.sample_prompts."""
+"""Command line of sample.py: options -> adapter + sharpener -> dice.sampling.sample_prompts.
+
+Options, the sharpener's files and the prompt list are all checked before the base model is loaded,
+and nothing is written before those checks pass.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,16 +11,29 @@ from pathlib import Path
 
 import torch
 
+from .errors import ArgumentParser, UserError, check_output_dir, finite_float, non_negative_int, positive_int
 from .experiments import DEFAULT_ROOT
+from .negatives import NegativePrompts
 from .presets import MODELS
 from .runtime import needs_cpu_process_group
-from .sampling import OPTIONS_FILE, SCHEDULERS, method_name, prepare_folder, sample_prompts, use_scheduler, write_manifest
+from .sampling import (
+    OPTIONS_FILE,
+    SCHEDULERS,
+    image_seed,
+    method_name,
+    prepare_folder,
+    sample_prompts,
+    scheduler_choice,
+    use_scheduler,
+    write_manifest,
+)
 
 logger = logging.getLogger("dice")
+VAE_OPTION = "pretrained_vae_model_name_or_path"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sample.py", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="sample.py", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     a("--sharpener_path", default=None, help="DICE: experiment id (3), run folder, checkpoint-<step> folder, sharpener.safetensors, "
       "a folder written by python -m dice.export, or a Hub repo id (owner/name)")
@@ -29,17 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
     a("--revision", default=None)
     a("--variant", default=None)
     a("--single_file_config", default=None, help="diffusers folder or hub id with the config of a single-file model")
-    a("--alpha", type=float, default=1.0, help="DICE strength (1 = as trained)")
-    a("--cfg_scale", type=float, default=1.0, help="CFG scale; 1 = unguided (one network evaluation per step)")
-    a("--steps", type=int, default=20, help="sampling steps")
+    a("--pretrained_vae_model_name_or_path", default=None, help="SDXL: replacement VAE (default: the one the sharpener was trained with)")
+    a("--alpha", type=finite_float, default=1.0, help="DICE strength (1 = as trained)")
+    a("--cfg_scale", type=finite_float, default=1.0, help="CFG scale; 1 = unguided (one network evaluation per step)")
+    a("--steps", type=positive_int, default=20, help="sampling steps")
     a("--scheduler", default="dpmsolver++", help=f"one of {sorted(SCHEDULERS)} or a diffusers scheduler class name")
-    a("--negative_prompt", default="", help="negative prompt: the CFG negative and DICE's sharpener context")
+    a("--negative_prompt", default=None, help="negative prompt: the CFG negative and DICE's sharpener context u. Default: "
+      "u as the sharpener was trained (the empty prompt, or per image one of the negative prompts it was trained with); "
+      "the empty prompt without a sharpener")
     a("--prompt", action="append", default=None, help="a prompt (repeatable); overrides --prompts")
     a("--prompts", default="coco5k", help="coco5k (the paper's 5,000 MS-COCO val2017 captions), a .txt or a .jsonl file")
-    a("--num_images", type=int, default=None, help="only the first N prompts")
-    a("--resolution", type=int, default=None, help="image size (default: the sharpener's training resolution, else the family's)")
-    a("--batch_gpu", type=int, default=8, help="images per batch per process")
-    a("--seed", type=int, default=0, help="image i uses seed + i")
+    a("--num_images", type=positive_int, default=None, help="only the first N prompts")
+    a("--resolution", type=positive_int, default=None, help="image size (default: the sharpener's training resolution, else the family's)")
+    a("--batch_gpu", type=positive_int, default=8, help="images per batch per process")
+    a("--seed", type=non_negative_int, default=0, help="image i uses seed + i")
     a("--outdir", default="samples", help="parent folder of the per-configuration folders")
     a("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="model dtype (default: fp16 on GPU, fp32 on CPU)")
     a("--enable_xformers_memory_efficient_attention", action="store_true")
@@ -47,75 +67,114 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve(args) -> dict:
-    """Decide family, base model and sharpener from the arguments; nothing is loaded yet."""
+    """Decide family, base model, sharpener, negative prompts and prompts from the arguments, and check
+    them all; only the sharpener's small files are read, the base model is not loaded yet."""
+    from .adapters import adapter_class
+    from .adapters.base import absolute_if_local
+    from .adapters.registry import detect_family
+    from .checkpoint import load_sharpener, read_config, resolve_sharpener_files
+    from .hub import HUB_WEIGHTS_NAME, is_repo_id
+    from .prompts import load_prompts
+
     sharpener_spec = args.sharpener_path or args.sharpener_id
     if args.sharpener_path and args.sharpener_id and args.sharpener_path != args.sharpener_id:
-        raise SystemExit("error: give --sharpener_path or --sharpener_id, not both")
+        raise UserError("--sharpener_path and --sharpener_id name different sharpeners. Give one of them")
     model = args.pretrained_model_name_or_path or args.model_name
     family = args.family
     if model in MODELS:
         family, model = family or MODELS[model][0], MODELS[model][1]
-    config = name = None
+    config = weights = sharpener = name = None
     if sharpener_spec is not None:
-        import json
-
-        from .checkpoint import SharpenerConfig, resolve_sharpener_files
-        from .hub import HUB_WEIGHTS_NAME, is_repo_id
-
         weights, config_path = resolve_sharpener_files(sharpener_spec, args.exps_root, args.sharpener_revision)
-        config = SharpenerConfig.from_dict(json.loads(config_path.read_text()))
-        family = family or config.family
+        config = read_config(config_path)
+        if args.alpha != 0:  # alpha 0: c + 0 * f(c, u) = c exactly, the base model itself, labelled as such
+            sharpener, _ = load_sharpener(weights)
         model = model or config.base_model
         # What names it in the options and the folder name: its Hub repo id, its Hub-layout folder or its run.
         if is_repo_id(str(sharpener_spec)):
             name = str(sharpener_spec)
         else:
             name = weights.parent.name if weights.name == HUB_WEIGHTS_NAME else weights.parent.parent.name
-        sharpener_spec = str(weights)
-    if sharpener_spec is not None and args.alpha == 0:
-        # c + 0 * f(c, u) = c exactly: the base model itself (unguided or CFG), labelled as such.
-        sharpener_spec = None
     if model is None:
-        raise SystemExit("error: no base model: give --sharpener_path (a trained sharpener) or --pretrained_model_name_or_path/--model_name")
-    if family is None:
-        from .adapters.registry import detect_family
+        raise UserError("no base model. Give --sharpener_path (a trained sharpener) or --pretrained_model_name_or_path/--model_name")
+    model = absolute_if_local(model)
+    detected = detect_family(model, args.revision) if family is None or config is not None else None
+    if config is not None:
+        if family and family != config.family:
+            raise UserError(f"--family {family}, but sharpener '{weights}' was trained for {config.family}. "
+                            f"Use a {family} sharpener, or drop --family")
+        if detected and detected != config.family:
+            raise UserError(
+                f"'{model}' is a {detected} model, but sharpener '{weights}' was trained for {config.family} "
+                f"(on {config.base_model}). Pass a {config.family} base model with --pretrained_model_name_or_path, "
+                f"or use a {detected} sharpener"
+            )
+        family = config.family
+    family = family or detected or "sd15"
+    if args.pretrained_vae_model_name_or_path and VAE_OPTION not in adapter_class(family).option_defaults:
+        raise UserError(f"--pretrained_vae_model_name_or_path applies to SDXL only, and this is a {family} model. Drop it")
+    scheduler_choice(args.scheduler)
+    prompts = [(i, p) for i, p in enumerate(args.prompt)] if args.prompt else load_prompts(args.prompts)
+    prompts = prompts[: args.num_images]
+    if not prompts:
+        raise UserError(f"--prompts '{args.prompts}' holds no prompts. Put one prompt per line in it (blank lines are skipped)")
+    check_output_dir(args.outdir, "--outdir")
+    return {"family": family, "model": model, "sharpener": str(weights) if sharpener is not None else None,
+            "sharpener_module": sharpener, "config": config, "prompts": prompts,
+            "negatives": negative_prompts(args, config if sharpener is not None else None, prompts),
+            "sharpener_name": name if sharpener is not None else None}
 
-        family = detect_family(model, args.revision) or "sd15"
-    return {"family": family, "model": model, "sharpener": sharpener_spec, "config": config,
-            "sharpener_name": name if sharpener_spec else None}
+
+def negative_prompts(args, config, prompts: list[tuple[int, str]]) -> tuple[dict[int, str], str | dict]:
+    """(u per prompt index, what sampling_options.json records): by default u as the sharpener was trained."""
+    trained = NegativePrompts(config.negative_prompts, config.negative_prompt_prob) if config else NegativePrompts()
+    if args.negative_prompt is None:
+        if not trained.only_empty:
+            logger.info("negative prompt u: %s, as the sharpener was trained (--negative_prompt overrides)", trained.describe())
+        return {i: trained.for_image(image_seed(args.seed, i)) for i, _ in prompts}, trained.to_options()
+    if config is not None and (not trained.only_empty or args.negative_prompt != ""):
+        logger.warning("warning: --negative_prompt %r overrides u the sharpener was trained with (%s)",
+                       args.negative_prompt, trained.describe())
+    return {i: args.negative_prompt for i, _ in prompts}, args.negative_prompt
 
 
 def main(argv: list[str] | None = None) -> Path:
     from accelerate import PartialState
 
     from .adapters import adapter_class
-    from .checkpoint import load_sharpener
-    from .prompts import load_prompts
+    from .checkpoint import check_sharpener_fits
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        plan = resolve(args)
-        prompts = [(i, p) for i, p in enumerate(args.prompt)] if args.prompt else load_prompts(args.prompts)
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from err
-    if args.num_images is not None:
-        prompts = prompts[: args.num_images]
+    plan = resolve(args)
+    config, sharpener, prompts = plan["config"], plan["sharpener_module"], plan["prompts"]
+    negatives, negative_option = plan["negatives"]
+    trained_model = config.base_model if config else None
+    same_model = plan["model"] == trained_model
+    if sharpener is not None and not same_model:
+        logger.info("cross-model: the sharpener was trained on %s and is applied to %s", trained_model, plan["model"])
     state = PartialState(cpu=needs_cpu_process_group())
     precision = args.mixed_precision or ("fp16" if state.device.type == "cuda" else "no")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
 
-    config = plan["config"]
     family_options = dict(config.family_options) if config else {}
-    try:
-        adapter = adapter_class(plan["family"]).from_pretrained(
-            plan["model"], revision=args.revision or (config.base_model_revision if config else None),
-            variant=args.variant, torch_dtype=dtype, single_file_config=args.single_file_config, **family_options)
-        sharpener = None
-        if plan["sharpener"]:
-            sharpener, _ = load_sharpener(plan["sharpener"], family=plan["family"], dim=adapter.text_dim)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        raise SystemExit(f"error: {err}") from err
+    if args.pretrained_vae_model_name_or_path:
+        from .adapters.base import absolute_if_local
+
+        family_options[VAE_OPTION] = absolute_if_local(args.pretrained_vae_model_name_or_path)
+    trained_options = config.training_options if config and same_model else {}
+    adapter = adapter_class(plan["family"]).from_pretrained(
+        plan["model"], revision=args.revision or (config.base_model_revision if same_model else None),
+        variant=args.variant, torch_dtype=dtype,
+        single_file_config=args.single_file_config or trained_options.get("single_file_config"), **family_options)
+    if sharpener is not None:
+        check_sharpener_fits(config, plan["sharpener"], dim=adapter.text_dim)
+    # Default size: what the sharpener was trained at (e.g. 1024 for SDXL, 32 for the tiny demo).
+    trained_resolution = config.training_options.get("resolution") if config else None
+    resolution = args.resolution or trained_resolution or adapter.default_resolution
+    if resolution % adapter.resolution_multiple:
+        raise UserError(f"--resolution {resolution} is not a multiple of {adapter.resolution_multiple} (the latent grid "
+                        f"of {plan['model']}). Pass a multiple of {adapter.resolution_multiple}")
     adapter.freeze(state.device, dtype)
     if sharpener is not None:
         sharpener.to(state.device)
@@ -123,31 +182,31 @@ def main(argv: list[str] | None = None) -> Path:
         adapter.enable_xformers()
     use_scheduler(adapter, args.scheduler)
 
-    # Default size: what the sharpener was trained at (e.g. 1024 for SDXL, 32 for the tiny demo).
-    trained_resolution = config.training_options.get("resolution") if config else None
     method = method_name(sharpener is not None, args.cfg_scale)
     options = {
         "family": plan["family"], "base_model": plan["model"], "family_options": dict(adapter.options),
         "method": method, "cfg_scale": args.cfg_scale, "alpha": args.alpha if sharpener is not None else None,
         "steps": args.steps, "nfe": args.steps * (2 if args.cfg_scale > 1 else 1), "scheduler": args.scheduler,
-        "resolution": args.resolution or trained_resolution or adapter.default_resolution, "seed": args.seed,
-        "negative_prompt": args.negative_prompt, "prompts": "cli" if args.prompt else args.prompts,
-        "num_images": len(prompts), "sharpener": plan["sharpener"],
-        "sharpener_step": config.step if config else None,
+        "resolution": resolution, "seed": args.seed, "negative_prompt": negative_option,
+        "prompts": "cli" if args.prompt else args.prompts, "num_images": len(prompts), "sharpener": plan["sharpener"],
+        "sharpener_step": config.step if sharpener is not None else None,
         "sharpener_experiment": plan["sharpener_name"],
+        # The model the sharpener was trained on: differs from base_model in cross-model transfer (paper Fig. 6).
+        "sharpener_base_model": trained_model if sharpener is not None else None,
         "precision": precision,
     }
     folder = Path(args.outdir) / "pending"
     if state.is_main_process:
         folder = prepare_folder(Path(args.outdir), options)
+        write_manifest(folder, prompts, args.seed, negatives)  # from the start: evaluators read completeness from it
     folder = Path(_broadcast(str(folder), state))
     made = sample_prompts(
         adapter, prompts, folder, sharpener=sharpener, alpha=args.alpha, cfg_scale=args.cfg_scale, steps=args.steps,
-        negative_prompt=args.negative_prompt, resolution=options["resolution"], seed=args.seed,
+        negative_prompt=negatives, resolution=resolution, seed=args.seed,
         batch_size=args.batch_gpu, rank=state.process_index, world=state.num_processes, barrier=state.wait_for_everyone,
     )
     if state.is_main_process:
-        count = write_manifest(folder, prompts, args.seed)
+        count = write_manifest(folder, prompts, args.seed, negatives)
         logger.info("%s: %d/%d images (%d new on this process); options in %s", folder, count, len(prompts), made, OPTIONS_FILE)
     return folder
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .adapters.base import Adapter, Conditioning
+from .errors import UserError
 
 SCHEDULERS = {
     # name -> (diffusers class, config overrides). DPM-Solver++ 2M is the paper's sampler (SPEC section 5).
@@ -28,16 +29,30 @@ SCHEDULERS = {
 }
 
 
+class UnknownScheduler(UserError, ValueError):
+    pass
+
+
+class FolderOfAnotherConfiguration(UserError, ValueError):
+    pass
+
+
+def scheduler_choice(name: str) -> tuple[str, dict]:
+    """(diffusers class name, config overrides) of a --scheduler value; refused before any model loads."""
+    import diffusers
+
+    if name in SCHEDULERS:
+        return SCHEDULERS[name]
+    if hasattr(diffusers, name) and name.endswith("Scheduler"):
+        return name, {}
+    raise UnknownScheduler(f"unknown scheduler {name!r}. Use one of {sorted(SCHEDULERS)} or a diffusers *Scheduler class name")
+
+
 def make_scheduler(name: str, base_config):
     """A sampling scheduler built from the base model's own scheduler config (its noise schedule)."""
     import diffusers
 
-    if name in SCHEDULERS:
-        class_name, overrides = SCHEDULERS[name]
-    elif hasattr(diffusers, name) and name.endswith("Scheduler"):
-        class_name, overrides = name, {}
-    else:
-        raise ValueError(f"unknown scheduler {name!r}; use one of {sorted(SCHEDULERS)} or a diffusers *Scheduler class name")
+    class_name, overrides = scheduler_choice(name)
     return getattr(diffusers, class_name).from_config(base_config, **overrides)
 
 
@@ -74,22 +89,24 @@ def sharpen_for_pipeline(
 @torch.no_grad()
 def generate(
     adapter: Adapter, prompts: list[str], seeds: list[int], *, sharpener: nn.Module | None = None,
-    alpha: float = 1.0, cfg_scale: float = 1.0, steps: int = 20, negative_prompt: str = "",
+    alpha: float = 1.0, cfg_scale: float = 1.0, steps: int = 20, negative_prompt: str | list[str] = "",
     resolution: int | None = None, output_type: str = "pil",
 ):
     """Generate one image per prompt; returns PIL images, or final latents if ``output_type="latent"``.
 
-    The negative prompt is the CFG negative and, for DICE, the sharpener's context ``u``.
+    The negative prompt (one for all, or one per prompt) is the CFG negative and, for DICE, the
+    sharpener's context ``u``.
     """
     from .addon import is_applied
 
-    if len(prompts) != len(seeds):
-        raise ValueError("one seed per prompt")
+    negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+    if not len(prompts) == len(seeds) == len(negatives):
+        raise ValueError("one seed and one negative prompt per prompt")
     if is_applied(adapter.pipe):  # its __call__ would sharpen these embeddings a second time
         raise ValueError("this pipeline has a sharpener applied (dice.apply): call the pipeline itself, or dice.remove(pipe) first")
     resolution = resolution or adapter.default_resolution
     cond = adapter.encode_prompts(list(prompts))
-    uncond = adapter.encode_negative([negative_prompt] * len(prompts))
+    uncond = adapter.encode_negative(negatives)
     cond, uncond = sharpen_for_pipeline(adapter, cond, uncond, sharpener, alpha)
     out = adapter.pipe(
         **adapter.pipeline_kwargs(cond, uncond), guidance_scale=cfg_scale, num_inference_steps=steps,
@@ -150,7 +167,8 @@ def sample_folder_name(options: dict) -> str:
     return "-".join(parts) + "-" + digest.hexdigest()[:6]
 
 
-def _write_atomic(path: Path, write) -> None:
+def write_atomic(path: Path, write) -> None:
+    """``write(tmp)`` then rename onto ``path``."""
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
     os.replace(tmp, path)  # a killed run never leaves a truncated file under the final name
@@ -160,12 +178,17 @@ def finished_indices(folder: Path) -> set[int]:
     return {int(p.stem) for p in folder.glob("[0-9]*.png") if p.stem.isdigit()}
 
 
-def write_manifest(folder: Path, prompts: list[tuple[int, str]], base_seed: int) -> int:
-    """Manifest of the images that exist, in index order; returns their count."""
+def write_manifest(folder: Path, prompts: list[tuple[int, str]], base_seed: int, negatives: dict[int, str] | None = None) -> int:
+    """Manifest of the images that exist, in index order; returns their count.
+
+    Rewritten as images are finished, so a killed run leaves a manifest of what it finished.
+    """
     done = finished_indices(folder)
-    lines = [json.dumps({"index": i, "prompt": p, "seed": image_seed(base_seed, i), "file": f"{i:05d}.png"}, ensure_ascii=False)
+    negatives = negatives or {}
+    lines = [json.dumps({"index": i, "prompt": p, "seed": image_seed(base_seed, i), "file": f"{i:05d}.png",
+                         "negative_prompt": negatives.get(i, "")}, ensure_ascii=False)
              for i, p in prompts if i in done]
-    _write_atomic(folder / MANIFEST, lambda tmp: tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8"))
+    write_atomic(folder / MANIFEST, lambda tmp: tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8"))
     return len(lines)
 
 
@@ -178,21 +201,23 @@ def prepare_folder(outdir: Path, options: dict) -> Path:
         previous = json.loads(saved.read_text())
         changed = {k: (previous.get(k), options.get(k)) for k in IMAGE_DEFINING if previous.get(k) != options.get(k)}
         if changed:
-            raise ValueError(f"{folder} holds images of another configuration ({changed}); use another --outdir")
-    _write_atomic(saved, lambda tmp: tmp.write_text(json.dumps(options, indent=2, default=str) + "\n"))
+            raise FolderOfAnotherConfiguration(f"{folder} holds images of another configuration ({changed}). Use another --outdir")
+    write_atomic(saved, lambda tmp: tmp.write_text(json.dumps(options, indent=2, default=str) + "\n"))
     return folder
 
 
 def sample_prompts(
     adapter: Adapter, prompts: list[tuple[int, str]], folder: Path, *, sharpener=None, alpha: float = 1.0,
-    cfg_scale: float = 1.0, steps: int = 20, negative_prompt: str = "", resolution: int | None = None,
+    cfg_scale: float = 1.0, steps: int = 20, negative_prompt: str | dict[int, str] = "", resolution: int | None = None,
     seed: int = 0, batch_size: int = 8, rank: int = 0, world: int = 1, barrier=lambda: None, progress: bool = True,
 ) -> int:
     """Generate every missing image of ``prompts`` into ``folder``; returns how many this process made.
 
-    Each process takes every ``world``-th missing index; ``barrier`` synchronises processes so they all
-    see the same list of missing images before anyone writes.
+    ``negative_prompt``: one for all images, or one per prompt index. Each process takes every
+    ``world``-th missing index; ``barrier`` synchronises processes so they all see the same list of
+    missing images before anyone writes. Process 0 rewrites the manifest after each of its batches.
     """
+    negatives = negative_prompt if isinstance(negative_prompt, dict) else {i: negative_prompt for i, _ in prompts}
     from tqdm.auto import tqdm
 
     missing = [(i, p) for i, p in prompts if i not in finished_indices(folder)]
@@ -203,10 +228,13 @@ def sample_prompts(
         chunk = mine[start:start + batch_size]
         images = generate(
             adapter, [p for _, p in chunk], [image_seed(seed, i) for i, _ in chunk], sharpener=sharpener,
-            alpha=alpha, cfg_scale=cfg_scale, steps=steps, negative_prompt=negative_prompt, resolution=resolution,
+            alpha=alpha, cfg_scale=cfg_scale, steps=steps, negative_prompt=[negatives[i] for i, _ in chunk],
+            resolution=resolution,
         )
         for (i, _), image in zip(chunk, images):
-            _write_atomic(folder / f"{i:05d}.png", lambda tmp, image=image: image.save(tmp, format="PNG"))
+            write_atomic(folder / f"{i:05d}.png", lambda tmp, image=image: image.save(tmp, format="PNG"))
+        if rank == 0:
+            write_manifest(folder, prompts, seed, negatives)
         bar.update(len(chunk) * world)
     bar.close()
     barrier()

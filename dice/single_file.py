@@ -33,13 +33,14 @@ wide text encoders) will bite.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import sys
 from pathlib import Path
 import torch
+
+from .errors import ArgumentParser, check_output_file, exit_on_user_error, give_default_permissions
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -376,11 +377,12 @@ def save_single_file(
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out_path), metadata={"format": "pt", "dice_family": family})
+    give_default_permissions(out_path)
     return out_path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m dice.single_file",
         description="Convert a diffusers SD1.5/SDXL folder into one original-layout .safetensors file "
         "(loadable with from_single_file; offline, pass the folder as its config).",
@@ -400,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         family = args.family or family_of_folder(args.folder)
     except (OSError, ValueError) as err:
         parser.error(str(err))
+    check_output_file(args.out, "out")
     dtype = DTYPES.get(args.dtype)
     pipe = load_pipeline(args.folder, family, dtype, args.variant)
     path = save_single_file(pipe, args.out, family, dtype)
@@ -411,4 +414,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with exit_on_user_error():
+        sys.exit(main())

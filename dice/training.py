@@ -7,9 +7,10 @@ repeats an uninterrupted one exactly.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
-import math
+import logging.handlers
 import os
 import shutil
 import sys
@@ -19,10 +20,26 @@ import torch
 
 from . import experiments
 from .adapters import Conditioning, adapter_class
-from .adapters.base import COMPILE_CHOICES
-from .checkpoint import SharpenerConfig, save_sharpener
+from .adapters.base import COMPILE_CHOICES, absolute_if_local, hub_revision
+from .checkpoint import CONFIG_NAME, SharpenerConfig, load_sharpener, save_sharpener
 from .data import load_records, make_loader, step_generator
+from .errors import (
+    ArgumentParser,
+    UserError,
+    check_output_dir,
+    finite_float,
+    fraction,
+    give_default_permissions,
+    is_disk_full,
+    non_negative_float,
+    non_negative_int,
+    one_line,
+    positive_float,
+    positive_int,
+    probability,
+)
 from .losses import LOSS_TYPES, REDUCTIONS, distillation_loss
+from .negatives import NegativePrompts, read_negative_prompts
 from .presets import PRESETS, preset
 from .runtime import needs_cpu_process_group, to_device
 from .sharpener import Sharpener
@@ -36,8 +53,8 @@ DEFAULT_VALIDATION_PROMPTS = [
 ]
 
 
-def build_parser(family: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser(family: str) -> ArgumentParser:
+    p = ArgumentParser(
         prog=f"train_{family}.py",
         description=f"Train a DICE sharpener for a frozen {family} model (run under `accelerate launch`). "
         "Options left unset take the --preset's value.",
@@ -50,39 +67,39 @@ def build_parser(family: str) -> argparse.ArgumentParser:
     a("--variant", default=None, help="weights variant of the base model, e.g. fp16")
     a("--single_file_config", default=None, help="diffusers folder or hub id with the pipeline config for a single-file model (needed offline)")
     a("--train_data_dir", required=True, help="MS-COCO 2017 root (train2017/ + annotations/) or a folder with metadata.jsonl")
-    a("--resolution", type=int, default=None, help="training resolution (centre crop + resize)")
-    a("--dataloader_num_workers", type=int, default=2, help="image-decoding worker processes per GPU")
+    a("--resolution", type=positive_int, default=None, help="training resolution (centre crop + resize)")
+    a("--dataloader_num_workers", type=non_negative_int, default=2, help="image-decoding worker processes per GPU")
     a("--latent_cache", default=None, metavar="DIR", help="encode every training image with the VAE once into safetensors shards in DIR "
       "(reused by later runs with the same data, VAE and resolution), then train on the stored latents: no JPEG decoding, no VAE per step")
     a("--negative_prompts", default=None, help="file with one negative prompt per line (paper 3.2), or 'default' for dice/assets/negative_prompts.txt; u is one of them with --negative_prompt_prob")
-    a("--negative_prompt_prob", type=float, default=1.0, help="probability that a sample's u is a random negative prompt rather than the empty prompt (needs --negative_prompts)")
+    a("--negative_prompt_prob", type=probability, default=1.0, help="probability that a sample's u is a random negative prompt rather than the empty prompt (needs --negative_prompts; 1 = the paper's 'negative text embeddings replace all null text embeddings')")
     # Recipe.
     a("--preset", default="paper", choices=sorted(PRESETS[family]), help="paper settings, the authors' scripts, or the tiny demo")
-    a("--train_batch_size", type=int, default=None, help="batch per process")
-    a("--gradient_accumulation_steps", type=int, default=None, help="micro-batches per update")
-    a("--max_train_steps", type=int, default=None, help="optimizer updates")
-    a("--learning_rate", type=float, default=None)
+    a("--train_batch_size", type=positive_int, default=None, help="batch per process")
+    a("--gradient_accumulation_steps", type=positive_int, default=None, help="micro-batches per update")
+    a("--max_train_steps", type=positive_int, default=None, help="optimizer updates")
+    a("--learning_rate", type=positive_float, default=None)
     a("--lr_scheduler", default=None, help="diffusers scheduler name: constant, constant_with_warmup, linear, cosine, ...")
-    a("--lr_warmup_steps", type=int, default=None)
-    a("--adam_beta1", type=float, default=0.9)
-    a("--adam_beta2", type=float, default=0.999)
-    a("--adam_weight_decay", type=float, default=None, help="AdamW decoupled weight decay (0 = Adam, the paper)")
-    a("--adam_epsilon", type=float, default=1e-8)
-    a("--guidance_scale", type=float, default=None, help="CFG scale w of the teacher")
+    a("--lr_warmup_steps", type=non_negative_int, default=None)
+    a("--adam_beta1", type=fraction, default=0.9)
+    a("--adam_beta2", type=fraction, default=0.999)
+    a("--adam_weight_decay", type=non_negative_float, default=None, help="AdamW decoupled weight decay (0 = Adam, the paper)")
+    a("--adam_epsilon", type=positive_float, default=1e-8)
+    a("--guidance_scale", type=finite_float, default=None, help="CFG scale w of the teacher")
     a("--loss_type", choices=LOSS_TYPES, default=None, help="mse (paper) or l1 (authors' SD1.5 script)")
     a("--loss_reduction", choices=REDUCTIONS, default=None, help="mean (this repo) or sum_per_sample (authors)")
     a("--shared_timestep", action=argparse.BooleanOptionalAction, default=None, help="one timestep for the whole batch on all processes (authors) instead of one per sample")
-    a("--seed", type=int, default=0, help="seed of the sharpener init, data order, noise and timesteps")
+    a("--seed", type=non_negative_int, default=0, help="seed of the sharpener init, data order, noise and timesteps")
     # Experiment folder, checkpoints, resume.
     a("--output_dir", default=experiments.DEFAULT_ROOT, help="root of the numbered experiment folders")
     a("--desc", default=None, help="suffix of the experiment folder name (default: family-model-preset)")
-    a("--checkpointing_steps", type=int, default=None, help="save a checkpoint every N updates (the last step is always saved)")
-    a("--checkpoints_total_limit", type=int, default=None, help="keep at most this many checkpoints")
+    a("--checkpointing_steps", type=positive_int, default=None, help="save a checkpoint every N updates (the last step is always saved)")
+    a("--checkpoints_total_limit", type=positive_int, default=None, help="keep at most this many checkpoints")
     a("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint-<step> folder; with 'latest' give --experiment")
     a("--experiment", default=None, help="experiment id or folder to continue (with --resume_from_checkpoint)")
     a("--validation_prompts", nargs="*", default=DEFAULT_VALIDATION_PROMPTS, help="prompts of the unguided/CFG/DICE grid saved at each checkpoint (none: no grid)")
-    a("--validation_inference_steps", type=int, default=20, help="sampling steps of the validation grid")
-    a("--log_every", type=int, default=10, help="write a progress line to log.txt every N updates")
+    a("--validation_inference_steps", type=positive_int, default=20, help="sampling steps of the validation grid")
+    a("--log_every", type=positive_int, default=10, help="write a progress line to log.txt every N updates")
     # Hardware.
     a("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="overrides accelerate launch's setting")
     a("--enable_xformers_memory_efficient_attention", action="store_true", help="xformers attention in the frozen model (falls back to PyTorch SDPA)")
@@ -90,31 +107,71 @@ def build_parser(family: str) -> argparse.ArgumentParser:
     a("--compile", nargs="?", const="full", choices=COMPILE_CHOICES, default=None,
       help="torch.compile the frozen denoiser: 'full' (the bare flag) the whole model, 'regional' each repeated block (compiles faster)")
     a("--channels_last", action="store_true", help="channels-last memory format for the frozen denoiser (faster convolutions on recent GPUs)")
-    a("--n_gpus", type=int, default=None, help="expected number of processes; an error if it differs from the real count")
+    a("--n_gpus", type=positive_int, default=None, help="expected number of processes; an error if it differs from the real count")
     a("--report_to", default="none", help="accelerate tracker: tensorboard, wandb, ... or none")
     adapter_class(family).add_arguments(p)
     return p
 
 
+# Options naming a model file or folder: recorded as absolute paths, so the run can be found again
+# from any directory (sample.py reads the base model from the checkpoint).
+LOCAL_MODEL_OPTIONS = ("pretrained_model_name_or_path", "single_file_config", "pretrained_vae_model_name_or_path")
+
+
 def resolve_options(family: str, args: argparse.Namespace) -> argparse.Namespace:
-    """Fill every option the user did not give from the preset."""
+    """Fill every option the user did not give from the preset, and refuse impossible combinations;
+    nothing is loaded or written yet."""
     for key, value in preset(family, args.preset).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    for key in LOCAL_MODEL_OPTIONS:
+        if getattr(args, key, None):
+            setattr(args, key, absolute_if_local(getattr(args, key)))
     if args.negative_prompts is None and args.negative_prompt_prob != 1.0:
-        raise SystemExit("--negative_prompt_prob needs --negative_prompts FILE")
+        raise UserError("--negative_prompt_prob needs --negative_prompts. Add --negative_prompts FILE (or 'default'), or drop --negative_prompt_prob")
     if args.resume_from_checkpoint == "latest" and not args.experiment:
-        raise SystemExit("--resume_from_checkpoint latest needs --experiment <id or folder> (the run to continue)")
+        raise UserError("--resume_from_checkpoint latest needs the run to continue. Add --experiment <id or folder>")
+    if args.experiment and not args.resume_from_checkpoint:
+        raise UserError("--experiment only names the run that --resume_from_checkpoint continues. Add --resume_from_checkpoint latest, or drop --experiment")
+    _check_lr_scheduler(args)
+    _check_report_to(args)
     return args
+
+
+def _check_lr_scheduler(args) -> None:
+    from diffusers.optimization import get_scheduler
+
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    try:
+        get_scheduler(args.lr_scheduler, probe, num_warmup_steps=args.lr_warmup_steps, num_training_steps=args.max_train_steps)
+    except Exception as err:  # noqa: BLE001 - an unknown name, or one needing arguments we do not pass
+        from diffusers.optimization import SchedulerType
+
+        raise UserError(
+            f"--lr_scheduler {args.lr_scheduler!r} cannot be used ({one_line(err)}). Choose one of: "
+            + ", ".join(t.value for t in SchedulerType if t.value != "piecewise_constant")
+        ) from None
+
+
+def _check_report_to(args) -> None:
+    if args.report_to == "none":
+        return
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    if args.report_to not in LoggerType.list():
+        raise UserError(f"--report_to {args.report_to!r} is not an accelerate tracker. Choose one of: none, {', '.join(LoggerType.list())}")
+    if args.report_to != "all" and LoggerType(args.report_to) not in get_available_trackers():
+        raise UserError(f"--report_to {args.report_to}: its package is not installed. Install it (pip install {args.report_to}), or pass --report_to none")
 
 
 class NegativeBank:
     """Embeddings of the empty prompt (index 0) and of every negative prompt, encoded once."""
 
-    def __init__(self, adapter, negatives: list[str], prob: float):
-        self.prob = prob if negatives else 0.0
-        self.num_negatives = len(negatives)
-        self.bank: Conditioning = adapter.encode_negative([""] + negatives)
+    def __init__(self, adapter, negatives: NegativePrompts):
+        self.prob = negatives.probability
+        self.num_negatives = len(negatives.prompts)
+        self.bank: Conditioning = adapter.encode_negative([""] + negatives.prompts)
 
     def sample(self, batch: int, generator: torch.Generator) -> Conditioning:
         index = torch.zeros(batch, dtype=torch.long)
@@ -125,65 +182,99 @@ class NegativeBank:
         return self.bank.select(to_device(index, self.bank.embeds.device))
 
 
-DEFAULT_NEGATIVE_PROMPTS = Path(__file__).parent / "assets" / "negative_prompts.txt"
-
-
-def read_negative_prompts(path: str | None) -> list[str]:
-    if path is None:
-        return []
-    if path == "default":  # the list shipped with dice
-        path = str(DEFAULT_NEGATIVE_PROMPTS)
-    if not os.path.isfile(path):
-        raise SystemExit(f"--negative_prompts '{path}' does not exist (one negative prompt per line)")
-    prompts = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-    if not prompts:
-        raise SystemExit(f"--negative_prompts '{path}' has no prompts")
-    return prompts
-
-
-def _setup_logging(run_dir: Path, is_main: bool) -> None:
+def _log_to_console(is_main: bool) -> None:
+    """Log to stdout now; what is logged before the run folder exists goes into its log.txt later."""
     logger.setLevel(logging.INFO)
     logger.propagate = False
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
+        handler.close()
     if is_main:
-        fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-        for handler in (logging.FileHandler(run_dir / "log.txt"), logging.StreamHandler(sys.stdout)):
-            handler.setFormatter(fmt)
-            logger.addHandler(handler)
+        logger.addHandler(_formatted(logging.StreamHandler(sys.stdout)))
+        logger.addHandler(logging.handlers.MemoryHandler(capacity=1 << 16, flushLevel=logging.CRITICAL + 1))
     else:
         logger.addHandler(logging.NullHandler())
 
 
-def _prepare_run_dir(accelerator, args, family: str) -> tuple[Path, Path | None]:
-    """(run folder, checkpoint to resume from); the main process decides, everyone agrees."""
+def _log_to_file(run_dir: Path, is_main: bool) -> None:
+    if not is_main:
+        return
+    file_handler = _formatted(logging.FileHandler(run_dir / "log.txt"))
+    for early in [h for h in logger.handlers if isinstance(h, logging.handlers.MemoryHandler)]:
+        early.setTarget(file_handler)
+        early.flush()
+        logger.removeHandler(early)
+    logger.addHandler(file_handler)
+
+
+def _formatted(handler: logging.Handler) -> logging.Handler:
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    return handler
+
+
+@contextlib.contextmanager
+def _errors_into_log():
+    """A run that fails after its folder exists says why in its log.txt (and still fails)."""
+    try:
+        yield
+    except UserError as error:
+        logger.error("error: %s", one_line(error))
+        raise
+    except BaseException:
+        logger.exception("training stopped")
+        raise
+
+
+def _plan_run(args) -> tuple[Path | None, Path | None]:
+    """(run folder to continue, checkpoint to resume from), checked before anything is loaded or written."""
+    if not args.resume_from_checkpoint:
+        check_output_dir(args.output_dir, "--output_dir")
+        return None, None
+    if args.resume_from_checkpoint == "latest":
+        run_dir = experiments.resolve_run(args.experiment, args.output_dir)
+        resume = experiments.latest_checkpoint(run_dir)  # none yet: start from scratch in it
+    else:
+        resume = Path(args.resume_from_checkpoint)
+        experiments.checkpoint_step(resume)
+        if not (resume / CONFIG_NAME).is_file():
+            raise UserError(f"--resume_from_checkpoint '{resume}' is not a complete checkpoint (no {CONFIG_NAME}). Pass another checkpoint-<step> folder, or 'latest'")
+        run_dir = experiments.resolve_run(args.experiment, args.output_dir) if args.experiment else resume.parent
+    check_output_dir(run_dir, "--experiment")
+    return run_dir, resume
+
+
+def _create_run_dir(accelerator, args, family: str, run_dir: Path | None) -> Path:
+    """The main process makes the numbered folder (or tidies the resumed one); everyone gets its path."""
     from accelerate.utils import broadcast_object_list
 
-    decided = [None, None, None]
+    decided = [str(run_dir) if run_dir else None]
     if accelerator.is_main_process:
-        try:
-            resume = None
-            if args.resume_from_checkpoint:
-                if args.resume_from_checkpoint == "latest":
-                    run_dir = experiments.resolve_run(args.experiment, args.output_dir)
-                    resume = experiments.latest_checkpoint(run_dir)  # none yet: start from scratch in it
-                else:
-                    resume = Path(args.resume_from_checkpoint)
-                    experiments.checkpoint_step(resume)
-                    if not (resume / "sharpener.json").is_file():
-                        raise FileNotFoundError(f"'{resume}' is not a complete checkpoint (no sharpener.json)")
-                    run_dir = experiments.resolve_run(args.experiment, args.output_dir) if args.experiment else resume.parent
-                experiments.remove_incomplete_checkpoints(run_dir)
-            else:
-                model_name = Path(args.pretrained_model_name_or_path.rstrip("/")).name.replace(".safetensors", "")
-                run_dir = experiments.create_run_dir(args.output_dir, args.desc or f"{family}-{model_name}-{args.preset}")
-            decided = [str(run_dir), str(resume) if resume else None, None]
-        except (FileNotFoundError, ValueError) as err:
-            decided = [None, None, str(err)]
+        if run_dir is None:
+            model_name = Path(args.pretrained_model_name_or_path.rstrip("/")).name.replace(".safetensors", "")
+            decided = [str(experiments.create_run_dir(args.output_dir, args.desc or f"{family}-{model_name}-{args.preset}"))]
+        else:
+            experiments.remove_incomplete_checkpoints(run_dir)
     broadcast_object_list(decided)
-    if decided[2]:
-        raise SystemExit(f"error: {decided[2]}")
-    return Path(decided[0]), (Path(decided[1]) if decided[1] else None)
+    return Path(decided[0])
+
+
+def _load_adapter(family: str, args, accelerator, weight_dtype: torch.dtype):
+    adapter = adapter_class(family).from_args(args, torch_dtype=weight_dtype)
+    if args.resolution % adapter.resolution_multiple:
+        raise UserError(
+            f"--resolution {args.resolution} is not a multiple of {adapter.resolution_multiple} (the latent grid of "
+            f"{args.pretrained_model_name_or_path}). Pass a multiple of {adapter.resolution_multiple}"
+        )
+    adapter.freeze(accelerator.device, weight_dtype)
+    if args.enable_xformers_memory_efficient_attention:
+        adapter.enable_xformers()
+    if args.gradient_checkpointing:
+        adapter.denoiser.enable_gradient_checkpointing()
+    if args.channels_last:
+        adapter.denoiser.to(memory_format=torch.channels_last)
+    if args.compile:
+        adapter.compile_denoiser(args.compile)
+    return adapter
 
 
 def _save_checkpoint(accelerator, run_dir: Path, step: int, sharpener, config: SharpenerConfig, limit) -> Path:
@@ -193,11 +284,24 @@ def _save_checkpoint(accelerator, run_dir: Path, step: int, sharpener, config: S
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            config.step = step
+            save_sharpener(tmp, accelerator.unwrap_model(sharpener), config)
+            give_default_permissions(*(path for path in tmp.rglob("*") if path.is_file()))
+    except Exception as err:
+        if not is_disk_full(err):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        free_mib = shutil.disk_usage(run_dir).free / 2**20
+        raise UserError(
+            f"no space left on device while saving checkpoint {step} into '{tmp}' ({free_mib:.0f} MiB free; the "
+            f"earlier checkpoints are intact). Free space on that disk, then continue with "
+            f"--resume_from_checkpoint latest --experiment {run_dir}"
+        ) from err
     if accelerator.is_main_process:
-        config.step = step
-        save_sharpener(tmp, accelerator.unwrap_model(sharpener), config)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -206,17 +310,6 @@ def _save_checkpoint(accelerator, run_dir: Path, step: int, sharpener, config: S
         logger.info("saved %s", final)
     accelerator.wait_for_everyone()
     return final
-
-
-def _build_latent_cache(args, records, adapter, accelerator):
-    from .latent_cache import LatentCacheError, build_latent_cache
-
-    try:
-        return build_latent_cache(args.latent_cache, records, args.train_data_dir, adapter, args.resolution,
-                                  accelerator=accelerator, batch_size=args.train_batch_size,
-                                  num_workers=args.dataloader_num_workers)
-    except LatentCacheError as err:
-        raise SystemExit(f"error: {err}") from err
 
 
 def _check_replicas_identical(accelerator, sharpener) -> str:
@@ -235,15 +328,17 @@ def _check_replicas_identical(accelerator, sharpener) -> str:
     return digests[0]
 
 
-def _validation_grid(adapter, sharpener, args, run_dir: Path, step: int) -> None:
-    from .sampling import generate, image_grid, use_scheduler
+def _validation_grid(adapter, sharpener, args, negatives: NegativePrompts, run_dir: Path, step: int) -> None:
+    from .sampling import generate, image_grid, use_scheduler, write_atomic
 
     if not args.validation_prompts:
         return
     use_scheduler(adapter, "dpmsolver++")
     prompts = list(args.validation_prompts)
     seeds = list(range(len(prompts)))  # fixed seeds: grids of different steps are comparable
-    common = dict(steps=args.validation_inference_steps, resolution=args.resolution)
+    # u as in training (and as sample.py draws it), for the CFG teacher and DICE alike.
+    common = dict(steps=args.validation_inference_steps, resolution=args.resolution,
+                  negative_prompt=[negatives.for_image(s) for s in seeds])
     rows = [
         generate(adapter, prompts, seeds, cfg_scale=1.0, **common),
         generate(adapter, prompts, seeds, cfg_scale=args.guidance_scale, **common),
@@ -252,58 +347,93 @@ def _validation_grid(adapter, sharpener, args, run_dir: Path, step: int) -> None
     labels = ["unguided", f"CFG w={args.guidance_scale:g}", "DICE"]
     path = experiments.validation_grid_path(run_dir, step)
     path.parent.mkdir(exist_ok=True)
-    image_grid(rows, labels).save(path)
+    grid = image_grid(rows, labels)
+    write_atomic(path, lambda tmp: grid.save(tmp, format="PNG"))
     logger.info("validation grid: %s", path)
 
 
+def _regenerate_missing_grids(adapter, args, negatives: NegativePrompts, run_dir: Path) -> None:
+    """After a crash, a saved checkpoint may lack its grid (killed while drawing it): draw it again."""
+    if not args.validation_prompts:
+        return
+    for checkpoint in experiments.list_checkpoints(run_dir):
+        step = experiments.checkpoint_step(checkpoint)
+        path = experiments.validation_grid_path(run_dir, step)
+        if not path.is_file() or path.stat().st_size == 0:
+            sharpener, _ = load_sharpener(checkpoint, device=adapter.device)
+            _validation_grid(adapter, sharpener, args, negatives, run_dir, step)
+
+
+def _keep_stats_until(stats_path: Path, step: int) -> None:
+    """On resume, drop the lines of steps after the checkpoint: they are trained again."""
+    if not stats_path.is_file():
+        return
+    from .sampling import write_atomic
+
+    def logged_step(line: str) -> float:
+        try:
+            return json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):  # a line cut short by the kill
+            return float("inf")
+
+    lines = stats_path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if logged_step(line) <= step]
+    if len(kept) != len(lines):
+        write_atomic(stats_path, lambda tmp: tmp.write_text("".join(kept)))
+
+
 def train(family: str, args: argparse.Namespace) -> Path:
+    """Check the run, data and model, then make the experiment folder and fit the sharpener in it."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from diffusers.optimization import get_scheduler
+
+    # Everything that can be checked before minutes of model loading, and before anything is written.
+    continue_run, resume_from = _plan_run(args)
+    layout, records = load_records(args.train_data_dir)
+    negatives = NegativePrompts(read_negative_prompts(args.negative_prompts), args.negative_prompt_prob if args.negative_prompts else 0.0)
 
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to, cpu=needs_cpu_process_group(),
+        log_with=None if args.report_to == "none" else args.report_to, project_dir=args.output_dir,
+        cpu=needs_cpu_process_group(),
+        # A prepared scheduler otherwise steps once per process per update, so every schedule but
+        # "constant" would run num_processes times too fast; the loop steps it once per update instead.
+        step_scheduler_with_optimizer=False,
     )
     if args.n_gpus is not None and args.n_gpus != accelerator.num_processes:
-        raise SystemExit(
-            f"--n_gpus={args.n_gpus} but accelerate started {accelerator.num_processes} process(es); "
-            "pass the same number to `accelerate launch --num_processes` and --n_gpus."
+        raise UserError(
+            f"--n_gpus={args.n_gpus} but accelerate started {accelerator.num_processes} process(es). "
+            "Pass the same number to `accelerate launch --num_processes` and --n_gpus"
         )
-    run_dir, resume_from = _prepare_run_dir(accelerator, args, family)
-    _setup_logging(run_dir, accelerator.is_main_process)
-    rank, world = accelerator.process_index, accelerator.num_processes
+    _log_to_console(accelerator.is_main_process)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    adapter = _load_adapter(family, args, accelerator, weight_dtype)
+    latent_cache = None
+    if args.latent_cache:  # before the run folder: a cache of another VAE or resolution is refused first
+        from .latent_cache import build_latent_cache
+
+        latent_cache = build_latent_cache(args.latent_cache, records, args.train_data_dir, adapter, args.resolution,
+                                          accelerator=accelerator, batch_size=args.train_batch_size,
+                                          num_workers=args.dataloader_num_workers)
+
+    run_dir = _create_run_dir(accelerator, args, family, continue_run)
+    _log_to_file(run_dir, accelerator.is_main_process)
+    accelerator.project_configuration.logging_dir = str(run_dir)  # trackers (tensorboard, ...) log into the run
+    with _errors_into_log():
+        return _fit(accelerator, adapter, args, family, run_dir, resume_from, layout, records, negatives, latent_cache)
+
+
+def _fit(accelerator, adapter, args, family: str, run_dir: Path, resume_from: Path | None, layout: str, records,
+         negatives: NegativePrompts, latent_cache=None) -> Path:
+    from accelerate.utils import set_seed
+    from diffusers.optimization import get_scheduler
+
+    rank, world = accelerator.process_index, accelerator.num_processes
     logger.info("experiment %s: %d process(es), mixed precision %s", run_dir, world, accelerator.mixed_precision)
-
-    # Data first: a wrong folder should fail before minutes of model loading.
-    try:
-        layout, records = load_records(args.train_data_dir)
-    except FileNotFoundError as err:
-        raise SystemExit(f"error: {err}") from err
-    negatives = read_negative_prompts(args.negative_prompts)
-
-    adapter_cls = adapter_class(family)
-    try:
-        adapter = adapter_cls.from_args(args, torch_dtype=weight_dtype)
-    except Exception as err:  # noqa: BLE001 - shown as one clear line, with the cause kept in the log
-        logger.error("%s", err)
-        raise SystemExit(f"error: {err}") from err
-    adapter.freeze(accelerator.device, weight_dtype)
-    if args.enable_xformers_memory_efficient_attention:
-        adapter.enable_xformers()
-    if args.gradient_checkpointing:
-        adapter.denoiser.enable_gradient_checkpointing()
-    if args.channels_last:
-        adapter.denoiser.to(memory_format=torch.channels_last)
-    if args.compile:
-        adapter.compile_denoiser(args.compile)
-    logger.info("data: %s, %d images (%s); base model %s (%s)", args.train_data_dir, len(records), layout,
-                args.pretrained_model_name_or_path, family)
+    logger.info("data: %s, %d images (%s); base model %s (%s); u: %s", args.train_data_dir, len(records), layout,
+                args.pretrained_model_name_or_path, family, negatives.describe())
     # A family with a huge text encoder (PixArt's T5, --text_embedding_cache) encodes every prompt once here.
     adapter.prepare_text_cache([c for r in records for c in r.captions] + list(args.validation_prompts or []),
-                               [""] + negatives, accelerator)
-    latent_cache = _build_latent_cache(args, records, adapter, accelerator) if args.latent_cache else None
+                               [""] + negatives.prompts, accelerator)
 
     set_seed(args.seed)  # the sharpener's initial weights
     sharpener = Sharpener(adapter.text_dim)
@@ -318,11 +448,13 @@ def train(family: str, args: argparse.Namespace) -> Path:
     options = {k: v for k, v in vars(args).items()}
     options.update(family=family, num_processes=world, mixed_precision=accelerator.mixed_precision,
                    global_batch_size=args.train_batch_size * world * args.gradient_accumulation_steps,
-                   data_layout=layout, num_images=len(records), negative_prompt_list=negatives)
+                   data_layout=layout, num_images=len(records), negative_prompt_list=negatives.prompts)
     config = SharpenerConfig(
         family=family, base_model=args.pretrained_model_name_or_path, dim=adapter.text_dim,
         num_tokens=adapter.num_tokens, family_options=dict(adapter.options),
-        base_model_revision=args.revision, base_model_variant=args.variant, training_options=options,
+        base_model_revision=hub_revision(args.pretrained_model_name_or_path, args.revision),
+        base_model_variant=args.variant, negative_prompts=negatives.prompts,
+        negative_prompt_prob=negatives.probability, training_options=options,
     )
 
     global_step = 0
@@ -333,6 +465,9 @@ def train(family: str, args: argparse.Namespace) -> Path:
     if accelerator.is_main_process:
         name = "training_options.json" if resume_from is None else f"training_options-resume-{global_step}.json"
         (run_dir / name).write_text(json.dumps(options, indent=2, default=str) + "\n")
+        _keep_stats_until(run_dir / "stats.jsonl", global_step)
+        _regenerate_missing_grids(adapter, args, negatives, run_dir)
+    accelerator.wait_for_everyone()
     if global_step >= args.max_train_steps:
         logger.info("nothing to do: step %d >= --max_train_steps %d", global_step, args.max_train_steps)
         return run_dir
@@ -343,7 +478,7 @@ def train(family: str, args: argparse.Namespace) -> Path:
     loader = iter(make_loader(records, args.resolution, args.train_batch_size, rank, world, args.seed,
                               start_batch=global_step * accum, num_workers=args.dataloader_num_workers,
                               latent_cache=latent_cache))
-    negative_bank = NegativeBank(adapter, negatives, args.negative_prompt_prob)
+    negative_bank = NegativeBank(adapter, negatives)
 
     from tqdm.auto import tqdm
 
@@ -361,11 +496,11 @@ def train(family: str, args: argparse.Namespace) -> Path:
                     loss = _micro_step(adapter, sharpener, negative_bank, batch, args, global_step, micro, rank, accelerator)
                     accelerator.backward(loss)
                     optimizer.step()
-                    lr_scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                 loss_sum = loss_sum + loss.detach() / accum  # stays on the device: no wait for the GPU here
                 images += len(batch["captions"]) * world
             assert accelerator.sync_gradients, "one update per --gradient_accumulation_steps micro-batches"
+            lr_scheduler.step()  # once per update, whatever the number of processes
             global_step += 1
             progress.update(1)
             step_log.add(global_step, loss_sum, lr_scheduler.get_last_lr()[0], images)
@@ -383,7 +518,7 @@ def train(family: str, args: argparse.Namespace) -> Path:
                 _check_replicas_identical(accelerator, sharpener)
                 _save_checkpoint(accelerator, run_dir, global_step, sharpener, config, args.checkpoints_total_limit)
                 if accelerator.is_main_process:
-                    _validation_grid(adapter, accelerator.unwrap_model(sharpener), args, run_dir, global_step)
+                    _validation_grid(adapter, accelerator.unwrap_model(sharpener), args, negatives, run_dir, global_step)
                 accelerator.wait_for_everyone()
     finally:
         progress.close()

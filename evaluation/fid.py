@@ -13,6 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
+from dice.errors import ArgumentParser, check_output_file, non_negative_int, positive_int  # noqa: E402
 from dice.metrics import (  # noqa: E402
     Processes,
     build_reference,
@@ -26,7 +27,7 @@ from dice.metrics.smoke import SMOKE_TEST_HELP, smoke_feature_extractor  # noqa:
 
 
 def main(argv=None, feature_extractor=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     calc = commands.add_parser("calc", help="FID of an image folder against reference statistics")
     calc.add_argument("--images", required=True, help="sample folder (manifest.jsonl), image folder or zip")
@@ -36,11 +37,11 @@ def main(argv=None, feature_extractor=None):
     ref = commands.add_parser("ref", help="reference statistics of an image folder or zip")
     ref.add_argument("--data", required=True, help="image folder or zip (e.g. COCO val2017)")
     ref.add_argument("--dest", required=True, help="output .npz")
-    ref.add_argument("--center_crop_resize", type=int, default=None, help="centre-crop and resize to N first (authors: 512)")
+    ref.add_argument("--center_crop_resize", type=positive_int, default=None, help="centre-crop and resize to N first (authors: 512)")
     for command in (calc, ref):
         command.add_argument("--inception_weights", default=None, help=f"local Inception .pth (or ${INCEPTION_WEIGHTS_ENV})")
-        command.add_argument("--batch_size", type=int, default=64, help="images per batch and process")
-        command.add_argument("--num_workers", type=int, default=2, help="image-loading workers per process")
+        command.add_argument("--batch_size", type=positive_int, default=64, help="images per batch and process")
+        command.add_argument("--num_workers", type=non_negative_int, default=2, help="image-loading workers per process")
         command.add_argument("--smoke_test", action="store_true", help=SMOKE_TEST_HELP + (
             " The smoke features are 64-d, so smoke and real statistics never mix (dimension error)."))
     dist = commands.add_parser("dist", help="FID between two statistics files")
@@ -50,6 +51,10 @@ def main(argv=None, feature_extractor=None):
     if args.command == "dist":
         print(f"{fid_from_files(*args.stats):.6f}")
         return
+    if args.command == "ref":
+        check_output_file(args.dest, "--dest")
+    else:
+        check_output_file(args.results, "--results")
     processes = Processes.from_accelerate()
     if args.smoke_test:
         feature_extractor = smoke_feature_extractor(processes.device)

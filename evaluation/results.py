@@ -9,15 +9,17 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
+from dice.errors import ArgumentParser, check_output_file  # noqa: E402
 from dice.metrics import exit_on_user_error  # noqa: E402
 from dice.metrics.results import write_table  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default="results/results.jsonl", help="results file the calc commands append to")
     parser.add_argument("--out", default="results/table", help="output prefix: writes <out>.md and <out>.csv")
     args = parser.parse_args(argv)
+    check_output_file(f"{args.out}.md", "--out")
     markdown, csv_path = write_table(args.results, args.out)
     print(markdown.read_text(encoding="utf-8"))
     print(f"Wrote {markdown} and {csv_path}")

@@ -17,6 +17,19 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+@pytest.fixture(autouse=True)
+def _restore_dice_logger():
+    """An in-process training run points the "dice" logger at that test's captured stdout; give the
+    next test the logger as it was."""
+    import logging
+
+    dice_logger = logging.getLogger("dice")
+    saved = (list(dice_logger.handlers), dice_logger.propagate, dice_logger.level)
+    yield
+    dice_logger.handlers[:] = saved[0]
+    dice_logger.propagate, dice_logger.level = saved[1], saved[2]
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """``tiny_model("sd15")`` -> path of a saved tiny diffusers pipeline of that family."""

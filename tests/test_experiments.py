@@ -17,6 +17,28 @@ def test_run_folders_are_numbered_after_the_highest(tmp_path):
         experiments.resolve_run(3, tmp_path)
 
 
+def _create_runs(root, desc, count=40):
+    return [experiments.create_run_dir(root, desc).name for _ in range(count)]
+
+
+def test_runs_started_at_once_never_share_a_number(tmp_path):
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(3) as pool:
+        names = sum(pool.starmap(_create_runs, [(tmp_path, f"desc{i}") for i in range(3)]), [])
+    numbers = [name[:5] for name in names]
+    assert len(set(numbers)) == len(numbers) == 120
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)  # no claim folder left behind
+
+
+def test_an_ambiguous_number_is_refused_naming_both(tmp_path):
+    (tmp_path / "00001-a").mkdir()
+    (tmp_path / "00001-b").mkdir()
+    with pytest.raises(experiments.ExperimentNotFound, match="ambiguous.*00001-a.*00001-b"):
+        experiments.resolve_run("1", tmp_path)
+    assert experiments.create_run_dir(tmp_path, "c").name == "00002-c"
+
+
 def test_half_written_checkpoints_are_never_picked(tmp_path):
     run = tmp_path / "00000-run"
     torch.manual_seed(0)

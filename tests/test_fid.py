@@ -289,13 +289,13 @@ def test_incomplete_sample_folder_is_refused(tmp_path):
 def test_dimension_mismatch_and_missing_reference(tmp_path):
     write_sample_folder(tmp_path / "samples", 4)
     save_stats(tmp_path / "ref5.npz", np.zeros(5), np.eye(5))
-    with pytest.raises(ValueError, match="Feature dimension 12 .* does not match 5"):
+    with pytest.raises(ValueError, match="12-d features but .* has 5-d"):
         calc_fid(tmp_path / "samples", tmp_path / "ref5.npz", feature_extractor=tiny_features)
     with pytest.raises(FileNotFoundError, match="Reference statistics not found"):
         calc_fid(tmp_path / "samples", tmp_path / "nope.npz", feature_extractor=tiny_features)
 
 
-def test_missing_inception_weights_offline(tmp_path, monkeypatch):
+def test_missing_inception_weights_offline(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty weights cache
     monkeypatch.delenv("DICE_INCEPTION_WEIGHTS", raising=False)
@@ -311,8 +311,9 @@ def test_missing_inception_weights_offline(tmp_path, monkeypatch):
     write_sample_folder(tmp_path / "samples", 3)
     save_stats(tmp_path / "ref.npz", np.zeros(2048), np.eye(2048))
     with pytest.raises(SystemExit) as exit, exit_on_user_error():
-        load_cli().main(["calc", "--images", str(tmp_path / "samples"), "--ref", str(tmp_path / "ref.npz")])
-    assert str(exit.value) == f"error: {message}"
+        load_cli().main(["calc", "--images", str(tmp_path / "samples"), "--ref", str(tmp_path / "ref.npz"),
+                         "--results", str(tmp_path / "results.jsonl")])
+    assert exit.value.code != 0 and capsys.readouterr().err == f"error: {message}\n"
 
 
 def test_cli_dist(tmp_path, capsys):

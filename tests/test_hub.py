@@ -196,8 +196,14 @@ def test_export_turns_a_checkpoint_into_a_hub_folder(trained_run, fake_upload, t
     assert_same_weights(sharpener, loaded)
     assert config.base_model == "someone/tiny-sd15" and config.step == 5
     assert loaded.validation_grid == out / "validation_grid.png"
-    plan = resolve(build_parser().parse_args(["--sharpener_path", str(out)]))  # sample.py takes the folder
-    assert plan["sharpener_name"] == "out" and plan["model"] == "someone/tiny-sd15" and plan["family"] == "sd15"
+    # sample.py takes the folder; the base model named in its config is checked before anything loads.
+    from dice.adapters.base import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="'someone/tiny-sd15' is not a local folder or file"):
+        resolve(build_parser().parse_args(["--sharpener_path", str(out)]))
+    args = ["--sharpener_path", str(out), "--pretrained_model_name_or_path", sharpener.config.base_model]
+    plan = resolve(build_parser().parse_args(args))
+    assert plan["sharpener_name"] == "out" and plan["family"] == "sd15" and plan["sharpener"] == str(out / "model.safetensors")
     # The upload is the exported folder, byte for byte.
     (upload,) = fake_upload["uploads"]
     assert upload["files"] == {name: (out / name).read_bytes() for name in files}

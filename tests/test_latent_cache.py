@@ -32,6 +32,9 @@ def test_training_on_cached_latents_matches_live_encoding(tiny_model, dataset, t
     cache = tmp_path / "latents"
     live = main("sd15", common + ["--output_dir", str(tmp_path / "live")])
     cached = main("sd15", common + ["--output_dir", str(tmp_path / "cached"), "--latent_cache", str(cache)])
+    with pytest.raises(LatentCacheError, match="different settings.*resolution"):  # refused before any run folder
+        main("sd15", common + ["--output_dir", str(tmp_path / "refused"), "--latent_cache", str(cache), "--resolution", "16"])
+    assert not (tmp_path / "refused").exists()
 
     assert sorted(p.name for p in cache.glob("latents-*.safetensors")) == [f"latents-0000{k}.safetensors" for k in range(3)]
     shard = load_file(str(cache / "latents-00000.safetensors"))

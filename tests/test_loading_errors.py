@@ -39,3 +39,22 @@ def test_other_family_is_refused_with_what_it_looks_like(tmp_path):
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
     with pytest.raises(ModelLoadError, match="FluxPipeline"):
         adapter_class("sd15").from_pretrained(str(folder))
+
+
+def test_hub_models_are_recorded_with_the_cached_commit(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from dice.adapters.base import absolute_if_local, hub_revision
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--some-org--some-model"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "model_index.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    assert hub_revision("some-org/some-model") == commit  # what from_pretrained loads offline
+    assert hub_revision("some-org/not-cached", "v1.0") == "v1.0"
+    assert hub_revision(str(tmp_path)) is None  # a local folder: its absolute path says it all
+    monkeypatch.chdir(tmp_path)
+    assert absolute_if_local("hub") == str(tmp_path / "hub") and absolute_if_local("some-org/some-model") == "some-org/some-model"

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from dice.metrics.results import MetricResult, append_result, build_table, format_csv, format_markdown, read_results
+from dice.metrics.results import (
+    MetricResult,
+    append_result,
+    build_table,
+    format_csv,
+    format_markdown,
+    paper_values,
+    read_results,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,3 +134,22 @@ def test_smoke_test_rows_are_marked_and_never_beside_the_paper(tmp_path):
     assert table["samples/real"]["smoke_test"] == "False"
     # Without smoke rows the Markdown table keeps its usual columns.
     assert "note" not in format_markdown([rows["samples/real"]]).splitlines()[0]
+
+
+def test_cross_model_rows_name_both_models_and_are_not_table1(tmp_path):
+    """A sharpener trained on DreamShaper sampled on SD1.5 (paper Fig. 6): both models in the table."""
+    own = dict(options("Lykon/DreamShaper", "dice", 1.0, alpha=1.0), sharpener_base_model="Lykon/DreamShaper")
+    cross = dict(options("stable-diffusion-v1-5/stable-diffusion-v1-5", "dice", 1.0, alpha=1.0),
+                 sharpener_base_model="Lykon/DreamShaper")
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps(line("fid", 30.4, "samples/own", own)) + "\n" + json.dumps(line("fid", 25.0, "samples/cross", cross)) + "\n")
+    rows = {row["images"]: row for row in build_table(read_results(path))}
+    assert rows["samples/own"]["paper"]["fid"] == 30.36 and rows["samples/cross"]["paper"] == {}
+    assert (rows["samples/cross"]["model"], rows["samples/cross"]["sharpener_model"]) == ("SD1.5", "DreamShaper")
+    markdown = format_markdown(list(rows.values()))
+    assert "sharpener trained on" in markdown.splitlines()[0]
+    assert next(r for r in markdown.splitlines() if "samples/cross" in r).rstrip(" |").endswith("DreamShaper")
+    table = {r["images"]: r for r in csv.DictReader(io.StringIO(format_csv(list(rows.values()))))}
+    assert table["samples/cross"]["sharpener_model"] == "DreamShaper" and table["samples/cross"]["model"] == "SD1.5"
+    with_negative = dict(options("Lykon/DreamShaper", "cfg", 5.0), negative_prompt="blurry")
+    assert paper_values(with_negative) is None and paper_values(options("Lykon/DreamShaper", "cfg", 5.0))["fid"] == 30.35

@@ -122,3 +122,76 @@ def test_unknown_experiment_number(exps):
                            "--prompt", "x"], cwd=REPO, capture_output=True, text=True,
                           env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert proc.returncode != 0 and "no experiment number 7" in proc.stderr
+
+
+def dice_log(caplog, monkeypatch):
+    """Capture the "dice" logger's INFO lines (an in-process training run may have detached it from root)."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("dice"), "propagate", True)
+    caplog.set_level(logging.INFO, logger="dice")
+    return caplog
+
+
+def test_negative_prompt_defaults_to_what_the_sharpener_was_trained_with(tiny_model, tmp_path, caplog, monkeypatch):
+    """Trained with u always a negative prompt (paper 3.2): sample.py draws u per image from that list,
+    never the empty prompt it never saw; overriding it is allowed with a warning."""
+    from dice.negatives import NegativePrompts
+    from dice.sample_cli import main as sample_main
+    from dice.sampling import image_seed
+
+    caplog = dice_log(caplog, monkeypatch)
+    torch.manual_seed(2)
+    negatives = ["blurry", "ugly", "bad anatomy"]
+    config = SharpenerConfig(family="sd15", base_model=str(tiny_model("sd15")), dim=32, step=1, negative_prompts=negatives,
+                             negative_prompt_prob=1.0, training_options={"resolution": 32})
+    save_sharpener(tmp_path / "ckpt" / "checkpoint-1", Sharpener(32), config)
+    (tmp_path / "p.txt").write_text("a red cat\na blue dog\na tree\na house\n")
+    common = ["--sharpener_path", str(tmp_path / "ckpt"), "--prompts", str(tmp_path / "p.txt"), "--steps", "1"]
+    folder = sample_main(common + ["--outdir", str(tmp_path / "default")])
+    drawn = [json.loads(line)["negative_prompt"] for line in (folder / "manifest.jsonl").read_text().splitlines()]
+    assert drawn == [NegativePrompts(negatives, 1.0).for_image(image_seed(0, i)) for i in range(4)]
+    assert set(drawn) <= set(negatives) and len(set(drawn)) > 1  # per image, from the trained list
+    options = json.loads((folder / "sampling_options.json").read_text())
+    assert options["negative_prompt"] == {"drawn_from": negatives, "probability": 1.0}
+    assert "as the sharpener was trained" in caplog.text and "warning" not in caplog.text
+
+    folder = sample_main(common + ["--outdir", str(tmp_path / "empty"), "--negative_prompt", ""])
+    assert "--negative_prompt '' overrides u the sharpener was trained with" in caplog.text
+    assert {json.loads(line)["negative_prompt"] for line in (folder / "manifest.jsonl").read_text().splitlines()} == {""}
+    # Without a sharpener (alpha 0: the base model's baselines) the default is the empty prompt, as in Table 1.
+    folder = sample_main(common + ["--outdir", str(tmp_path / "base"), "--alpha", "0", "--cfg_scale", "5"])
+    assert json.loads((folder / "sampling_options.json").read_text())["negative_prompt"] == ""
+
+
+def test_base_model_found_from_another_directory_and_cross_model_recorded(tiny_model, tiny_dataset, tmp_path,
+                                                                          caplog, monkeypatch):
+    import shutil
+
+    from dice.sample_cli import main as sample_main
+    from dice.tiny import save_tiny_pipeline
+    from dice.training import main as train_main
+
+    (tmp_path / "a").mkdir()
+    shutil.copytree(tiny_model("sd15"), tmp_path / "a" / "tiny")
+    monkeypatch.chdir(tmp_path / "a")  # train with a path relative to this directory
+    run = train_main("sd15", ["--pretrained_model_name_or_path", "tiny", "--train_data_dir", str(tiny_dataset),
+                              "--preset", "demo", "--train_batch_size", "1", "--max_train_steps", "1",
+                              "--validation_prompts", "--dataloader_num_workers", "0", "--output_dir", "exps"])
+    config = json.loads((tmp_path / "a" / run / "checkpoint-1" / "sharpener.json").read_text())
+    assert config["base_model"] == str(tmp_path / "a" / "tiny") and config["base_model_revision"] is None
+
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "b")
+    caplog = dice_log(caplog, monkeypatch)
+    common = ["--sharpener_path", str(tmp_path / "a" / run), "--prompt", "a cat", "--steps", "1"]
+    options = json.loads((sample_main(common + ["--outdir", "own"]) / "sampling_options.json").read_text())
+    assert options["base_model"] == options["sharpener_base_model"] == str(tmp_path / "a" / "tiny")
+    assert "cross-model" not in caplog.text
+
+    other = save_tiny_pipeline(tmp_path / "other", "sd15", seed=1)  # another SD1.5 model (paper Fig. 6)
+    folder = sample_main(common + ["--outdir", "cross", "--pretrained_model_name_or_path", str(other)])
+    options = json.loads((folder / "sampling_options.json").read_text())
+    assert (options["base_model"], options["sharpener_base_model"]) == (str(other), str(tmp_path / "a" / "tiny"))
+    cross_lines = [r.getMessage() for r in caplog.records if "cross-model" in r.getMessage()]
+    assert cross_lines == [f"cross-model: the sharpener was trained on {tmp_path / 'a' / 'tiny'} and is applied to {other}"]

@@ -58,7 +58,7 @@ def test_sdxl_empty_prompt_option_reaches_checkpoint_and_sampler(tiny_model, tin
             "--empty_prompt", "zeros"]
     args = resolve_options("sdxl", build_parser("sdxl").parse_args(argv))
     adapter = adapter_class("sdxl").from_args(args)
-    assert adapter.describe()["family_options"] == {"empty_prompt": "zeros"}  # what SharpenerConfig records
+    assert adapter.describe()["family_options"] == {"empty_prompt": "zeros", "pretrained_vae_model_name_or_path": None}
     # The sampler re-creates the adapter from the checkpoint's family_options.
     again = adapter_class("sdxl").from_pretrained(str(tiny_model("sdxl")), **adapter.describe()["family_options"])
     assert again.encode_negative([""]).embeds.abs().sum() == 0
@@ -88,19 +88,36 @@ def test_sdxl_pooled_and_time_ids_pass_through(tiny_model):
     assert torch.equal(plain["time_ids"], torch.tensor([[target, target, 0, 0, target, target]] * 2, dtype=torch.float32))
 
 
-def test_sdxl_replacement_vae(tiny_model, tmp_path):
+def test_sdxl_replacement_vae_is_recorded_and_sampled_with(tiny_model, tiny_dataset, tmp_path, monkeypatch):
+    """The VAE training used (the authors' fp16-fixed one) travels in the checkpoint: sample.py and the
+    validation grid decode with it by default."""
     from diffusers import AutoencoderKL
 
     from dice.adapters.sdxl import load_vae
+    from dice.sample_cli import main as sample_main
+    from dice.training import main as train_main
 
-    folder = tmp_path / "vae"
-    AutoencoderKL.from_pretrained(str(tiny_model("sdxl")), subfolder="vae").save_pretrained(folder)
-    vae = load_vae(str(folder))
-    adapter = adapter_class("sdxl").from_pretrained(str(tiny_model("sdxl")), components={"vae": vae})
-    assert adapter.pipe.vae is vae
+    vae = AutoencoderKL.from_pretrained(str(tiny_model("sdxl")), subfolder="vae")
+    with torch.no_grad():
+        vae.decoder.conv_out.bias += 0.5  # unlike the model's own VAE
+    vae.save_pretrained(tmp_path / "vae")
     assert load_vae(str(tiny_model("sdxl"))).config.latent_channels == 4  # a pipeline folder: its vae/
     with pytest.raises(Exception, match="pretrained_vae_model_name_or_path"):
         load_vae(str(tmp_path / "missing"))
+
+    monkeypatch.chdir(tmp_path)  # a relative path is recorded absolute
+    run = train_main("sdxl", ["--pretrained_model_name_or_path", str(tiny_model("sdxl")), "--train_data_dir",
+                              str(tiny_dataset), "--preset", "demo", "--train_batch_size", "1", "--max_train_steps", "1",
+                              "--validation_prompts", "a cat", "--validation_inference_steps", "1",
+                              "--dataloader_num_workers", "0", "--pretrained_vae_model_name_or_path", "vae"])
+    config = json.loads((run / "checkpoint-1" / "sharpener.json").read_text())
+    assert config["family_options"]["pretrained_vae_model_name_or_path"] == str(tmp_path / "vae")
+    assert (run / "validation" / "step-000001.png").is_file()
+    adapter = adapter_class("sdxl").from_pretrained(config["base_model"], **config["family_options"])
+    assert torch.equal(adapter.pipe.vae.decoder.conv_out.bias, vae.decoder.conv_out.bias)
+    folder = sample_main(["--sharpener_path", str(run), "--prompt", "a cat", "--steps", "1", "--outdir", "samples"])
+    options = json.loads((folder / "sampling_options.json").read_text())
+    assert options["family_options"]["pretrained_vae_model_name_or_path"] == str(tmp_path / "vae")
 
 
 # ---- PixArt ----------------------------------------------------------------------------------
@@ -229,6 +246,7 @@ def test_training_resume_is_bit_identical(family, tiny_model, tiny_dataset, tmp_
     assert config["family"] == family and config["step"] == 6
     assert config["family_options"] == adapter_class(family).option_defaults
     assert config["training_options"]["negative_prompts"] == "default"
+    assert config["negative_prompt_prob"] == 0.5 and config["negative_prompts"][0] == "blurry"  # sample.py's default u
     assert len(config["training_options"]["negative_prompt_list"]) >= 20
     losses = [json.loads(line)["loss"] for line in (run_dir / "stats.jsonl").read_text().splitlines()]
     assert len(losses) == 6 and all(loss == loss and loss > 0 for loss in losses)
@@ -236,6 +254,9 @@ def test_training_resume_is_bit_identical(family, tiny_model, tiny_dataset, tmp_
     # Resume from step 3 (PixArt: through the text embedding cache, T5 unloaded) and finish again.
     extra = ["--text_embedding_cache", str(tmp_path / "t5cache")] if family == "pixart" else []
     main(family, common + ["--resume_from_checkpoint", str(run_dir / "checkpoint-3")] + extra)
+    if extra:  # shards as readable as the cache's index (safetensors alone writes 0600)
+        assert {p.stat().st_mode & 0o777 for p in (tmp_path / "t5cache").iterdir()} == {
+            (tmp_path / "t5cache" / "index.json").stat().st_mode & 0o777}
     resumed = load_file(str(run_dir / "checkpoint-6" / "sharpener.safetensors"))
     assert uninterrupted.keys() == resumed.keys()
     for name in uninterrupted:

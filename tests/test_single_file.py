@@ -345,6 +345,8 @@ def test_cli_writes_the_same_file(files, tmp_path, capsys):
     out = tmp_path / "cli.safetensors"
     assert main([str(folder), str(out), "--family", "sd15"]) == 0
     assert "from_single_file" in capsys.readouterr().out
+    (tmp_path / "plain.txt").write_text("")  # the weights file is as readable as any file written here
+    assert out.stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777
     half = tmp_path / "half.safetensors"
     assert main([str(folder), str(half), "--dtype", "fp16"]) == 0  # family read from model_index.json
     with safe_open(str(reference), "pt") as ref, safe_open(str(out), "pt") as new, safe_open(str(half), "pt") as h:

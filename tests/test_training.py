@@ -84,14 +84,24 @@ def test_resume_is_bit_identical(tiny_model, tiny_dataset, tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
-def test_two_processes_stay_identical(tiny_model, tiny_dataset, tmp_path):
-    out = tmp_path / "exps"
-    _launch(_base(tiny_model("sd15"), tiny_dataset, out, 2, 2) + ["--n_gpus", "2"], processes=2,
-            extra_launch=["--mixed_precision", "no"])
-    run = next(out.iterdir())
+def _logged_lr(run):
+    return [json.loads(line)["lr"] for line in (run / "stats.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_stay_identical_and_keep_the_lr_schedule(tiny_model, tiny_dataset, tmp_path):
+    from dice.training import main
+
+    schedule = ["--lr_scheduler", "linear", "--desc", "linear"]
+    args = _base(tiny_model("sd15"), tiny_dataset, tmp_path / "two", 4, 4) + schedule
+    _launch(args + ["--n_gpus", "2"], processes=2, extra_launch=["--mixed_precision", "no"])
+    run = next((tmp_path / "two").iterdir())
     options = json.loads((run / "training_options.json").read_text())
     assert options["num_processes"] == 2 and options["global_batch_size"] == 4
     assert "identical on all 2 process(es)" in (run / "log.txt").read_text()
+    # The schedule follows updates, not updates x processes: the same lr per step as one process.
+    single = main("sd15", _base(tiny_model("sd15"), tiny_dataset, tmp_path / "one", 4, 4) + schedule)
+    assert _logged_lr(single) == pytest.approx([1.5e-4, 1e-4, 5e-5, 0.0])
+    assert _logged_lr(run) == _logged_lr(single)
 
 
 def test_n_gpus_mismatch_is_an_error(tiny_model, tiny_dataset, tmp_path):

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..sharpener import apply_sharpener
 
 logger = logging.getLogger("dice")
@@ -25,7 +26,7 @@ logger = logging.getLogger("dice")
 COMPILE_CHOICES = ("full", "regional")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """A base model could not be loaded or is of the wrong family; the message says what to do."""
 
 
@@ -74,8 +75,33 @@ def _looks_like_file(model: str) -> bool:
     return model.endswith((".safetensors", ".ckpt", ".pt", ".bin", ".pth"))
 
 
+def absolute_if_local(name_or_path: str) -> str:
+    """A local file or folder as an absolute path (found again from any directory); a hub id unchanged."""
+    return os.path.abspath(name_or_path) if os.path.exists(name_or_path) else name_or_path
+
+
+def hub_revision(model: str, revision: str | None = None) -> str | None:
+    """The commit a hub id resolves to in the local Hugging Face cache (what from_pretrained loaded),
+    else ``revision``; None for a local model."""
+    if os.path.exists(model):
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model, "model_index.json", revision=revision)
+    except Exception:  # noqa: BLE001 - not a valid hub id: nothing to record beyond what was given
+        return revision
+    parts = Path(cached).parts if isinstance(cached, str) else ()
+    return parts[parts.index("snapshots") + 1] if "snapshots" in parts else revision
+
+
 def read_pipeline_class(model: str, revision: str | None = None) -> str | None:
     """The ``_class_name`` in a model's ``model_index.json`` (local folder or hub cache), if found."""
+    if not os.path.exists(model) and (os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1):
+        raise ModelLoadError(
+            f"base model '{model}' does not exist. Pass an existing diffusers folder, a .safetensors/.ckpt file, "
+            "or a hub id (organisation/name)"
+        )
     if os.path.isdir(model):
         index = Path(model) / "model_index.json"
         if not index.is_file():
@@ -89,8 +115,20 @@ def read_pipeline_class(model: str, revision: str | None = None) -> str | None:
         from huggingface_hub import hf_hub_download
 
         return json.loads(Path(hf_hub_download(model, "model_index.json", revision=revision)).read_text()).get("_class_name")
-    except Exception:  # noqa: BLE001 - the real load below reports the failure with its cause
+    except Exception as err:  # noqa: BLE001 - the real load below reports other failures with their cause
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        if isinstance(err, LocalEntryNotFoundError) and is_offline():
+            raise ModelLoadError(
+                f"base model '{model}' is not a local folder or file, and it is not in the Hugging Face cache while "
+                f"HF_HUB_OFFLINE=1. Pass a local diffusers folder or .safetensors file, or download it first "
+                f"(huggingface-cli download {model})"
+            ) from None
         return None
+
+
+def is_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 class Adapter:
@@ -175,10 +213,9 @@ class Adapter:
             try:
                 pipe = cls.pipeline_class().from_pretrained(model, revision=revision, variant=variant, **kwargs)
             except Exception as err:  # noqa: BLE001
-                offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
                 where = (
                     "it is not a local folder or file, and it is not in the Hugging Face cache while "
-                    "HF_HUB_OFFLINE=1" if offline else "check the hub id, --revision/--variant and your network"
+                    "HF_HUB_OFFLINE=1" if is_offline() else "check the hub id, --revision/--variant and your network"
                 )
                 raise ModelLoadError(
                     f"could not load base model '{model}': {where}. Fix: pass a local diffusers folder or a "
@@ -303,6 +340,11 @@ class Adapter:
     @property
     def vae_scale_factor(self) -> int:
         return self.pipe.vae_scale_factor
+
+    @property
+    def resolution_multiple(self) -> int:
+        """Image sizes must be a multiple of this: one latent pixel per VAE factor."""
+        return self.vae_scale_factor
 
     @property
     def latent_channels(self) -> int:

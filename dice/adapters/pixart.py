@@ -94,6 +94,11 @@ class PixArtAdapter(Adapter):
             self.pipe.text_encoder.requires_grad_(False).eval()
         return self
 
+    @property
+    def resolution_multiple(self) -> int:
+        # The transformer cuts the latent into patch_size x patch_size patches.
+        return self.vae_scale_factor * self.pipe.transformer.config.patch_size
+
     # ---- text side -------------------------------------------------------------------------
     @property
     def text_dim(self) -> int:

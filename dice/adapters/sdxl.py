@@ -24,6 +24,9 @@ class SDXLAdapter(Adapter):
         # training code), "zeros" = all-zero sequence and pooled vector (stock SDXL's
         # force_zeros_for_empty_prompt). A non-empty negative prompt is always encoded.
         "empty_prompt": "encoded",
+        # A replacement VAE (the authors' runs used the fp16-fixed one). Recorded in the checkpoint, so
+        # sample.py and the validation grid decode with the VAE the sharpener was trained with.
+        "pretrained_vae_model_name_or_path": None,
     }
     # Negatives are always passed explicitly, so the pipeline never re-derives them (it would zero an
     # empty negative prompt when force_zeros_for_empty_prompt is set, whatever our option says).
@@ -43,19 +46,15 @@ class SDXLAdapter(Adapter):
         parser.add_argument(
             "--pretrained_vae_model_name_or_path", default=None,
             help="replacement VAE (hub id or folder), e.g. madebyollin/sdxl-vae-fp16-fix as in the authors' "
-            "runs; unset: the base model's own VAE",
+            "runs; unset: the base model's own VAE. Recorded in the checkpoint; sample.py uses it by default",
         )
 
     @classmethod
-    def from_args(cls, args, torch_dtype: torch.dtype | None = None) -> "SDXLAdapter":
-        components = {}
-        if getattr(args, "pretrained_vae_model_name_or_path", None):
-            components["vae"] = load_vae(args.pretrained_vae_model_name_or_path, torch_dtype)
-        options = {name: getattr(args, name, None) for name in cls.option_defaults}
-        return cls.from_pretrained(
-            args.pretrained_model_name_or_path, revision=args.revision, variant=args.variant,
-            torch_dtype=torch_dtype, single_file_config=args.single_file_config, components=components, **options,
-        )
+    def from_pretrained(cls, model, *, torch_dtype=None, components=None, **kwargs) -> "SDXLAdapter":
+        vae = kwargs.get("pretrained_vae_model_name_or_path")
+        if vae:
+            components = {**(components or {}), "vae": load_vae(vae, torch_dtype)}
+        return super().from_pretrained(model, torch_dtype=torch_dtype, components=components, **kwargs)
 
     def __init__(self, pipe, model, options=None):
         super().__init__(pipe, model, options)

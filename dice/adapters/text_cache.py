@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 
 from ..cache_check import refuse_other_writer
+from ..errors import UserError, give_default_permissions
 from .base import Conditioning
 
 logger = logging.getLogger("dice")
@@ -30,7 +31,7 @@ PROBE_PROMPT = "a photo of a cat sitting on a chair"
 _FIELDS = ("embeds", "mask", "pooled")
 
 
-class TextCacheError(RuntimeError):
+class TextCacheError(UserError, RuntimeError):
     """The cache folder does not match the model, or lacks a prompt; the message says what to do."""
 
 
@@ -97,6 +98,7 @@ class TextEmbeddingCache:
                 from safetensors.torch import save_file
 
                 save_file(shard, str(folder / name))
+                give_default_permissions(folder / name)
                 for key in {k.split("/")[0] for k in shard}:
                     part[key][0] = name
                 shard, shard_count, in_shard = {}, shard_count + 1, 0

@@ -4,8 +4,7 @@ Each ``calc_*`` reads an image folder (through sample.py's manifest when present
 the processes `accelerate launch` started, reduces float64 sums across them, and returns a
 MetricResult that ``append_result`` writes to results.jsonl.
 """
-import contextlib
-
+from dice.errors import exit_on_user_error  # re-exported: the evaluators' entry points use it
 from dice.metrics.aesthetic import AestheticMLP, aesthetic_scores, calc_aesthetic, load_aesthetic_head, load_clip_l
 from dice.metrics.clip_score import calc_clip_score, clip_scores, load_open_clip
 from dice.metrics.fid import (
@@ -22,16 +21,6 @@ from dice.metrics.fid import (
 from dice.metrics.images import ImageCollection, ImageRecord, IncompleteSamplesError, Processes, open_image_collection
 from dice.metrics.results import MetricResult, append_result, build_table, read_results, write_table
 from dice.metrics.weights import MissingWeightsError
-
-
-@contextlib.contextmanager
-def exit_on_user_error():
-    """For the CLIs: a problem the user fixes (missing weights or files, unfinished samples) ends
-    the command with its one message instead of a traceback."""
-    try:
-        yield
-    except (MissingWeightsError, IncompleteSamplesError, FileNotFoundError) as error:
-        raise SystemExit(f"error: {error}") from None
 
 
 def report_result(result: MetricResult, results_path: str, processes: Processes, label: str, smoke_test: bool = False) -> None:

@@ -12,9 +12,11 @@ import time
 import torch
 import torch.nn.functional as F
 
+from dice.errors import one_line
+
 from dice.metrics.images import Processes, iterate_batches, open_image_collection
 from dice.metrics.results import MetricResult
-from dice.metrics.weights import MissingWeightsError, is_offline, resolve_weights_file, sha256_of_file
+from dice.metrics.weights import MissingWeightsError, WrongWeightsError, is_offline, resolve_weights_file, sha256_of_file
 
 AESTHETIC_URL = (
     "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac+logos+ava1-l14-linearMSE.pth"
@@ -64,18 +66,22 @@ def load_aesthetic_head(weights: str | None = None, verify_sha256: bool = True) 
     if verify_sha256:
         size, digest = os.path.getsize(path), sha256_of_file(path)
         if (size, digest) != (AESTHETIC_SIZE, AESTHETIC_SHA256):
-            raise ValueError(
+            raise WrongWeightsError(
                 f"{path} is not the LAION aesthetic predictor sac+logos+ava1-l14-linearMSE.pth "
                 f"({size} bytes, sha256 {digest}; expected {AESTHETIC_SIZE} bytes, sha256 {AESTHETIC_SHA256}). "
                 f"Download it again from {AESTHETIC_URL}."
             )
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - not a torch file, or one holding more than tensors
+        raise WrongWeightsError(f"{path} is not a readable weights file ({one_line(error)[:300]}). Download it again from {AESTHETIC_URL}") from None
     head = AestheticMLP()
     expected = {name: tuple(tensor.shape) for name, tensor in head.state_dict().items()}
     found = {name: tuple(tensor.shape) for name, tensor in state_dict.items()} if isinstance(state_dict, dict) else {}
     if found != expected:
-        raise ValueError(
-            f"{path} does not hold the aesthetic predictor's weights: expected {expected}, found {found or type(state_dict).__name__}"
+        raise WrongWeightsError(
+            f"{path} does not hold the aesthetic predictor's weights: expected {expected}, found {found or type(state_dict).__name__}. "
+            f"Download it again from {AESTHETIC_URL}"
         )
     head.load_state_dict(state_dict)
     return head.eval().requires_grad_(False)

@@ -13,8 +13,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from dice.metrics.images import Processes, iterate_batches, open_image_collection
+from dice.metrics.images import Processes, SampleFolderError, iterate_batches, open_image_collection
 from dice.metrics.results import MetricResult
+from dice.errors import one_line
 from dice.metrics.weights import MissingWeightsError, is_offline
 
 CLIP_MODEL = "ViT-g-14"
@@ -33,9 +34,9 @@ def load_open_clip(weights: str | None = None, device: str | torch.device = "cpu
         f"and pass --clip_weights PATH (or set {CLIP_WEIGHTS_ENV}=PATH)."
     )
     if weights and not os.path.isfile(weights):
-        raise MissingWeightsError(f"CLIP weights file not found: {weights}\n{missing}")
+        raise MissingWeightsError(f"CLIP weights file not found: {weights}. {missing}")
     if not weights and is_offline() and not _in_hub_cache():
-        raise MissingWeightsError(f"{missing}\n(offline: HF_HUB_OFFLINE=1 and not in the Hugging Face cache)")
+        raise MissingWeightsError(f"{missing} (Offline: HF_HUB_OFFLINE=1, and not in the Hugging Face cache.)")
     import open_clip  # slow to import (~10 s): only once the weights are known to exist
 
     try:
@@ -45,7 +46,7 @@ def load_open_clip(weights: str | None = None, device: str | torch.device = "cpu
     except RuntimeError as error:  # open_clip's wording for "could not download / find the weights"
         if weights or "download" not in str(error).lower():
             raise
-        raise MissingWeightsError(f"{missing}\n({error})") from error
+        raise MissingWeightsError(f"{missing} ({one_line(error)})") from error
     return model.eval().requires_grad_(False), preprocess, open_clip.get_tokenizer(CLIP_MODEL)
 
 
@@ -77,12 +78,10 @@ def calc_clip_score(
     """Mean CLIP score of a sample folder (prompts from its manifest), over all processes."""
     started = time.time()
     processes = processes or Processes()
-    collection = open_image_collection(images, allow_incomplete=allow_incomplete)
-    if not collection.has_manifest or any(record.prompt is None for record in collection.records):
-        raise ValueError(
-            f"{collection.path}: CLIP score pairs image i with prompt i through manifest.jsonl "
-            "(lines with 'index', 'prompt', 'file'), which this folder lacks; score a folder written by sample.py."
-        )
+    # Image i is paired with prompt i through the manifest.
+    collection = open_image_collection(images, allow_incomplete=allow_incomplete, need_prompts=True)
+    if any(record.prompt is None for record in collection.records):
+        raise SampleFolderError(f"{collection.path}/manifest.jsonl has entries without a 'prompt'. Run sample.py again into this folder")
     if model is None:
         model, preprocess, tokenizer = load_open_clip(clip_weights, processes.device)
         options = {"model": CLIP_MODEL, "pretrained": clip_weights or os.environ.get(CLIP_WEIGHTS_ENV) or CLIP_PRETRAINED}

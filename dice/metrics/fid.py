@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import time
+import zipfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from dice.errors import UserError, one_line
 from dice.metrics.images import ImageCollection, Processes, ToUint8Tensor, iterate_batches, open_image_collection
 from dice.metrics.results import MetricResult
 from dice.metrics.weights import resolve_weights_file
@@ -138,16 +140,44 @@ def save_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray) -> No
     np.savez(path, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
 
 
+class StatsFileError(UserError, ValueError):
+    """A statistics file that is not an FID statistics file, or that does not fit the other one."""
+
+
+class StatsNotFound(UserError, FileNotFoundError):
+    pass
+
+
 def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if not Path(path).is_file():
-        raise FileNotFoundError(
+        raise StatsNotFound(
             f"Reference statistics not found: {path}. Build them from the COCO val2017 images with "
             f"`python evaluation/fid.py ref --data val2017/ --dest {path} --center_crop_resize 512`."
         )
-    with np.load(path, allow_pickle=False) as data:
-        if "mu" not in data or "sigma" not in data:
-            raise ValueError(f"{path} is not an FID statistics file (needs arrays 'mu' and 'sigma'; has {list(data)})")
-        return data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "mu" not in data or "sigma" not in data:
+                raise StatsFileError(f"{path} is not an FID statistics file (needs arrays 'mu' and 'sigma'; has {list(data)}). "
+                                     "Build one with `evaluation/fid.py ref`")
+            mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+    except (ValueError, OSError, zipfile.BadZipFile) as error:
+        if isinstance(error, StatsFileError):
+            raise
+        raise StatsFileError(f"{path} is not a readable .npz file ({one_line(error)}). Build one with `evaluation/fid.py ref`") from None
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise StatsFileError(
+            f"{path} has mu of shape {mu.shape} and sigma of shape {sigma.shape}; FID statistics need mu (D,) and "
+            "sigma (D, D). Build the file with `evaluation/fid.py ref`"
+        )
+    return mu, sigma
+
+
+def check_same_dimension(dim_a: int, dim_b: int, a, b) -> None:
+    if dim_a != dim_b:
+        raise StatsFileError(
+            f"{a} has {dim_a}-d features but {b} has {dim_b}-d. Compare statistics of the same network "
+            "(--smoke_test statistics only with --smoke_test ones)"
+        )
 
 
 def _extract(feature_extractor: FeatureExtractor, images: list[torch.Tensor], device) -> list[torch.Tensor]:
@@ -164,7 +194,7 @@ def _extract(feature_extractor: FeatureExtractor, images: list[torch.Tensor], de
 
 
 def compute_feature_stats(
-    path: str | os.PathLike,
+    path: str | os.PathLike | ImageCollection,
     feature_extractor: FeatureExtractor,
     *,
     center_crop_resize: int | None = None,
@@ -175,7 +205,7 @@ def compute_feature_stats(
 ) -> tuple[FeatureStats, ImageCollection]:
     """Feature statistics of an image folder / zip / sample folder, summed over all processes."""
     processes = processes or Processes()
-    collection = open_image_collection(path, allow_incomplete=allow_incomplete)
+    collection = path if isinstance(path, ImageCollection) else open_image_collection(path, allow_incomplete=allow_incomplete)
     stats = None
     for _, images in iterate_batches(
         collection,
@@ -218,18 +248,18 @@ def calc_fid(
     started = time.time()
     processes = processes or Processes()
     ref_mu, ref_sigma = load_stats(ref)  # fail before the slow part
+    collection = open_image_collection(images, allow_incomplete=allow_incomplete)
     if feature_extractor is None:
         feature_extractor = load_inception(inception_weights, processes.device)
     stats, collection = compute_feature_stats(
-        images,
+        collection,
         feature_extractor,
         batch_size=batch_size,
         num_workers=num_workers,
         allow_incomplete=allow_incomplete,
         processes=processes,
     )
-    if stats.dim != ref_mu.shape[0]:
-        raise ValueError(f"Feature dimension {stats.dim} of {images} does not match {ref_mu.shape[0]} in {ref}")
+    check_same_dimension(stats.dim, ref_mu.shape[0], f"the images of {images}", ref)
     mu, sigma = stats.mean_cov()
     return MetricResult(
         metric="fid",
@@ -260,10 +290,11 @@ def build_reference(
 ) -> int:
     """Write reference statistics of an image folder / zip to ``dest`` (main process); return the count."""
     processes = processes or Processes()
+    collection = open_image_collection(data)  # a wrong folder fails before the network loads
     if feature_extractor is None:
         feature_extractor = load_inception(inception_weights, processes.device)
     stats, _ = compute_feature_stats(
-        data,
+        collection,
         feature_extractor,
         center_crop_resize=center_crop_resize,
         batch_size=batch_size,
@@ -278,6 +309,8 @@ def build_reference(
 
 def fid_from_files(stats_a: str | os.PathLike, stats_b: str | os.PathLike) -> float:
     """FID between two statistics files."""
-    return frechet_distance(*load_stats(stats_a), *load_stats(stats_b))
+    (mu_a, sigma_a), (mu_b, sigma_b) = load_stats(stats_a), load_stats(stats_b)
+    check_same_dimension(mu_a.shape[0], mu_b.shape[0], stats_a, stats_b)
+    return frechet_distance(mu_a, sigma_a, mu_b, sigma_b)
 
 

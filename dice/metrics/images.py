@@ -21,6 +21,8 @@ import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
+from dice.errors import UserError
+
 logger = logging.getLogger("dice")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -28,8 +30,16 @@ MANIFEST = "manifest.jsonl"
 SAMPLING_OPTIONS = "sampling_options.json"
 
 
-class IncompleteSamplesError(RuntimeError):
+class IncompleteSamplesError(UserError, RuntimeError):
     """A sample folder has fewer finished images than its sampling_options.json promises."""
+
+
+class ImagesNotFound(UserError, FileNotFoundError):
+    pass
+
+
+class SampleFolderError(UserError, ValueError):
+    """A sample folder's own files cannot be read."""
 
 
 @dataclass(frozen=True)
@@ -112,16 +122,29 @@ def _read_manifest(reader, path: str) -> dict[int, dict]:
             entry = json.loads(line)
             entries[int(entry["index"])] = entry  # a resumed sampler may repeat an index: last wins
         except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{path}/{MANIFEST} line {line_number} is not a manifest entry ({error}): {line[:200]}")
+            raise SampleFolderError(
+                f"{path}/{MANIFEST} line {line_number} is not a manifest entry ({error}): {line[:200]}. "
+                "Delete the manifest and run sample.py again into this folder (it rewrites it)"
+            ) from None
     return entries
 
 
-def open_image_collection(path: str | os.PathLike, allow_incomplete: bool = False) -> ImageCollection:
+def _no_prompts(path: str) -> SampleFolderError:
+    return SampleFolderError(
+        f"{path} has no {MANIFEST} pairing each image with its prompt (lines with 'index', 'prompt', 'file'). "
+        "Score a folder written by sample.py (running sample.py again with the same options finishes a "
+        "folder and writes its manifest)"
+    )
+
+
+def open_image_collection(path: str | os.PathLike, allow_incomplete: bool = False, need_prompts: bool = False) -> ImageCollection:
     """List the images of a sample folder (through its manifest), a plain folder, or a zip.
 
     A sample folder must hold every image ``0 .. num_images-1`` of its sampling_options.json, with
     the file present; otherwise IncompleteSamplesError, unless ``allow_incomplete`` (then the
-    images present are scored and a warning says how many are missing).
+    images present are scored and a warning says how many are missing). A sample folder whose
+    sampler was killed before it wrote a manifest is read from its ``NNNNN.png`` files (without prompts).
+    ``need_prompts``: refuse a folder without a manifest that gives every image its prompt.
     """
     path = os.path.normpath(str(path))
     if os.path.isdir(path):
@@ -129,20 +152,28 @@ def open_image_collection(path: str | os.PathLike, allow_incomplete: bool = Fals
     elif os.path.isfile(path) and zipfile.is_zipfile(path):
         reader = _ZipReader(Path(path))
     else:
-        raise FileNotFoundError(f"Image folder or zip not found: {path}")
+        raise ImagesNotFound(f"image folder or zip not found: {path}. Pass a sample folder, an image folder or a zip")
 
     sampling_options = None
     if reader.exists(SAMPLING_OPTIONS):
-        sampling_options = json.loads(reader.read_bytes(SAMPLING_OPTIONS).decode("utf-8"))
+        try:
+            sampling_options = json.loads(reader.read_bytes(SAMPLING_OPTIONS).decode("utf-8"))
+        except ValueError as error:
+            raise SampleFolderError(f"{path}/{SAMPLING_OPTIONS} is not JSON ({error}). Run sample.py again into this folder") from error
 
     if not reader.exists(MANIFEST):
         names = reader.image_names()
-        if not names:
-            raise FileNotFoundError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in {path}")
-        records = [ImageRecord(index=i, name=name) for i, name in enumerate(names)]
-        return ImageCollection(path, records, sampling_options, has_manifest=False, reader=reader)
-
-    entries = _read_manifest(reader, path)
+        if sampling_options is not None:  # a sample folder killed before its first manifest: derive one
+            entries = {int(n[:-4]): {"file": n} for n in names if n.endswith(".png") and n[:-4].isdigit()}
+        elif not names:
+            raise ImagesNotFound(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {path}. Pass a folder or zip of images")
+        elif need_prompts:
+            raise _no_prompts(path)
+        else:
+            records = [ImageRecord(index=i, name=name) for i, name in enumerate(names)]
+            return ImageCollection(path, records, sampling_options, has_manifest=False, reader=reader)
+    else:
+        entries = _read_manifest(reader, path)
     expected = sampling_options.get("num_images") if sampling_options else None
     if expected is not None:
         entries = {i: e for i, e in entries.items() if i < expected}  # score exactly the requested images
@@ -150,9 +181,8 @@ def open_image_collection(path: str | os.PathLike, allow_incomplete: bool = Fals
     missing_files = [e["file"] for i, e in entries.items() if i not in present]
     problems = []
     if expected is not None and len(entries) < expected:
-        problems.append(
-            f"{MANIFEST} lists {len(entries)} of the {expected} images that {SAMPLING_OPTIONS} expects (num_images)"
-        )
+        listed = f"{MANIFEST} lists" if reader.exists(MANIFEST) else f"there is no {MANIFEST} yet and the folder holds"
+        problems.append(f"{listed} {len(entries)} of the {expected} images that {SAMPLING_OPTIONS} expects (num_images)")
     if missing_files:
         problems.append(f"{len(missing_files)} image files listed in {MANIFEST} are missing (e.g. {missing_files[0]})")
     if problems:
@@ -162,11 +192,14 @@ def open_image_collection(path: str | os.PathLike, allow_incomplete: bool = Fals
                 f"{message}. Finish sampling (sample.py resumes where it stopped) or pass --allow_incomplete "
                 f"to score the {len(present)} images present."
             )
+    if need_prompts and not reader.exists(MANIFEST):
+        raise _no_prompts(path)
+    if problems:
         logger.warning("%s; scoring the %d images present (--allow_incomplete).", message, len(present))
     if not present:
-        raise FileNotFoundError(f"No finished images in {path} ({MANIFEST} has no entry with an existing file)")
+        raise ImagesNotFound(f"no finished images in {path}. Run sample.py (it resumes where it stopped)")
     records = [ImageRecord(index=i, name=present[i]["file"], prompt=present[i].get("prompt")) for i in sorted(present)]
-    return ImageCollection(path, records, sampling_options, has_manifest=True, reader=reader)
+    return ImageCollection(path, records, sampling_options, has_manifest=reader.exists(MANIFEST), reader=reader)
 
 
 def center_crop_resize(image: PIL.Image.Image, size: int) -> PIL.Image.Image:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from dice.errors import UserError
+
 METRICS = ("fid", "clip_score", "aesthetic")
 METRIC_TITLES = {"fid": "FID", "clip_score": "CLIP", "aesthetic": "AS"}
 
@@ -98,16 +100,29 @@ def append_result(results_path: str | os.PathLike, result: MetricResult) -> dict
     return record
 
 
+class ResultsFileError(UserError, ValueError):
+    pass
+
+
+class ResultsNotFound(UserError, FileNotFoundError):
+    pass
+
+
 def read_results(results_path: str | os.PathLike) -> list[dict]:
     if not Path(results_path).is_file():
-        raise FileNotFoundError(f"Results file not found: {results_path} (the evaluation/*.py calc commands write it)")
+        raise ResultsNotFound(f"Results file not found: {results_path}. The evaluation/*.py calc commands write it; pass its path")
     records = []
     for line_number, line in enumerate(Path(results_path).read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
+                if not isinstance(record, dict) or not {"images", "metric", "value"} <= record.keys():
+                    raise ValueError('not an object with "images", "metric" and "value"')
             except ValueError as error:
-                raise ValueError(f"{results_path} line {line_number} is not JSON ({error})") from error
+                raise ResultsFileError(
+                    f"{results_path} line {line_number} is not a result ({error}). Delete that line (the calc commands append one per score)"
+                ) from None
+            records.append(record)
     return records
 
 
@@ -128,7 +143,7 @@ def paper_row_key(options: dict) -> str | None:
         return None
     method, scale, alpha = options.get("method"), options.get("cfg_scale"), options.get("alpha")
     if method == "cfg" and scale == 5:
-        return "w=5"
+        return None if options.get("negative_prompt") else "w=5"  # Table 1's CFG uses the empty negative prompt
     if method == "unguided" or (method == "cfg" and scale == 1):
         return "w=1"
     if method == "dice" and alpha in (None, 1) and scale in (None, 1):
@@ -136,8 +151,14 @@ def paper_row_key(options: dict) -> str | None:
     return None
 
 
+def is_cross_model(options: dict) -> bool:
+    """A sharpener applied to another base model than it was trained on (paper Fig. 6)."""
+    trained = options.get("sharpener_base_model")
+    return bool(trained) and trained != options.get("base_model")
+
+
 def paper_values(options: dict | None) -> dict | None:
-    if not options:
+    if not options or is_cross_model(options):  # Table 1 applies each sharpener to its own model
         return None
     model, row = paper_model_name(options.get("base_model")), paper_row_key(options)
     return PAPER_TABLE1.get(model, {}).get(row) if model and row else None
@@ -171,8 +192,11 @@ def build_table(records: list[dict]) -> list[dict]:
         options = run["options"]
         model = paper_model_name(options.get("base_model"))
         smoke_test = any(run["smoke"].values())  # random-weight stand-ins: never beside the paper's numbers
+        trained_on = options.get("sharpener_base_model")
         rows.append({
             "model": model or options.get("base_model") or "",
+            "sharpener_model": (paper_model_name(trained_on) or trained_on) if trained_on else "",
+            "cross_model": is_cross_model(options),
             "method": options.get("method", ""),
             "guidance": _guidance_label(options),
             "steps": options.get("steps"),
@@ -204,6 +228,9 @@ def format_markdown(rows: list[dict]) -> str:
     header = ["model", "method", "w / α", "steps", "NFE", "N"]
     header += [f"{METRIC_TITLES[m]} (paper)" for m in METRICS] + ["images"]
     any_smoke = any(row.get("smoke_test") for row in rows)
+    any_cross = any(row.get("cross_model") for row in rows)
+    if any_cross:
+        header.append("sharpener trained on")
     if any_smoke:
         header.append("note")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -217,6 +244,8 @@ def format_markdown(rows: list[dict]) -> str:
                 cell = f"{cell or '–'} ({_format(row['paper'][metric])})"
             cells.append(cell)
         cells.append(f"`{row['images']}`")
+        if any_cross:
+            cells.append(row.get("sharpener_model", ""))
         if any_smoke:
             cells.append(f"**{SMOKE_TEST_NOTE}**" if row.get("smoke_test") else "")
         lines.append("| " + " | ".join(cells) + " |")
@@ -237,13 +266,14 @@ def format_csv(rows: list[dict]) -> str:
     columns = ["model", "method", "guidance", "steps", "nfe"]
     for metric in METRICS:
         columns += [metric, f"{metric}_paper", f"{metric}_count"]
-    columns += ["images", "smoke_test"]
+    columns += ["images", "smoke_test", "sharpener_model"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         line = {key: row[key] for key in ("model", "method", "guidance", "steps", "nfe", "images")}
         line["smoke_test"] = row.get("smoke_test", False)
+        line["sharpener_model"] = row.get("sharpener_model", "")
         for metric in METRICS:
             line[metric] = row["values"].get(metric)
             line[f"{metric}_paper"] = row["paper"].get(metric)

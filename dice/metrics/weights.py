@@ -11,9 +11,15 @@ from pathlib import Path
 
 import torch
 
+from dice.errors import UserError, one_line
 
-class MissingWeightsError(RuntimeError):
+
+class MissingWeightsError(UserError, RuntimeError):
     """Metric weights are neither given, cached, nor downloadable."""
+
+
+class WrongWeightsError(UserError, ValueError):
+    """A metric weights file is not the expected one."""
 
 
 def is_offline() -> bool:
@@ -49,7 +55,7 @@ def resolve_weights_file(
     source = explicit or os.environ.get(env_var) or None
     if source and not source.startswith(("http://", "https://")):
         if not Path(source).is_file():
-            raise MissingWeightsError(f"Weights file not found: {source}\n{missing_message}")
+            raise MissingWeightsError(f"Weights file not found: {source}. {missing_message}")
         return str(source)
     url = source or url
     cached = weights_cache_dir() / os.path.basename(url)
@@ -61,5 +67,5 @@ def resolve_weights_file(
     try:
         torch.hub.download_url_to_file(url, str(cached), progress=True)
     except Exception as error:  # no network, 404, ...: the fix is the same, so say it once
-        raise MissingWeightsError(f"{missing_message}\n(download of {url} failed: {error})") from error
+        raise MissingWeightsError(f"{missing_message} (Download of {url} failed: {one_line(error)})") from error
     return str(cached)
