@@ -57,7 +57,7 @@ def build_parser() -> ArgumentParser:
     a("--prompt", action="append", default=None, help="a prompt (repeatable); overrides --prompts")
     a("--prompts", default="coco5k", help="coco5k (the paper's 5,000 MS-COCO val2017 captions), a .txt or a .jsonl file")
     a("--num_images", type=positive_int, default=None, help="only the first N prompts")
-    a("--resolution", type=positive_int, default=None, help="image size (default: the sharpener's training resolution, else the family's)")
+    a("--resolution", type=positive_int, default=None, help="image size (default: the sharpener's training resolution, else the model's native size)")
     a("--batch_gpu", type=positive_int, default=8, help="images per batch per process")
     a("--seed", type=non_negative_int, default=0, help="image i uses seed + i")
     a("--outdir", default="samples", help="parent folder of the per-configuration folders")

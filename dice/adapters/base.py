@@ -136,7 +136,6 @@ class Adapter:
 
     family: ClassVar[str]
     pipeline_class_name: ClassVar[str]
-    default_resolution: ClassVar[int]
     # Family-specific options recorded in the checkpoint (name -> default).
     option_defaults: ClassVar[dict[str, Any]] = {}
     # The stock pipeline's keyword for each Conditioning field: field -> (prompt side, negative side).
@@ -337,6 +336,13 @@ class Adapter:
         return cond.replace(embeds=embeds)
 
     # ---- image side ------------------------------------------------------------------------
+    @property
+    def default_resolution(self) -> int:
+        """The model's native image size: its denoiser's sample size in pixels, the stock pipeline's default
+        (512 for SD1.5 and PixArt-XL-2-512, 1024 for SDXL; 32 for the shapes world)."""
+        size = self.denoiser.config.sample_size
+        return int(size[0] if isinstance(size, (list, tuple)) else size) * self.vae_scale_factor
+
     @property
     def vae_scale_factor(self) -> int:
         return self.pipe.vae_scale_factor

@@ -33,7 +33,6 @@ CONTEXT_MASK_CHOICES = ("all", "prompt")
 class PixArtAdapter(Adapter):
     family = "pixart"
     pipeline_class_name = "PixArtAlphaPipeline"
-    default_resolution = 512
     option_defaults = {"pixart_mask": "prompt", "keep_first_token": False, "pixart_context_mask": "all"}
     embedding_kwargs = {
         "embeds": ("prompt_embeds", "negative_prompt_embeds"),

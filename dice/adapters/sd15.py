@@ -9,7 +9,6 @@ from .base import Adapter, Conditioning
 class SD15Adapter(Adapter):
     family = "sd15"
     pipeline_class_name = "StableDiffusionPipeline"
-    default_resolution = 512
 
     @property
     def text_dim(self) -> int:
