@@ -1,16 +1,17 @@
 """Shared pieces of the benchmarks: the model setups, device facts, timers and the JSON writer.
 
-Two setups:
+Setups:
 
 * ``tiny``: :func:`dice.tiny.build_tiny_pipeline` ("sd15"), a few thousand parameters, for a CPU
   smoke-level figure.
 * ``sd15-full``: the real Stable Diffusion 1.5 architecture (UNet 860M, CLIP ViT-L/14 text encoder
   123M, VAE 84M) built from its configs in code with **random weights** (nothing can be downloaded).
-  Speed and memory depend on the architecture, not on the weight values, so the figures stand for
-  SD1.5; image quality obviously does not.
+* ``sdxl-full``: SDXL base 1.0 (UNet 2.57B, CLIP ViT-L + OpenCLIP ViT-bigG text encoders, VAE).
+* ``pixart-full``: PixArt-alpha 512 (DiT 611M, Flan-T5-XXL encoder 4.76B, VAE).
 
-Both are wrapped in the real :class:`dice.adapters.sd15.SD15Adapter`, so the benchmarks drive the
-same code the training loop and ``sample.py`` run.
+Speed and memory depend on the architecture, not on the weight values, so the figures stand for
+the real models; image quality obviously does not. Each setup is wrapped in the real adapter of
+its family, so the benchmarks drive the same code the training loop and ``sample.py`` run.
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ if str(ROOT) not in sys.path:  # `python benchmarks/x.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SETUPS = ("tiny", "sd15-full")
+SETUPS = ("tiny", "sd15-full", "sdxl-full", "pixart-full")
+FAMILIES = {"tiny": "sd15", "sd15-full": "sd15", "sdxl-full": "sdxl", "pixart-full": "pixart"}
 
 # ---- the real SD1.5 architecture, random weights ---------------------------------------------
 # Configs as in runwayml/stable-diffusion-v1-5 (unet/, vae/, text_encoder/, scheduler/ config.json).
@@ -61,27 +63,83 @@ SD15_SCHEDULER_CONFIG = dict(
 )
 
 
-def build_sd15_full_pipeline(device: str | torch.device = "cpu", seed: int = 0):
-    """A ``StableDiffusionPipeline`` with the SD1.5 architecture and random weights (fp32).
+# stabilityai/stable-diffusion-xl-base-1.0 (unet/, text_encoder_2/, vae/, scheduler/ config.json).
+SDXL_UNET_CONFIG = dict(
+    sample_size=128, in_channels=4, out_channels=4, flip_sin_to_cos=True, freq_shift=0,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    block_out_channels=(320, 640, 1280), layers_per_block=2, downsample_padding=1, mid_block_scale_factor=1,
+    act_fn="silu", norm_num_groups=32, norm_eps=1e-5, cross_attention_dim=2048, attention_head_dim=(5, 10, 20),
+    transformer_layers_per_block=(1, 2, 10), use_linear_projection=True, addition_embed_type="text_time",
+    addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+)
+SDXL_TEXT_2_CONFIG = dict(  # OpenCLIP ViT-bigG/14 text tower (with projection)
+    vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+    max_position_embeddings=77, hidden_act="gelu", layer_norm_eps=1e-5, projection_dim=1280,
+)
+SDXL_VAE_CONFIG = dict(SD15_VAE_CONFIG, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
+SDXL_SCHEDULER_CONFIG = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+    steps_offset=1, timestep_spacing="leading", prediction_type="epsilon",
+)
+# PixArt-alpha/PixArt-XL-2-512x512 (transformer/, text_encoder/ = google/t5-v1_1-xxl encoder, scheduler/).
+PIXART_TRANSFORMER_CONFIG = dict(
+    sample_size=64, num_layers=28, patch_size=2, attention_head_dim=72, num_attention_heads=16,
+    caption_channels=4096, cross_attention_dim=1152, in_channels=4, out_channels=8, norm_type="ada_norm_single",
+    num_embeds_ada_norm=1000, attention_bias=True, activation_fn="gelu-approximate",
+    norm_elementwise_affine=False, norm_eps=1e-6,
+)
+PIXART_T5_CONFIG = dict(
+    vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+    relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
+    layer_norm_epsilon=1e-6,
+)
+PIXART_SCHEDULER_CONFIG = dict(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", num_train_timesteps=1000)
 
-    The modules are constructed directly on ``device`` (random init on a GPU takes a second instead
-    of a minute on the CPU). The tokenizer is dice's tiny CLIP BPE tokenizer with
-    ``model_max_length=77``: its content does not change the cost, every sequence is padded to 77.
-    """
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
+def _clip_tokenizer(folder: Path):
+    """dice's tiny CLIP BPE tokenizer (``model_max_length`` 77): its content does not change the cost,
+    every sequence is padded to 77 tokens."""
     from dice.tiny import tiny_clip_tokenizer
 
+    tokenizer = tiny_clip_tokenizer(folder)
+    assert tokenizer.model_max_length == 77 and len(tokenizer) < SD15_TEXT_CONFIG["vocab_size"]
+    return tokenizer
+
+
+def _clip_text(config_class, config: dict, tokenizer):
+    from transformers import CLIPTextConfig
+
+    return config_class(CLIPTextConfig(**config, bos_token_id=tokenizer.bos_token_id,
+                                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+
+
+def build_full_pipeline(setup: str, device: str | torch.device = "cpu", seed: int = 0,
+                        text_encoder_dtype: torch.dtype | None = None):
+    """The setup's stock pipeline with the real architecture and random weights (fp32).
+
+    The modules are constructed directly on ``device`` (random init on a GPU takes seconds instead
+    of minutes on the CPU). ``text_encoder_dtype`` builds PixArt's T5 in that dtype (the adapter
+    never casts T5; fp32 T5-XXL is 19 GB).
+    """
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = tiny_clip_tokenizer(Path(tmp) / "tokenizer")
-    assert tokenizer.model_max_length == 77 and len(tokenizer) < SD15_TEXT_CONFIG["vocab_size"]
+        if setup == "sd15-full":
+            return build_sd15_full_pipeline(device, Path(tmp))
+        if setup == "sdxl-full":
+            return build_sdxl_full_pipeline(device, Path(tmp))
+        if setup == "pixart-full":
+            return build_pixart_full_pipeline(device, text_encoder_dtype)
+    raise ValueError(f"unknown full-size setup {setup!r}")
+
+
+def build_sd15_full_pipeline(device, tmp: Path):
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    tokenizer = _clip_tokenizer(tmp / "tokenizer")
     with torch.device(device):
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            **SD15_TEXT_CONFIG, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ))
+        text_encoder = _clip_text(CLIPTextModel, SD15_TEXT_CONFIG, tokenizer)
         unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
         vae = AutoencoderKL(**SD15_VAE_CONFIG)
     pipe = StableDiffusionPipeline(
@@ -93,29 +151,69 @@ def build_sd15_full_pipeline(device: str | torch.device = "cpu", seed: int = 0):
     return pipe
 
 
-def build_adapter(setup: str, device: str | torch.device, dtype: torch.dtype, seed: int = 0):
-    """The setup's pipeline inside the real SD1.5 adapter, frozen, on ``device`` in ``dtype``."""
-    from dice.adapters.sd15 import SD15Adapter
+def build_sdxl_full_pipeline(device, tmp: Path):
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer, tokenizer_2 = _clip_tokenizer(tmp / "tokenizer"), _clip_tokenizer(tmp / "tokenizer_2")
+    with torch.device(device):
+        text_encoder = _clip_text(CLIPTextModel, SD15_TEXT_CONFIG, tokenizer)
+        text_encoder_2 = _clip_text(CLIPTextModelWithProjection, SDXL_TEXT_2_CONFIG, tokenizer_2)
+        unet = UNet2DConditionModel(**SDXL_UNET_CONFIG)
+        vae = AutoencoderKL(**SDXL_VAE_CONFIG)
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2, unet=unet, scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER_CONFIG),
+        force_zeros_for_empty_prompt=True,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_pixart_full_pipeline(device, text_encoder_dtype: torch.dtype | None = None):
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    from dice.tiny import tiny_t5_tokenizer
+
+    tokenizer = tiny_t5_tokenizer()  # pads every prompt to PixArt's 120 tokens, like the real one
+    with torch.device(device):
+        default_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(text_encoder_dtype or default_dtype)
+        try:
+            text_encoder = T5EncoderModel(T5Config(**PIXART_T5_CONFIG, pad_token_id=tokenizer.pad_token_id,
+                                                   eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=0))
+        finally:
+            torch.set_default_dtype(default_dtype)
+        transformer = PixArtTransformer2DModel(**PIXART_TRANSFORMER_CONFIG)
+        vae = AutoencoderKL(**SD15_VAE_CONFIG)
+    pipe = PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                               scheduler=DPMSolverMultistepScheduler(**PIXART_SCHEDULER_CONFIG))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_adapter(setup: str, device: str | torch.device, dtype: torch.dtype, seed: int = 0, **pipeline_options):
+    """The setup's pipeline inside the real adapter of its family, frozen, on ``device`` in ``dtype``."""
+    from dice.adapters import adapter_class
 
     if setup == "tiny":
         from dice.tiny import build_tiny_pipeline
 
         pipe = build_tiny_pipeline("sd15", seed=seed)
         pipe.set_progress_bar_config(disable=True)
-        name = "tiny-sd15"
-    elif setup == "sd15-full":
-        pipe = build_sd15_full_pipeline(device, seed=seed)
-        name = "random-sd15"
+    elif setup in SETUPS:
+        pipe = build_full_pipeline(setup, device, seed=seed, **pipeline_options)
     else:
         raise ValueError(f"unknown setup {setup!r}; choose one of {SETUPS}")
-    adapter = SD15Adapter(pipe, name)
+    adapter = adapter_class(FAMILIES[setup])(pipe, f"random-{setup}")
     adapter.freeze(device, dtype)
     return adapter
 
 
 def parameter_counts(adapter) -> dict[str, int]:
-    pipe = adapter.pipe
-    return {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in ("unet", "text_encoder", "vae")}
+    return {name: sum(p.numel() for p in module.parameters()) for name, module in adapter.pipe.components.items()
+            if isinstance(module, torch.nn.Module)}
 
 
 # Captions from the tiny vocabulary (every word is one token of dice's tiny tokenizer).
@@ -131,6 +229,59 @@ def captions(n: int) -> list[str]:
             ("small", "large", "bright", "dark")[i % 4], _COLORS[i % 8], _THINGS[i % 12],
             _COLORS[(i + 3) % 8], _THINGS[(i + 5) % 12]))
     return out
+
+
+def write_jpeg_dataset(folder: str | Path, num_images: int, size: tuple[int, int] = (640, 480), seed: int = 0,
+                       quality: int = 90) -> Path:
+    """COCO-like training images: ``num_images`` JPEGs of 640x480 (COCO's most common size) with
+    photo-like detail (colour fields at three scales plus sensor-like noise; ~150 KB each, COCO
+    train2017 averages ~155 KB), captions in ``metadata.jsonl`` (the imagefolder layout)."""
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    width, height = size
+    lines = []
+    for i, caption in enumerate(captions(num_images)):
+        pixels = 128 + rng.normal(0, 16, size=(height, width, 3))
+        for cells, amplitude in ((4, 90), (16, 50), (64, 25)):
+            grid = rng.uniform(-amplitude, amplitude, size=(cells * height // width + 1, cells + 1, 3)).astype(np.float32)
+            pixels += np.stack([np.asarray(Image.fromarray(grid[..., c]).resize(size, Image.BICUBIC)) for c in range(3)], -1)
+        name = f"{i:06d}.jpg"
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / name, quality=quality)
+        lines.append(json.dumps({"file_name": name, "text": caption}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+# ---- FLOPs and model FLOPs utilisation ---------------------------------------------------------
+def count_flops(fn) -> tuple[int, dict[str, int]]:
+    """FLOPs of one call of ``fn`` as torch.utils.flop_counter.FlopCounterMode counts them: matrix
+    multiplications, convolutions and attention (forward and backward) at the shapes actually run,
+    2 FLOPs per multiply-add; element-wise work is not counted. Returns (total, per top-level module)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False, depth=1) as counter:
+        fn()
+    counts = counter.get_flop_counts()
+    by_module = {name: sum(ops.values()) for name, ops in counts.items() if name != "Global" and "." not in name}
+    return sum(counts.get("Global", {}).values()), by_module
+
+
+# Dense (no sparsity) bf16/fp16 tensor-core peaks from the vendors' datasheets, TFLOP/s; the first
+# name contained in torch.cuda.get_device_name wins.
+PEAK_TFLOPS_16BIT = (("H200 NVL", 835.5), ("H100 NVL", 835.5), ("H100 PCIe", 756.5), ("H100", 989.4),
+                     ("H200", 989.4), ("A100", 312.0))
+
+
+def peak_tflops(device: torch.device, precision: str) -> float | None:
+    """The device's peak for ``precision`` ("bf16"/"fp16"), or None where we know none (CPUs, fp32)."""
+    if device.type != "cuda" or precision not in ("bf16", "fp16"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_TFLOPS_16BIT if key in name), None)
 
 
 # ---- device facts, timing, memory --------------------------------------------------------------

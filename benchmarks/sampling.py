@@ -5,7 +5,8 @@ and resolution:
 
 * ``unguided``: cfg_scale 1, no sharpener: 1 UNet evaluation per step.
 * ``cfg``: cfg_scale 5: 2 evaluations per step (the pipeline batches them into one call of 2x batch).
-* ``dice``: cfg_scale 1 + a sharpener (random weights, 1.84M parameters at dim 768): 1 evaluation per step.
+* ``dice``: cfg_scale 1 + a sharpener (random weights; 1.84M / 3.15M / 5.25M parameters for SD1.5 / SDXL /
+  PixArt-alpha): 1 evaluation per step.
 
 Each mode is timed with ``output_type="latent"`` (denoising only) and ``"pil"`` (VAE decode and
 conversion included). The sharpener's share: ``adapter.sharpen`` timed on its own (device synchronised
@@ -13,6 +14,8 @@ around each call), and text encoding + sharpening, against one whole DICE genera
 
     python benchmarks/sampling.py --setup tiny            # CPU, tiny SD1.5 pipeline, 32 px, batch 8
     python benchmarks/sampling.py --setup sd15-full       # GPU, SD1.5 architecture, 512 px, batch 8, fp16
+    python benchmarks/sampling.py --setup sdxl-full       # GPU, SDXL, 1024 px
+    python benchmarks/sampling.py --setup pixart-full     # GPU, PixArt-alpha 512 (T5-XXL encodes every prompt)
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ import common  # noqa: E402
 DEFAULTS = {
     "tiny": dict(batch=8, resolution=32, dtype="fp32", warmup=1, repeats=3, device="cpu"),
     "sd15-full": dict(batch=8, resolution=512, dtype="fp16", warmup=2, repeats=5, device=None),
+    "sdxl-full": dict(batch=8, resolution=1024, dtype="fp16", warmup=2, repeats=5, device=None),
+    "pixart-full": dict(batch=8, resolution=512, dtype="fp16", warmup=2, repeats=5, device=None),
 }
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -45,6 +50,9 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=None, help="timed generations per mode and output type")
     p.add_argument("--sharpen_repeats", type=int, default=50, help="timed sharpener / text-encoding calls")
     p.add_argument("--output_types", nargs="+", default=["latent", "pil"], choices=["latent", "pil"])
+    p.add_argument("--text_embedding_cache", action="store_true",
+                   help="PixArt-alpha: encode the prompts once into dice's text-embedding cache and unload T5 before timing "
+                   "(T5-XXL is then left out of every generation; for CPUs, where it takes minutes)")
     args = p.parse_args(argv)
     d = DEFAULTS[args.setup]
     batch, resolution = args.batch or d["batch"], args.resolution or d["resolution"]
@@ -57,14 +65,24 @@ def main(argv=None) -> dict:
     from dice.sampling import generate, use_scheduler
     from dice.sharpener import Sharpener
 
+    family = common.FAMILIES[args.setup]
+    if args.text_embedding_cache and family != "pixart":
+        p.error("--text_embedding_cache is PixArt-alpha's (pixart-full)")
     t0 = time.perf_counter()
-    adapter = common.build_adapter(args.setup, device, DTYPES[dtype_name], seed=args.seed)
+    adapter = common.build_adapter(args.setup, device, DTYPES[dtype_name], seed=args.seed, **(
+        {"text_encoder_dtype": DTYPES[dtype_name]} if family == "pixart" else {}))
     use_scheduler(adapter, "dpmsolver++")
     torch.manual_seed(args.seed)
     sharpener = Sharpener(adapter.text_dim).to(device).eval().requires_grad_(False)  # as load_sharpener leaves it
     build_seconds = time.perf_counter() - t0
+    parameters = common.parameter_counts(adapter)  # before PixArt's T5 is unloaded
 
     prompts = common.captions(batch)
+    if args.text_embedding_cache:
+        import tempfile
+
+        adapter.text_cache_dir = tempfile.mkdtemp(prefix="dice-t5-cache-")
+        adapter.prepare_text_cache(prompts, [""])
     seeds = list(range(batch))
     modes = {"unguided": (1.0, None), f"cfg_w{args.guidance_scale:g}": (args.guidance_scale, None), "dice": (1.0, sharpener)}
 
@@ -140,6 +158,7 @@ def main(argv=None) -> dict:
         "what": "dice.sampling.generate: unguided vs CFG vs DICE (cfg 1 + sharpener), DPM-Solver++ 2M, same steps/batch/resolution",
         **common.environment(device),
         "model_dtype": dtype_name,
+        "text_embeddings": "dice's text-embedding cache (T5 unloaded, not timed)" if args.text_embedding_cache else "encoded live in every generation",
         "sharpener_dtype": "float32",
         "batch": batch,
         "resolution": resolution,
@@ -151,7 +170,7 @@ def main(argv=None) -> dict:
         "ratios": ratios,
         "sharpener_share": share,
         **common.peak_memory(device),
-        "parameters": {**common.parameter_counts(adapter), "sharpener": sum(p.numel() for p in sharpener.parameters())},
+        "parameters": {**parameters, "sharpener": sum(p.numel() for p in sharpener.parameters())},
         "build_seconds": round(build_seconds, 2),
         "notes": [
             "images_per_second = batch / median seconds per generation (device synchronised around each)",

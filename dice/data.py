@@ -112,17 +112,19 @@ def step_generator(*keys: int) -> torch.Generator:
 
 
 class CaptionedImages(torch.utils.data.Dataset):
-    """Items are addressed by ``(index, caption_seed)``; returns pixels in [-1, 1] and one caption.
+    """Items are addressed by ``(index, caption_seed)``; returns pixels in [-1, 1] and one caption,
+    or with a ``latent_cache`` (:mod:`dice.latent_cache`) the image's cached VAE latents instead.
 
     An unreadable image is replaced by the next readable one and counted in ``skipped``.
     """
 
-    def __init__(self, records: list[ImageRecord], resolution: int, max_skip: int = 50):
+    def __init__(self, records: list[ImageRecord], resolution: int, max_skip: int = 50, latent_cache=None):
         from torchvision import transforms
 
         self.records = records
         self.resolution = resolution
         self.max_skip = max_skip
+        self.latent_cache = latent_cache
         # SPEC section 4: centre crop, resize, no flip.
         self.resize = transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR, antialias=True)
         self.crop = transforms.CenterCrop(resolution)
@@ -131,7 +133,8 @@ class CaptionedImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _load(self, index: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    def load_pixels(self, index: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+        """Image ``index`` decoded, resized, centre-cropped; with (original h, w, crop top, left)."""
         with Image.open(self.records[index].path) as img:
             img = img.convert("RGB")
         original = (img.height, img.width)
@@ -145,19 +148,25 @@ class CaptionedImages(torch.utils.data.Dataset):
         for skipped in range(self.max_skip):
             candidate = (index + skipped) % len(self.records)
             try:
-                pixels, sizes = self._load(candidate)
+                if self.latent_cache is None:
+                    pixels, sizes = self.load_pixels(candidate)
+                    item = {"pixels": pixels, "sizes": torch.tensor(sizes)}
+                else:
+                    latents, sizes = self.latent_cache.get(candidate)
+                    item = {"latents": latents, "sizes": sizes}
             except (OSError, ValueError) as err:
                 logger.warning("skipping unreadable image %s (%s)", self.records[candidate].path, err)
                 continue
             caption = random.Random(caption_seed).choice(self.records[candidate].captions)
-            return {"pixels": pixels, "caption": caption, "sizes": torch.tensor(sizes), "skipped": skipped}
+            return {**item, "caption": caption, "skipped": skipped}
         raise RuntimeError(f"{self.max_skip} consecutive unreadable images from {self.records[index].path}; "
                            "check the data folder")
 
 
 def collate(items: list[dict]) -> dict:
+    name = "latents" if "latents" in items[0] else "pixels"
     return {
-        "pixels": torch.stack([x["pixels"] for x in items]),
+        name: torch.stack([x[name] for x in items]),
         "captions": [x["caption"] for x in items],
         "sizes": torch.stack([x["sizes"] for x in items]),
         "skipped": sum(x["skipped"] for x in items),
@@ -193,12 +202,13 @@ class ShardBatches(torch.utils.data.Sampler):
             yield batch
 
 
-def make_loader(records, resolution, batch_size, rank, world, seed, start_batch=0, num_workers=0):
-    dataset = CaptionedImages(records, resolution)
+def make_loader(records, resolution, batch_size, rank, world, seed, start_batch=0, num_workers=0, latent_cache=None):
+    dataset = CaptionedImages(records, resolution, latent_cache=latent_cache)
     sampler = ShardBatches(len(dataset), batch_size, rank, world, seed, start_batch)
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
         persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),  # pinned batches reach the GPU without a host synchronisation
     )
 
 

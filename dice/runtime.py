@@ -13,3 +13,16 @@ def needs_cpu_process_group() -> bool:
     ``cpu=True`` it forms a gloo group (how our multi-process tests run DDP on CPU).
     """
     return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def to_device(tensor: torch.Tensor, device: torch.device | str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Copy a host tensor to ``device`` without making the host wait for the GPU.
+
+    A plain ``.to("cuda")`` from pageable memory synchronises the stream: the host stops until every
+    queued kernel has run, and the GPU then idles while the next kernels are queued. From pinned
+    memory the copy is queued like a kernel. Elsewhere this is an ordinary ``.to``.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and tensor.device.type == "cpu" and not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(device=device, dtype=dtype, non_blocking=True)

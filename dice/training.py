@@ -16,14 +16,13 @@ import logging.handlers
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from . import experiments
 from .adapters import Conditioning, adapter_class
-from .adapters.base import absolute_if_local, hub_revision
+from .adapters.base import COMPILE_CHOICES, absolute_if_local, hub_revision
 from .checkpoint import checkpoint_config, read_config
 from .data import load_records, make_loader, step_generator
 from .errors import (
@@ -45,7 +44,8 @@ from .losses import LOSS_TYPES, REDUCTIONS, distillation_loss
 from .methods import DEFAULT_SAMPLING_SCALE, METHODS, TrainedModel, method_class
 from .negatives import NegativePrompts, read_negative_prompts
 from .presets import PRESETS, preset
-from .runtime import needs_cpu_process_group
+from .runtime import needs_cpu_process_group, to_device
+from .step_log import StepLog
 
 logger = logging.getLogger("dice")
 
@@ -71,6 +71,8 @@ def build_parser(family: str) -> ArgumentParser:
     a("--train_data_dir", required=True, help="MS-COCO 2017 root (train2017/ + annotations/) or a folder with metadata.jsonl")
     a("--resolution", type=positive_int, default=None, help="training resolution (centre crop + resize)")
     a("--dataloader_num_workers", type=non_negative_int, default=2, help="image-decoding worker processes per GPU")
+    a("--latent_cache", default=None, metavar="DIR", help="encode every training image with the VAE once into safetensors shards in DIR "
+      "(reused by later runs with the same data, VAE and resolution), then train on the stored latents: no JPEG decoding, no VAE per step")
     a("--negative_prompts", default=None, help="file with one negative prompt per line (paper 3.2), or 'default' for dice/assets/negative_prompts.txt; u is one of them with --negative_prompt_prob")
     a("--negative_prompt_prob", type=probability, default=1.0, help="probability that a sample's u is a random negative prompt rather than the empty prompt (needs --negative_prompts; 1 = the paper's 'negative text embeddings replace all null text embeddings')")
     # Recipe.
@@ -109,6 +111,9 @@ def build_parser(family: str) -> ArgumentParser:
     a("--enable_xformers_memory_efficient_attention", action="store_true", help="xformers attention in the frozen model (falls back to PyTorch SDPA)")
     a("--gradient_checkpointing", action="store_true", help="recompute activations in the backward pass (less memory): the frozen "
       "denoiser's for dice, the student's for gd, both the guide's and the frozen denoiser's for pnp")
+    a("--compile", nargs="?", const="full", choices=COMPILE_CHOICES, default=None,
+      help="torch.compile the frozen denoiser: 'full' (the bare flag) the whole model, 'regional' each repeated block (compiles faster)")
+    a("--channels_last", action="store_true", help="channels-last memory format for the frozen denoiser (faster convolutions on recent GPUs)")
     a("--n_gpus", type=positive_int, default=None, help="expected number of processes; an error if it differs from the real count")
     a("--report_to", default="none", help="accelerate tracker: tensorboard, wandb, ... or none")
     adapter_class(family).add_arguments(p)
@@ -196,7 +201,7 @@ class NegativeBank:
             use_negative = torch.rand(batch, generator=generator) < self.prob
             choice = torch.randint(1, self.num_negatives + 1, (batch,), generator=generator)
             index = torch.where(use_negative, choice, index)
-        return self.bank.select(index.to(self.bank.embeds.device))
+        return self.bank.select(to_device(index, self.bank.embeds.device))
 
 
 def _log_to_console(is_main: bool) -> None:
@@ -287,6 +292,10 @@ def _load_adapter(family: str, args, accelerator, weight_dtype: torch.dtype):
     adapter.freeze(accelerator.device, weight_dtype)
     if args.enable_xformers_memory_efficient_attention:
         adapter.enable_xformers()
+    if args.channels_last:
+        adapter.denoiser.to(memory_format=torch.channels_last)
+    if args.compile:
+        adapter.compile_denoiser(args.compile)
     return adapter
 
 
@@ -424,16 +433,23 @@ def train(family: str, args: argparse.Namespace) -> Path:
     _log_to_console(accelerator.is_main_process)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     adapter = _load_adapter(family, args, accelerator, weight_dtype)
+    latent_cache = None
+    if args.latent_cache:  # before the run folder: a cache of another VAE or resolution is refused first
+        from .latent_cache import build_latent_cache
+
+        latent_cache = build_latent_cache(args.latent_cache, records, args.train_data_dir, adapter, args.resolution,
+                                          accelerator=accelerator, batch_size=args.train_batch_size,
+                                          num_workers=args.dataloader_num_workers)
 
     run_dir = _create_run_dir(accelerator, args, family, continue_run)
     _log_to_file(run_dir, accelerator.is_main_process)
     accelerator.project_configuration.logging_dir = str(run_dir)  # trackers (tensorboard, ...) log into the run
     with _errors_into_log():
-        return _fit(accelerator, adapter, args, family, run_dir, resume_from, layout, records, negatives)
+        return _fit(accelerator, adapter, args, family, run_dir, resume_from, layout, records, negatives, latent_cache)
 
 
 def _fit(accelerator, adapter, args, family: str, run_dir: Path, resume_from: Path | None, layout: str, records,
-         negatives: NegativePrompts) -> Path:
+         negatives: NegativePrompts, latent_cache=None) -> Path:
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
 
@@ -491,18 +507,19 @@ def _fit(accelerator, adapter, args, family: str, run_dir: Path, resume_from: Pa
 
     accum = args.gradient_accumulation_steps
     loader = iter(make_loader(records, args.resolution, args.train_batch_size, rank, world, args.seed,
-                              start_batch=global_step * accum, num_workers=args.dataloader_num_workers))
+                              start_batch=global_step * accum, num_workers=args.dataloader_num_workers,
+                              latent_cache=latent_cache))
     negative_bank = NegativeBank(adapter, negatives)
 
     from tqdm.auto import tqdm
 
     progress = tqdm(total=args.max_train_steps, initial=global_step, desc="training", disable=not accelerator.is_main_process,
                     mininterval=0.5 if sys.stderr.isatty() else 30)  # keep redirected logs short
-    stats_file = open(run_dir / "stats.jsonl", "a") if accelerator.is_main_process else None
-    skipped_images, window_start, window_images, loss_sum = 0, time.time(), 0, 0.0
-    train_start = time.time()
+    step_log = StepLog(run_dir / "stats.jsonl" if accelerator.is_main_process else None)
+    skipped_images = 0
     try:
         while global_step < args.max_train_steps:
+            loss_sum, images = 0.0, 0
             for micro in range(accum):
                 batch = next(loader)
                 skipped_images += batch["skipped"]
@@ -511,25 +528,24 @@ def _fit(accelerator, adapter, args, family: str, run_dir: Path, resume_from: Pa
                     accelerator.backward(loss)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                loss_sum += loss.detach().item() / accum
-                window_images += len(batch["captions"]) * world
+                loss_sum = loss_sum + loss.detach() / accum  # stays on the device: no wait for the GPU here
+                images += len(batch["captions"]) * world
             assert accelerator.sync_gradients, "one update per --gradient_accumulation_steps micro-batches"
             lr_scheduler.step()  # once per update, whatever the number of processes
             global_step += 1
             progress.update(1)
-            now = time.time()
-            record = {"step": global_step, "loss": loss_sum, "lr": lr_scheduler.get_last_lr()[0],
-                      "seconds": round(now - train_start, 3), "images_per_second": round(window_images / max(now - window_start, 1e-9), 3)}
-            progress.set_postfix(loss=f"{loss_sum:.4g}")
-            if stats_file:
-                stats_file.write(json.dumps(record) + "\n")
-                stats_file.flush()
-            accelerator.log({"loss": loss_sum, "lr": record["lr"]}, step=global_step)
-            if global_step % args.log_every == 0 or global_step == args.max_train_steps:
-                logger.info("step %d/%d loss %.5g lr %.3g %.1f img/s skipped-images %d", global_step,
-                            args.max_train_steps, loss_sum, record["lr"], record["images_per_second"], skipped_images)
-            window_start, window_images, loss_sum = now, 0, 0.0
-            if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
+            step_log.add(global_step, loss_sum, lr_scheduler.get_last_lr()[0], images)
+            checkpoint_now = global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps
+            if global_step % args.log_every == 0 or checkpoint_now:
+                logged = step_log.flush()  # the window's one host synchronisation
+                for record in logged:
+                    accelerator.log({"loss": record["loss"], "lr": record["lr"]}, step=record["step"])
+                if logged:
+                    last = logged[-1]
+                    progress.set_postfix(loss=f"{last['loss']:.4g}")
+                    logger.info("step %d/%d loss %.5g lr %.3g %.1f img/s skipped-images %d", global_step,
+                                args.max_train_steps, last["loss"], last["lr"], last["images_per_second"], skipped_images)
+            if checkpoint_now:
                 _check_replicas_identical(accelerator, model)
                 _save_checkpoint(accelerator, run_dir, global_step, method, model, config, args.checkpoints_total_limit)
                 if accelerator.is_main_process:
@@ -538,8 +554,7 @@ def _fit(accelerator, adapter, args, family: str, run_dir: Path, resume_from: Pa
                 accelerator.wait_for_everyone()
     finally:
         progress.close()
-        if stats_file:
-            stats_file.close()
+        step_log.close()
     if skipped_images:
         logger.warning("%d unreadable image(s) were skipped during training", skipped_images)
     accelerator.end_training()
@@ -555,12 +570,16 @@ def _micro_step(adapter, method, model, negative_bank, batch, args, step, micro,
     # Shared timestep: the same draw on every process (the key leaves the rank out).
     t_gen = step_generator(args.seed, step, micro, -1) if args.shared_timestep else gen
     timesteps = torch.randint(0, adapter.num_train_timesteps, (1 if args.shared_timestep else batch_size,), generator=t_gen)
-    timesteps = timesteps.expand(batch_size).to(device)
+    # Host tensors go over with to_device: a plain .to("cuda") would make the host wait for the GPU.
+    timesteps = to_device(timesteps.expand(batch_size).contiguous(), device)
 
-    latents = adapter.encode_images(batch["pixels"])
-    noise = torch.randn(latents.shape, generator=gen).to(device, dtype)
+    if "latents" in batch:  # --latent_cache
+        latents = to_device(batch["latents"], device, dtype)
+    else:
+        latents = adapter.encode_images(batch["pixels"])
+    noise = to_device(torch.randn(latents.shape, generator=gen), device, dtype)
     x_t = adapter.add_noise(latents, noise, timesteps)
-    sizes = batch["sizes"].to(device)
+    sizes = to_device(batch["sizes"], device)
     cond = adapter.encode_prompts(batch["captions"])
     uncond = negative_bank.sample(batch_size, gen)
 

@@ -81,7 +81,7 @@ def _fixed_batches(adapter, data, count=2, batch_size=8, seed=123):
 
 @pytest.mark.parametrize("method", ["gd", "pnp"])
 def test_starts_as_the_base_model_and_the_loss_goes_down(method, tiny_model, tiny_dataset, tmp_path):
-    """At initialisation the student is exactly the unguided base model (zero-initialised ω-map / residuals);
+    """At initialisation the student is the unguided base model (zero-initialised ω-map / residuals);
     a short run lowers the distillation loss on a fixed evaluation set."""
     adapter = adapter_class("sd15").from_pretrained(str(tiny_model("sd15"))).freeze("cpu", torch.float32)
     batches = _fixed_batches(adapter, tiny_dataset)
@@ -96,10 +96,10 @@ def test_starts_as_the_base_model_and_the_loss_goes_down(method, tiny_model, tin
                        for x_t, t, c, u, w, target in batches) / len(batches)
 
     x_t, t, cond, uncond, omega, _ = batches[0]
-    with torch.no_grad():
-        assert torch.equal(impl.student_noise(initial, adapter, x_t, t, cond, uncond, omega, None),
-                           adapter.predict_noise(x_t, t, cond))
-    run = main("sd15", _args(tiny_model("sd15"), tiny_dataset, tmp_path, 40, "--method", method, "--learning_rate", "3e-3",
+    with torch.no_grad():  # equal to float rounding (another module instance: ~1e-6)
+        torch.testing.assert_close(impl.student_noise(initial, adapter, x_t, t, cond, uncond, omega, None),
+                                   adapter.predict_noise(x_t, t, cond))
+    run = main("sd15", _args(tiny_model("sd15"), tiny_dataset, tmp_path, 100, "--method", method, "--learning_rate", "3e-3",
                              "--train_batch_size", "8"))
     trained = load_trained(run)
     assert loss(trained.module) < 0.8 * loss(initial)

@@ -42,6 +42,7 @@ class PixArtAdapter(Adapter):
         "embeds": ("prompt_embeds", "negative_prompt_embeds"),
         "mask": ("prompt_attention_mask", "negative_prompt_attention_mask"),
     }
+    repeated_blocks = ("BasicTransformerBlock",)
 
     def __init__(self, pipe, model, options=None):
         super().__init__(pipe, model, options)
@@ -120,12 +121,12 @@ class PixArtAdapter(Adapter):
     def encode_prompts(self, prompts: list[str]) -> Conditioning:
         if self.text_cache is not None:
             padding_matters = self.options["pixart_mask"] == "full"
-            return self.text_cache.lookup(list(prompts), need_padding=padding_matters).to(self.device)
+            return self.text_cache.lookup(list(prompts), need_padding=padding_matters).to_device(self.device)
         return self._encode_live(prompts)
 
     def encode_negative(self, prompts: list[str]) -> Conditioning:
         if self.text_cache is not None:  # u's padding tokens are sharpener context: always stored
-            return self.text_cache.lookup(list(prompts), need_padding=True).to(self.device)
+            return self.text_cache.lookup(list(prompts), need_padding=True).to_device(self.device)
         return self._encode_live(prompts)
 
     @property
@@ -179,9 +180,12 @@ class PixArtAdapter(Adapter):
             # PixArt-1024 models: image size and aspect ratio, as the pipeline passes them at sampling
             # time (the generated size), so the distilled behaviour is the one used for generation.
             height, width = x_t.shape[-2] * self.vae_scale_factor, x_t.shape[-1] * self.vae_scale_factor
+            # Filled on the device: a tensor built from Python numbers would be a host-to-GPU copy that waits.
+            resolution = torch.full((len(x_t), 2), height, device=x_t.device, dtype=self.dtype)
+            resolution[:, 1] = width
             added = {
-                "resolution": torch.tensor([[height, width]], device=x_t.device, dtype=self.dtype).expand(len(x_t), 2),
-                "aspect_ratio": torch.tensor([[height / width]], device=x_t.device, dtype=self.dtype).expand(len(x_t), 1),
+                "resolution": resolution,
+                "aspect_ratio": torch.full((len(x_t), 1), height / width, device=x_t.device, dtype=self.dtype),
             }
         return {"encoder_hidden_states": cond.embeds.to(self.dtype), "encoder_attention_mask": cond.mask,
                 "added_cond_kwargs": added}

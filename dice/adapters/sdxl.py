@@ -97,9 +97,9 @@ class SDXLAdapter(Adapter):
         Training passes each image's original size and crop; without ``sizes`` it is what the stock
         pipeline uses at sampling time (original = target, no crop).
         """
-        batch = x_t.shape[0]
-        target = torch.tensor([x_t.shape[-2] * self.vae_scale_factor, x_t.shape[-1] * self.vae_scale_factor])
-        target = target.to(x_t.device).expand(batch, 2)
+        # Filled on the device: a tensor built from Python numbers would be a host-to-GPU copy that waits.
+        target = torch.full((x_t.shape[0], 2), x_t.shape[-2] * self.vae_scale_factor, device=x_t.device)
+        target[:, 1] = x_t.shape[-1] * self.vae_scale_factor
         if sizes is None:
             original_and_crop = torch.cat([target, torch.zeros_like(target)], dim=1)
         else:

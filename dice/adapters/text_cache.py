@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from ..cache_check import refuse_other_writer
 from ..errors import UserError, give_default_permissions
 from .base import Conditioning
 
@@ -73,7 +74,8 @@ class TextEmbeddingCache:
         index = json.loads(index_path.read_text()) if index_path.is_file() else None
         probe = encode([PROBE_PROMPT]).embeds[0].float().cpu()
         if index is not None:
-            cls._check_matches(folder, index, fingerprint, probe)
+            refuse_other_writer(folder, index, fingerprint, probe, error=TextCacheError, cache="text embedding cache",
+                                option="--text_embedding_cache", writer="text encoder")
         entries = index["entries"] if index else {}
         generation = index["generations"] if index else 0
 
@@ -133,24 +135,6 @@ class TextEmbeddingCache:
             os.replace(tmp, index_path)  # readers never see a half-written index
         _barrier(accelerator)
         return cls(folder, num_tokens)
-
-    @staticmethod
-    def _check_matches(folder: Path, index: dict, fingerprint: dict, probe: torch.Tensor) -> None:
-        """Refuse a cache written for another model or encoder (compares settings and one probe prompt)."""
-        stored = index.get("fingerprint", {})
-        differ = {k: (stored.get(k), v) for k, v in fingerprint.items() if stored.get(k) != v}
-        if differ:
-            raise TextCacheError(
-                f"text embedding cache '{folder}' was written for different settings {differ} "
-                "(stored, now); use another --text_embedding_cache folder or delete this one."
-            )
-        stored_probe = torch.tensor(index["probe"], dtype=torch.float32)
-        scale = float(stored_probe.abs().max()) or 1.0
-        if stored_probe.shape != probe.shape or not torch.allclose(stored_probe, probe, rtol=1e-2, atol=1e-2 * scale):
-            raise TextCacheError(
-                f"text embedding cache '{folder}' was written by a different text encoder (the probe prompt "
-                f"{PROBE_PROMPT!r} encodes differently now); use another folder or delete this one."
-            )
 
     # ---- reading ---------------------------------------------------------------------------
     def __contains__(self, prompt: str) -> bool:

@@ -21,6 +21,7 @@ from torch import nn
 from ..adapters.base import Adapter, Conditioning
 from ..checkpoint import METHOD_CONFIG_NAME, TrainedConfig
 from ..errors import UserError
+from ..runtime import to_device
 
 # GD and PnP sample at ω = 5, the paper's guidance scale (Table 1; the authors' sample.py --gd_scale 5).
 DEFAULT_SAMPLING_SCALE = 5.0
@@ -129,11 +130,11 @@ def pipeline_with(pipe, class_name: str | None = None, **replace):
     return new
 
 
-def scale_tensor(value: float | torch.Tensor, batch_size: int, device=None) -> torch.Tensor:
-    """ω as one float per sample [B]."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device=device, dtype=torch.float32).expand(batch_size)
-    return torch.full((batch_size,), float(value), device=device)
+def scale_tensor(value: float | torch.Tensor, batch_size: int, device="cpu") -> torch.Tensor:
+    """ω as one float per sample [B] on ``device`` (from the host without a wait for the GPU)."""
+    if not isinstance(value, torch.Tensor):
+        value = torch.full((batch_size,), float(value))
+    return to_device(value.float().expand(batch_size), device)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import UserError, one_line
+from ..runtime import to_device
 from .base import Method, count_parameters, pipeline_with, scale_tensor, write_config
 
 # Width of the sinusoidal ω-embedding: LCM distillation's default --unet_time_cond_proj_dim.
@@ -101,7 +102,7 @@ class GDMethod(Method):
         return student.float().train().requires_grad_(True)
 
     def student_noise(self, module, adapter, x_t, t, cond, uncond, guidance, sizes):
-        emb = guidance_embedding(scale_tensor(guidance, len(x_t))).to(x_t.device)
+        emb = to_device(guidance_embedding(scale_tensor(guidance, len(x_t))), x_t.device)
         return adapter.predict_noise(x_t, t, cond, sizes, denoiser=module, timestep_cond=emb)
 
     def enable_gradient_checkpointing(self, adapter, module):

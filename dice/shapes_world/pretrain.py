@@ -77,6 +77,17 @@ def _warmup_cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
+def _update(optimizer, loss: torch.Tensor, lr: float, clip_params=None, max_grad_norm: float | None = None) -> None:
+    """One optimizer step at learning rate ``lr`` (the stages schedule it themselves, per step)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_params is not None:
+        torch.nn.utils.clip_grad_norm_(clip_params, max_grad_norm)
+    optimizer.step()
+
+
 def render_split(split: str, count: int, seed: int) -> tuple[torch.Tensor, list[Combination]]:
     """uint8 images [N, 3, 32, 32] and their combinations."""
     drawn = scenes(split, count, seed)
@@ -102,11 +113,7 @@ def train_evaluator(images, combos, val_images, val_combos, recipe: Recipe, prog
         idx = torch.randint(0, len(images), (recipe.evaluator_batch_size,), generator=gen)
         _, logits = model(ev.augment(_pixels(images[idx]), gen))
         loss = sum(F.cross_entropy(logits[a], labels[idx, i]) for i, a in enumerate(ev.ATTRIBUTES))
-        for group in optimizer.param_groups:
-            group["lr"] = recipe.evaluator_learning_rate * _warmup_cosine(step, recipe.evaluator_steps, 50)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        _update(optimizer, loss, recipe.evaluator_learning_rate * _warmup_cosine(step, recipe.evaluator_steps, 50))
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
     model.eval().requires_grad_(False)
@@ -129,11 +136,7 @@ def train_vae(images: torch.Tensor, recipe: Recipe, progress: bool = True):
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
         recon = vae.decode(z).sample
         loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + recipe.vae_kl_weight * posterior.kl().mean() / z[0].numel()
-        for group in optimizer.param_groups:
-            group["lr"] = recipe.vae_learning_rate * _warmup_cosine(step, recipe.vae_steps, 50)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        _update(optimizer, loss, recipe.vae_learning_rate * _warmup_cosine(step, recipe.vae_steps, 50))
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
     vae.eval().requires_grad_(False)
@@ -264,12 +267,8 @@ def train_unet(unet, text_encoder, tokenizer, scheduler, means, stds, combos, sc
         prediction = unet(scheduler.add_noise(latents, noise, t), t, table.embed(rows)).sample
         per_sample = (prediction - noise).square().mean(dim=(1, 2, 3))
         loss = (per_sample * _snr_weights(scheduler, t, recipe.min_snr_gamma)).mean()
-        for group in optimizer.param_groups:
-            group["lr"] = recipe.unet_learning_rate * _warmup_cosine(step, recipe.unet_steps, recipe.unet_warmup_steps)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
-        optimizer.step()
+        _update(optimizer, loss, recipe.unet_learning_rate * _warmup_cosine(step, recipe.unet_steps, recipe.unet_warmup_steps),
+                params, recipe.max_grad_norm)
         ema.step(params)
         if on_step is not None:
             on_step(step, loss.item())
