@@ -44,7 +44,7 @@ train() {  # family [extra training args...]
 }
 
 run_of() {  # desc -> the newest exps/NNNNN-<desc>, or nothing
-  ls -d exps/[0-9][0-9][0-9][0-9][0-9]-"$1" 2>/dev/null | tail -n 1
+  ls -d exps/[0-9][0-9][0-9][0-9][0-9]-"$1" 2>/dev/null | tail -n 1 || true  # none yet: nothing
 }
 
 train_once() {  # desc training-command...: train into exps/NNNNN-<desc>; a rerun continues (or keeps) that run
