@@ -8,7 +8,10 @@
 #   bash launch.sh sample EXP_ID               DICE, CFG (w=5) and unguided on the 5k COCO prompts
 #   bash launch.sh eval SAMPLE_FOLDER...       FID, CLIP score, aesthetic score -> results/results.jsonl
 #   bash launch.sh table                       results/results.jsonl -> results/table.{md,csv}
-#   bash launch.sh table1 sd15|sdxl|pixart     all of the above for one Table-1 block
+#   bash launch.sh table1 toy|sd15|dreamshaper|sdxl|pixart
+#                                              one block of Table 1, all six rows: trains DICE, GD and PnP, samples
+#                                              w=5, w=1, Scaling, GD, PnP, DICE, scores them -> results/table1-<block>.{md,csv,json}
+#                                              (toy: the shapes world on the CPU, no downloads; a rerun resumes)
 # Environment: NGPUS (8), COCO (data/coco2017), FID_REF (data/coco_val2017_512.npz),
 # ACCELERATE_ARGS (extra `accelerate launch` flags, e.g. multi-node: --num_machines 2 --machine_rank 0
 # --main_process_ip HOST), PRECISION (bf16, as the authors), PYTHON (python).
@@ -40,7 +43,70 @@ train() {  # family [extra training args...]
     --train_data_dir="$COCO" --n_gpus="$NGPUS" "${extra[@]}" "$@"
 }
 
-latest_exp() { ls -d exps/[0-9][0-9][0-9][0-9][0-9]-* | tail -n 1 | xargs basename | cut -c1-5; }
+run_of() {  # desc -> the newest exps/NNNNN-<desc>, or nothing
+  ls -d exps/[0-9][0-9][0-9][0-9][0-9]-"$1" 2>/dev/null | tail -n 1 || true  # none yet: nothing
+}
+
+train_once() {  # desc training-command...: train into exps/NNNNN-<desc>; a rerun continues (or keeps) that run
+  local desc=$1 run; shift
+  run=$(run_of "$desc")
+  if [ -n "$run" ]; then "$@" --resume_from_checkpoint=latest --experiment="$run"; else "$@" --desc="$desc"; fi
+}
+
+table1() {  # block: the six rows of one Table-1 block -> results/table1-<block>.{md,csv,json}
+  local block=$1 out=samples/table1-$1 results=results/table1-$1.jsonl
+  local family=sd15 model vae=() dice_extra=() methods=(dice gd pnp) train sample base
+  case "$block" in
+    toy) model=dice/assets/shapes_world/shapes-world ;;
+    sd15) model=$(model_of sd15) ;;
+    dreamshaper) model=Lykon/DreamShaper; dice_extra=(--negative_prompts=default) ;;  # paper 4.1: variants with negatives
+    sdxl) family=sdxl; model=$(model_of sdxl); vae=(--pretrained_vae_model_name_or_path=madebyollin/sdxl-vae-fp16-fix) ;;
+    pixart) family=pixart; model=$(model_of pixart); methods=(dice gd)
+      echo "PixArt-alpha: no PnP row (diffusers has no PixArt ControlNet; README 'Table 1's other rows')" >&2 ;;
+    *) echo "error: unknown Table-1 block '$block'. Use toy, sd15, dreamshaper, sdxl or pixart" >&2; exit 2 ;;
+  esac
+  local s  # Scaling's s: the paper's per model (dice/presets.py EMBEDDING_SCALES)
+  s=$("$PYTHON" -c "from dice.presets import EMBEDDING_SCALES; print(EMBEDDING_SCALES['${block/toy/shapes-world}'])")
+  if [ "$block" = toy ]; then  # one CPU process, the world's data, held-out prompts and evaluator
+    local data=data/shapes_world-train-4000 prompts=data/shapes_world-prompts-256.jsonl
+    [ -f "$data/metadata.jsonl" ] || "$PYTHON" -m dice.shapes_world data --out "$data" --num_images 4000
+    [ -f "$prompts" ] || "$PYTHON" -m dice.shapes_world prompts --out "$prompts" --num_prompts 256
+    train=("$PYTHON" train_sd15.py --pretrained_model_name_or_path="$model" --train_data_dir="$data" --preset=toy
+           --dataloader_num_workers=0 --validation_prompts "a red circle and a blue square" "a blue cross and a red triangle")
+    sample=("$PYTHON" sample.py --prompts="$prompts" --outdir="$out" --batch_gpu=64)
+    base=(--model_name=shapes-world)
+  else
+    train=("${LAUNCH[@]}" "train_$family.py" --pretrained_model_name_or_path="$model" --train_data_dir="$COCO"
+           --n_gpus="$NGPUS" "${vae[@]}")
+    sample=("${LAUNCH[@]}" sample.py --outdir="$out" --batch_gpu=16)
+    base=(--model_name="$block" "${vae[@]}")
+  fi
+  for method in "${methods[@]}"; do
+    extra=(); [ "$method" = dice ] && extra=("${dice_extra[@]}")
+    train_once "table1-$block-$method" "${train[@]}" --method="$method" "${extra[@]}"
+  done
+  "${sample[@]}" "${base[@]}" --cfg_scale=5
+  "${sample[@]}" "${base[@]}"
+  "${sample[@]}" "${base[@]}" --embedding_scale="$s"
+  local folders=("$out"/*-cfg-w5-20steps-* "$out"/*-unguided-20steps-* "$out"/*-scaling-s"$s"-20steps-*) run
+  for method in "${methods[@]}"; do
+    run=$(run_of "table1-$block-$method")
+    "${sample[@]}" --model_path="$run"
+    folders+=("$out"/*-"$method"-"$(basename "$run" | cut -c1-5)"-*)
+  done
+  rm -f "$results"  # this run's six folders only (a folder of an earlier experiment stays out of the table)
+  for folder in "${folders[@]}"; do
+    if [ "$block" = toy ]; then
+      "$PYTHON" evaluation/shapes_world.py calc --images="$folder" --results="$results"
+    else
+      "${LAUNCH[@]}" evaluation/fid.py calc --images="$folder" --ref="$FID_REF" --results="$results"
+      "${LAUNCH[@]}" evaluation/clip_score.py calc --images="$folder" --results="$results"
+      "${LAUNCH[@]}" evaluation/aesthetic.py calc --images="$folder" --results="$results"
+    fi
+  done
+  "$PYTHON" evaluation/results.py --results "$results" --out "results/table1-$block"
+}
+
 
 sample_all() {  # experiment id: DICE + the two baselines of Table 1 on the 5k COCO prompts
   local exp=$1
@@ -84,11 +150,8 @@ case "${1:-}" in
   table)
     "$PYTHON" evaluation/results.py --results results/results.jsonl --out results/table ;;
   table1)
-    train "${2:?family}"
-    exp=$(latest_exp)
-    sample_all "$exp"
-    evaluate samples/*
-    "$PYTHON" evaluation/results.py --results results/results.jsonl --out results/table ;;
+    block=${2:?block: toy, sd15, dreamshaper, sdxl or pixart}
+    if [ "$block" = toy ]; then OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 table1 toy; else table1 "$block"; fi ;;
   *)
-    sed -n '2,14p' "$0"; exit 2 ;;
+    sed -n '2,17p' "$0"; exit 2 ;;
 esac

@@ -6,6 +6,7 @@
 
 For the 1024 model add --preset=paper-1024 (or --resolution=1024). Options are listed by --help;
 unset ones come from --preset (paper settings by default).
+--method gd trains Table 1's guidance-distillation baseline instead (no PnP for PixArt).
 """
 from dice.errors import exit_on_user_error
 from dice.training import main

@@ -5,6 +5,7 @@
         --train_data_dir=data/coco2017
 
 Options are listed by --help; unset ones come from --preset (paper settings by default).
+--method gd|pnp trains Table 1's baselines instead (guidance distillation, the PnP guide network).
 """
 from dice.errors import exit_on_user_error
 from dice.training import main

@@ -69,12 +69,13 @@ class OursStep:
         self.updates = 0
 
     def __call__(self):
+        from dice.methods.dice import DiceMethod
         from dice.training import _micro_step
 
         batch = next(self.loader)
         with self.accelerator.accumulate(self.sharpener):
-            loss = _micro_step(self.adapter, self.sharpener, self.negative_bank, batch, self.args, self.updates, 0, 0,
-                               self.accelerator)
+            loss = _micro_step(self.adapter, DiceMethod(), self.sharpener, self.negative_bank, batch, self.args, self.updates,
+                               0, 0, self.accelerator)
             self.accelerator.backward(loss)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)

@@ -1,10 +1,12 @@
-"""One checkpoint format: the sharpener as ``sharpener.safetensors`` + ``sharpener.json``.
+"""One checkpoint format: safetensors + JSON, never pickles.
 
-The JSON records everything needed to rebuild and use it: family, base model (an absolute path for a
-local model; hub id + revision otherwise), widths, step, family options (e.g. SDXL's empty-prompt rule
-and VAE), the negative prompts u was drawn from in training, and the training options. No pickles. The
-same two files under the Hub's names (``model.safetensors`` + ``config.json``, see :mod:`dice.hub`) make
-a folder or Hub repository that loads the same way.
+A DICE sharpener is ``sharpener.safetensors`` + ``sharpener.json``. The JSON records everything needed
+to rebuild and use it: family, base model (an absolute path for a local model; hub id + revision
+otherwise), widths, step, family options (e.g. SDXL's empty-prompt rule and VAE), the negative prompts
+u was drawn from in training, and the training options. The same two files under the Hub's names
+(``model.safetensors`` + ``config.json``, see :mod:`dice.hub`) make a folder or Hub repository that
+loads the same way. A GD or PnP model is ``method.json`` (the same record, with the method) beside the
+diffusers model folder(s) it trained (``unet/``, ``controlnet/``, ...; see :mod:`dice.methods`).
 """
 from __future__ import annotations
 
@@ -25,23 +27,24 @@ from .sharpener import Sharpener
 
 WEIGHTS_NAME = "sharpener.safetensors"
 CONFIG_NAME = "sharpener.json"
+METHOD_CONFIG_NAME = "method.json"
 FORMAT_VERSION = 1
 
 
 @dataclass
-class SharpenerConfig:
-    """What a sharpener was trained for and how: saved beside its weights, read back on loading.
+class TrainedConfig:
+    """What a trained method (DICE, GD, PnP) was trained for and how: saved beside its weights, read back on loading.
 
     ``family`` / ``dim`` / ``num_tokens`` say which text embeddings it fits; ``base_model`` (+ revision,
     variant) the model it was distilled from; ``family_options`` the per-family choices sampling must
-    repeat (SDXL's empty-prompt rule, PixArt's masks); ``training_options`` the whole training command.
+    repeat (SDXL's empty-prompt rule, PixArt's masks); ``training_options`` the whole training command;
+    ``method`` (DICE when absent: checkpoints written before GD and PnP existed) and ``method_options``
+    what the method itself recorded (e.g. GD's guidance range, parameter counts).
     """
 
     family: str
     base_model: str
     dim: int
-    inner_dim: int = 512
-    num_heads: int = 8
     num_tokens: int | None = None
     step: int | None = None
     family_options: dict[str, Any] = field(default_factory=dict)
@@ -53,15 +56,26 @@ class SharpenerConfig:
     negative_prompt_prob: float = 0.0
     training_options: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    method: str = "dice"
+    method_options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SharpenerConfig":
-        """Read a saved config; keys this version does not know are ignored."""
-        known = {f for f in cls.__dataclass_fields__}
+    def from_dict(cls, data: dict[str, Any]) -> "TrainedConfig":
+        """Read a saved config (a :class:`SharpenerConfig` for DICE); keys this version does not know are ignored."""
         missing = [name for name in ("family", "base_model", "dim") if name not in data]
         if missing:
             raise ValueError(f"not a dice sharpener config: it has no {', '.join(missing)}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        kind = SharpenerConfig if data.get("method", "dice") == "dice" else TrainedConfig
+        known = set(kind.__dataclass_fields__)
+        return kind(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class SharpenerConfig(TrainedConfig):
+    """A DICE sharpener's config: the common record plus the sharpener's widths."""
+
+    inner_dim: int = 512
+    num_heads: int = 8
 
 
 def save_sharpener(folder: str | os.PathLike, sharpener: Sharpener, config: SharpenerConfig, *, hub_layout: bool = False) -> None:
@@ -114,35 +128,70 @@ def _download(repo_id: str, revision: str | None) -> Path:
         ) from err
 
 
+def _locate(spec: str | int | os.PathLike, root: str | os.PathLike, revision: str | None, what: str) -> Path:
+    """The file given, or the folder holding a trained model's files: a folder, a Hub snapshot, or a run's
+    latest checkpoint (an experiment id or run folder)."""
+    text = str(spec)
+    if os.path.isfile(text):
+        return Path(text)
+    if os.path.isdir(text):
+        folder = Path(text)
+    elif is_repo_id(text):
+        folder = _download(text, revision)
+    else:
+        folder = resolve_run(text, root)
+    if _weights_in(folder) is None and not (folder / METHOD_CONFIG_NAME).is_file():
+        ckpt = latest_checkpoint(folder)
+        if ckpt is None:
+            raise ExperimentNotFound(
+                f"'{folder}' holds no {what}: no {WEIGHTS_NAME}, no {HUB_WEIGHTS_NAME} + {HUB_CONFIG_NAME}, no "
+                f"{METHOD_CONFIG_NAME} and no checkpoint-<step>/ folder. Has the run saved a checkpoint yet?"
+            )
+        folder = ckpt
+    return folder
+
+
+class NotASharpener(UserError, ValueError):
+    """A GD or PnP model where a DICE sharpener was asked for."""
+
+
 def resolve_sharpener_files(
     spec: str | int | os.PathLike, root: str | os.PathLike = DEFAULT_ROOT, revision: str | None = None,
 ) -> tuple[Path, Path]:
     """(weights, config) from an experiment id, a run folder, a checkpoint folder, a weights file, a
     Hub-layout folder or a Hub repo id (``owner/name``, fetched through the cache at ``revision``)."""
-    text = str(spec)
-    if os.path.isfile(text):
-        weights = Path(text)
-    else:
-        if os.path.isdir(text):
-            folder = Path(text)
-        elif is_repo_id(text):
-            folder = _download(text, revision)
-        else:
-            folder = resolve_run(text, root)
-        if _weights_in(folder) is None:
-            ckpt = latest_checkpoint(folder)
-            if ckpt is None:
-                raise ExperimentNotFound(
-                    f"'{folder}' holds no sharpener: no {WEIGHTS_NAME}, no {HUB_WEIGHTS_NAME} + {HUB_CONFIG_NAME} and "
-                    "no checkpoint-<step>/ folder. Has the run saved a checkpoint yet?"
-                )
-            folder = ckpt
-        weights = _weights_in(folder) or folder / WEIGHTS_NAME
+    found = _locate(spec, root, revision, "sharpener")
+    if found.is_dir() and _weights_in(found) is None and (found / METHOD_CONFIG_NAME).is_file():
+        method = read_config(found / METHOD_CONFIG_NAME).method
+        raise NotASharpener(f"'{found}' holds a {method} model, not a DICE sharpener. Sample it with "
+                            f"sample.py --model_path {spec} (dice.methods.load_trained in Python)")
+    weights = found if found.is_file() else _weights_in(found) or found / WEIGHTS_NAME
     config_name = HUB_CONFIG_NAME if weights.name == HUB_WEIGHTS_NAME else CONFIG_NAME
     config = weights.with_name(config_name)
     if not config.is_file():
         raise ExperimentNotFound(f"'{weights}' has no {config_name} beside it; it is not a dice sharpener checkpoint.")
     return weights, config
+
+
+def resolve_trained_config(
+    spec: str | int | os.PathLike, root: str | os.PathLike = DEFAULT_ROOT, revision: str | None = None,
+) -> Path:
+    """The config file of any trained method (DICE, GD, PnP), from what :func:`resolve_sharpener_files`
+    accepts (a GD/PnP checkpoint's ``method.json`` too)."""
+    found = _locate(spec, root, revision, "trained model")
+    if found.name == METHOD_CONFIG_NAME:
+        return found
+    if found.is_dir() and _weights_in(found) is None and (found / METHOD_CONFIG_NAME).is_file():
+        return found / METHOD_CONFIG_NAME
+    return resolve_sharpener_files(found, root, revision)[1]
+
+
+def checkpoint_config(folder: str | os.PathLike) -> Path | None:
+    """The config a complete checkpoint-<step> folder holds (DICE's or another method's), if any."""
+    for name in (CONFIG_NAME, METHOD_CONFIG_NAME):
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    return None
 
 
 class SharpenerMismatch(UserError, ValueError):
@@ -167,9 +216,10 @@ class InvalidSharpenerConfig(UserError, ValueError):
     """A sharpener's JSON that cannot be read as a SharpenerConfig."""
 
 
-def read_config(config_path: str | os.PathLike) -> SharpenerConfig:
+def read_config(config_path: str | os.PathLike) -> TrainedConfig:
+    """A saved config: a :class:`SharpenerConfig` for DICE, a :class:`TrainedConfig` for GD / PnP."""
     try:
-        return SharpenerConfig.from_dict(json.loads(Path(config_path).read_text()))
+        return TrainedConfig.from_dict(json.loads(Path(config_path).read_text()))
     except (ValueError, TypeError, AttributeError) as err:
         raise InvalidSharpenerConfig(
             f"'{config_path}' is not a sharpener config ({type(err).__name__}: {err}). Restore it from the run, "

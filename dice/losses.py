@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import torch
 
+from .runtime import to_device
+
 LOSS_TYPES = ("mse", "l1")
 REDUCTIONS = ("mean", "sum_per_sample")
 
 
-def cfg_combine(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
-    """Classifier-free guidance: ``eps_u + w * (eps_c - eps_u)``."""
+def cfg_combine(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, guidance_scale: float | torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance: ``eps_u + w * (eps_c - eps_u)``; ``w`` one number or one per sample [B]."""
+    if isinstance(guidance_scale, torch.Tensor):
+        # fp32 scales (and so an fp32 target): a bf16 scale would round 5.37 to 5.375
+        guidance_scale = to_device(guidance_scale, eps_cond.device, torch.float32).view(-1, *[1] * (eps_cond.ndim - 1))
     return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
 
 

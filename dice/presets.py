@@ -5,6 +5,7 @@
 one timestep per batch, 16/GPU x 8 for SD1.5, 8/GPU x 8 and 4,000 updates for SDXL).
 "toy": the shapes world's demo (`bash launch.sh demo`); "demo": the random-weight plumbing demos.
 Per-GPU batch sizes assume 8 processes; the global batch is batch x processes x accumulation.
+GD and PnP take the family's preset with their own overrides (METHOD_PRESETS).
 """
 from __future__ import annotations
 
@@ -49,11 +50,32 @@ PRESETS: dict[str, dict[str, dict]] = {
 }
 
 
-def preset(family: str, name: str) -> dict:
+# GD and PnP, on top of the family's preset (batch, resolution, updates, timesteps): the authors'
+# launch_gd.sh / launch_pnp.sh settings (lr 5e-5, AdamW weight decay 1e-2, squared error summed per
+# sample over the global batch) and their guidance range, ω ~ U[2, 14) (drawn per sample here, a
+# fixed --guidance_scale replaces it). The paper gives no recipe for its baselines.
+_DISTILL_GUIDANCE = dict(
+    learning_rate=5e-5, adam_weight_decay=1e-2, loss_type="mse", loss_reduction="sum_per_sample",
+    guidance_scale=None, guidance_scale_range=[2.0, 14.0],
+)
+METHOD_PRESETS: dict[str, dict[str, dict]] = {  # method -> preset name ("*": every preset) -> overrides
+    "dice": {},
+    "gd": {"*": _DISTILL_GUIDANCE},
+    "pnp": {"*": _DISTILL_GUIDANCE},
+}
+
+
+def preset(family: str, name: str, method: str = "dice") -> dict:
     if family not in PRESETS or name not in PRESETS[family]:
         choices = ", ".join(PRESETS.get(family, {})) or "none"
         raise ValueError(f"no preset {name!r} for {family}; choose one of: {choices}")
-    return dict(PRESETS[family][name])
+    overrides = METHOD_PRESETS[method]
+    return {**PRESETS[family][name], **overrides.get("*", {}), **overrides.get(name, {})}
+
+
+# Scaling's s per base model (paper Table 1), by short name (MODELS below): the Table 1 recipe's default.
+# The shapes world is an SD1.5-architecture model and takes SD1.5's.
+EMBEDDING_SCALES = {"sd15": 1.2, "dreamshaper": 1.3, "sdxl": 1.5, "pixart": 1.2, "shapes-world": 1.2}
 
 
 # Short model names for sample.py --model_name (the paper's base models; SPEC section 3).

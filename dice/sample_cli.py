@@ -1,7 +1,7 @@
-"""Command line of sample.py: options -> adapter + sharpener -> dice.sampling.sample_prompts.
+"""Command line of sample.py: options -> adapter + trained method -> dice.sampling.sample_prompts.
 
-Options, the sharpener's files and the prompt list are all checked before the base model is loaded,
-and nothing is written before those checks pass.
+Options, the trained model's files and the prompt list are all checked before the base model is
+loaded, and nothing is written before those checks pass.
 """
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from pathlib import Path
 
 import torch
 
-from .errors import ArgumentParser, UserError, check_output_dir, finite_float, non_negative_int, positive_int
+from .errors import ArgumentParser, UserError, check_output_dir, finite_float, non_negative_int, positive_float, positive_int
 from .experiments import DEFAULT_ROOT
 from .negatives import NegativePrompts
+from .methods import DEFAULT_SAMPLING_SCALE
 from .presets import MODELS
 from .runtime import needs_cpu_process_group
 from .sampling import (
@@ -39,6 +40,8 @@ def build_parser() -> ArgumentParser:
       "a folder written by python -m dice.export, or a Hub repo id (owner/name)")
     a("--sharpener_revision", default=None, help="branch, tag or commit of a Hub sharpener")
     a("--sharpener_id", default=None, help="same as --sharpener_path with an experiment id (the authors' flag)")
+    a("--model_path", default=None, help="any trained method (DICE, GD, PnP): experiment id, run folder or checkpoint-<step> "
+      "folder (the authors' flag); the method is read from the checkpoint")
     a("--exps_root", default=DEFAULT_ROOT, help="where experiment ids are looked up")
     a("--pretrained_model_name_or_path", default=None, help="base model (default: the one the sharpener was trained on)")
     a("--model_name", default=None, help=f"base model by short name ({', '.join(MODELS)}) or id/path; same as --pretrained_model_name_or_path")
@@ -49,6 +52,11 @@ def build_parser() -> ArgumentParser:
     a("--pretrained_vae_model_name_or_path", default=None, help="SDXL: replacement VAE (default: the one the sharpener was trained with)")
     a("--alpha", type=finite_float, default=1.0, help="DICE strength (1 = as trained)")
     a("--cfg_scale", type=finite_float, default=1.0, help="CFG scale; 1 = unguided (one network evaluation per step)")
+    a("--gd_scale", type=finite_float, default=None, help=f"GD / PnP: the guidance scale ω the trained model imitates "
+      f"(default {DEFAULT_SAMPLING_SCALE:g}; no CFG, one denoiser evaluation per step, PnP's guide besides)")
+    a("--embedding_scale", type=positive_float, default=1.0, help="Scaling (training-free baseline): multiply the prompt "
+      "embedding by s (every token but CLIP's first, which is the same for every prompt; SDXL's pooled vector unchanged). "
+      "Paper: SD1.5 1.2, DreamShaper 1.3, SDXL 1.5, PixArt-α 1.2")
     a("--steps", type=positive_int, default=20, help="sampling steps")
     a("--scheduler", default="dpmsolver++", help=f"one of {sorted(SCHEDULERS)} or a diffusers scheduler class name")
     a("--negative_prompt", default=None, help="negative prompt: the CFG negative and DICE's sharpener context u. Default: "
@@ -67,47 +75,68 @@ def build_parser() -> ArgumentParser:
 
 
 def resolve(args) -> dict:
-    """Decide family, base model, sharpener, negative prompts and prompts from the arguments, and check
-    them all; only the sharpener's small files are read, the base model is not loaded yet."""
+    """Decide family, base model, trained method, negative prompts and prompts from the arguments, and
+    check them all; only the trained model's small files are read, the base model is not loaded yet."""
     from .adapters import adapter_class
     from .adapters.base import absolute_if_local
     from .adapters.registry import detect_family
-    from .checkpoint import load_sharpener, read_config, resolve_sharpener_files
+    from .checkpoint import load_sharpener, read_config, resolve_sharpener_files, resolve_trained_config
     from .hub import HUB_WEIGHTS_NAME, is_repo_id
+    from .methods import method_class
     from .prompts import load_prompts
 
     sharpener_spec = args.sharpener_path or args.sharpener_id
     if args.sharpener_path and args.sharpener_id and args.sharpener_path != args.sharpener_id:
         raise UserError("--sharpener_path and --sharpener_id name different sharpeners. Give one of them")
+    if args.model_path and sharpener_spec:
+        raise UserError("--model_path and --sharpener_path/--sharpener_id both name a trained model. Give one of them")
     model = args.pretrained_model_name_or_path or args.model_name
     family = args.family
     if model in MODELS:
         family, model = family or MODELS[model][0], MODELS[model][1]
-    config = weights = sharpener = name = None
+    config = weights = sharpener = name = method = trained_folder = None
+    if args.model_path:
+        config_path = resolve_trained_config(args.model_path, args.exps_root)
+        if read_config(config_path).method == "dice":
+            sharpener_spec = args.model_path  # a sharpener: the same as --sharpener_path
+        else:
+            config = read_config(config_path)
+            method = method_class(config.method)()
+            method.check_family(adapter_class(config.family))
+            trained_folder = config_path.parent
+            name = trained_folder.parent.name  # the run folder: its number names the sample folder
+            _check_distilled_options(args, config, model)
     if sharpener_spec is not None:
         weights, config_path = resolve_sharpener_files(sharpener_spec, args.exps_root, args.sharpener_revision)
         config = read_config(config_path)
         if args.alpha != 0:  # alpha 0: c + 0 * f(c, u) = c exactly, the base model itself, labelled as such
             sharpener, _ = load_sharpener(weights)
-        model = model or config.base_model
         # What names it in the options and the folder name: its Hub repo id, its Hub-layout folder or its run.
         if is_repo_id(str(sharpener_spec)):
             name = str(sharpener_spec)
         else:
             name = weights.parent.name if weights.name == HUB_WEIGHTS_NAME else weights.parent.parent.name
+    if method is None and args.gd_scale is not None:
+        raise UserError("--gd_scale is the guidance scale of a GD or PnP model. Give one with --model_path, or drop --gd_scale")
+    if args.embedding_scale != 1 and config is not None:
+        raise UserError("--embedding_scale is the training-free Scaling baseline on the base model. Drop it, or drop the "
+                        "trained model (--model_path / --sharpener_path)")
+    source = str(trained_folder or weights)
+    if config is not None:
+        model = model or config.base_model
     if model is None:
         raise UserError("no base model. Give --sharpener_path (a trained sharpener) or --pretrained_model_name_or_path/--model_name")
     model = absolute_if_local(model)
     detected = detect_family(model, args.revision) if family is None or config is not None else None
     if config is not None:
         if family and family != config.family:
-            raise UserError(f"--family {family}, but sharpener '{weights}' was trained for {config.family}. "
-                            f"Use a {family} sharpener, or drop --family")
+            raise UserError(f"--family {family}, but '{source}' was trained for {config.family}. "
+                            f"Use a {family} model, or drop --family")
         if detected and detected != config.family:
             raise UserError(
-                f"'{model}' is a {detected} model, but sharpener '{weights}' was trained for {config.family} "
+                f"'{model}' is a {detected} model, but '{source}' was trained for {config.family} "
                 f"(on {config.base_model}). Pass a {config.family} base model with --pretrained_model_name_or_path, "
-                f"or use a {detected} sharpener"
+                f"or use one trained for {detected}"
             )
         family = config.family
     family = family or detected or "sd15"
@@ -119,10 +148,26 @@ def resolve(args) -> dict:
     if not prompts:
         raise UserError(f"--prompts '{args.prompts}' holds no prompts. Put one prompt per line in it (blank lines are skipped)")
     check_output_dir(args.outdir, "--outdir")
+    uses_trained_negatives = sharpener is not None  # GD and PnP sample without CFG: no u at all
     return {"family": family, "model": model, "sharpener": str(weights) if sharpener is not None else None,
-            "sharpener_module": sharpener, "config": config, "prompts": prompts,
-            "negatives": negative_prompts(args, config if sharpener is not None else None, prompts),
-            "sharpener_name": name if sharpener is not None else None}
+            "sharpener_module": sharpener, "config": config,
+            "prompts": prompts, "negatives": negative_prompts(args, config if uses_trained_negatives else None, prompts),
+            "sharpener_name": name if sharpener is not None else None, "method": method,
+            "trained_folder": trained_folder, "trained_name": name if method else None}
+
+
+def _check_distilled_options(args, config, model: str | None) -> None:
+    """GD and PnP replace CFG and DICE's strength; GD replaces the whole denoiser of its base model."""
+    from .adapters.base import absolute_if_local
+
+    if args.cfg_scale != 1:
+        raise UserError(f"a {config.method} model replaces CFG: its guidance scale is --gd_scale (one denoiser evaluation "
+                        "per step). Drop --cfg_scale")
+    if args.alpha != 1:
+        raise UserError(f"--alpha is DICE's strength; a {config.method} model's is --gd_scale. Drop --alpha")
+    if config.method == "gd" and model and absolute_if_local(model) != config.base_model:
+        raise UserError(f"a GD model is a fine-tuned copy of the whole denoiser of {config.base_model}, sampled with that "
+                        "model's VAE and text encoder. Drop --pretrained_model_name_or_path/--model_name")
 
 
 def negative_prompts(args, config, prompts: list[tuple[int, str]]) -> tuple[dict[int, str], str | dict]:
@@ -143,16 +188,19 @@ def main(argv: list[str] | None = None) -> Path:
 
     from .adapters import adapter_class
     from .checkpoint import check_sharpener_fits
+    from .methods.base import TrainedModel, count_parameters
+    from .methods.dice import DiceMethod
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     plan = resolve(args)
-    config, sharpener, prompts = plan["config"], plan["sharpener_module"], plan["prompts"]
+    config, sharpener, prompts, distilled = plan["config"], plan["sharpener_module"], plan["prompts"], plan["method"]
     negatives, negative_option = plan["negatives"]
     trained_model = config.base_model if config else None
     same_model = plan["model"] == trained_model
-    if sharpener is not None and not same_model:
-        logger.info("cross-model: the sharpener was trained on %s and is applied to %s", trained_model, plan["model"])
+    if (sharpener is not None or distilled) and not same_model:
+        logger.info("cross-model: %s was trained on %s and is applied to %s", "the sharpener" if sharpener is not None
+                    else f"the {distilled.title} guide", trained_model, plan["model"])
     state = PartialState(cpu=needs_cpu_process_group())
     precision = args.mixed_precision or ("fp16" if state.device.type == "cuda" else "no")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
@@ -176,32 +224,46 @@ def main(argv: list[str] | None = None) -> Path:
         raise UserError(f"--resolution {resolution} is not a multiple of {adapter.resolution_multiple} (the latent grid "
                         f"of {plan['model']}). Pass a multiple of {adapter.resolution_multiple}")
     adapter.freeze(state.device, dtype)
+    trained = None
     if sharpener is not None:
         sharpener.to(state.device)
+        trained = TrainedModel(DiceMethod(), sharpener, config)
+    elif distilled:
+        check_sharpener_fits(config, str(plan["trained_folder"]), dim=adapter.text_dim)
+        trained = TrainedModel(distilled, distilled.load(plan["trained_folder"], config, state.device, dtype), config)
     if args.enable_xformers_memory_efficient_attention:
         adapter.enable_xformers()
     use_scheduler(adapter, args.scheduler)
 
-    method = method_name(sharpener is not None, args.cfg_scale)
+    gd_scale = args.gd_scale if args.gd_scale is not None else DEFAULT_SAMPLING_SCALE
+    per_step = trained.method.evaluations_per_step(adapter, trained.module) if trained else 1
     options = {
         "family": plan["family"], "base_model": plan["model"], "family_options": dict(adapter.options),
-        "method": method, "cfg_scale": args.cfg_scale, "alpha": args.alpha if sharpener is not None else None,
-        "steps": args.steps, "nfe": args.steps * (2 if args.cfg_scale > 1 else 1), "scheduler": args.scheduler,
+        "method": method_name(trained.method.name if trained else None, args.cfg_scale, args.embedding_scale),
+        "cfg_scale": args.cfg_scale, "alpha": args.alpha if sharpener is not None else None,
+        "steps": args.steps, "nfe": nfe(args.steps, per_step, args.cfg_scale), "scheduler": args.scheduler,
         "resolution": resolution, "seed": args.seed, "negative_prompt": negative_option,
         "prompts": "cli" if args.prompt else args.prompts, "num_images": len(prompts), "sharpener": plan["sharpener"],
         "sharpener_step": config.step if sharpener is not None else None,
         "sharpener_experiment": plan["sharpener_name"],
         # The model the sharpener was trained on: differs from base_model in cross-model transfer (paper Fig. 6).
         "sharpener_base_model": trained_model if sharpener is not None else None,
+        "trainable_parameters": count_parameters(trained.module) if trained else None,
         "precision": precision,
     }
+    if distilled:
+        options.update(gd_scale=gd_scale, trained_model=str(plan["trained_folder"]), trained_step=config.step,
+                       trained_experiment=plan["trained_name"], trained_base_model=trained_model)
+    if args.embedding_scale != 1:
+        options["embedding_scale"] = args.embedding_scale
     folder = Path(args.outdir) / "pending"
     if state.is_main_process:
         folder = prepare_folder(Path(args.outdir), options)
         write_manifest(folder, prompts, args.seed, negatives)  # from the start: evaluators read completeness from it
     folder = Path(_broadcast(str(folder), state))
     made = sample_prompts(
-        adapter, prompts, folder, sharpener=sharpener, alpha=args.alpha, cfg_scale=args.cfg_scale, steps=args.steps,
+        adapter, prompts, folder, trained=trained, alpha=args.alpha, gd_scale=gd_scale, embedding_scale=args.embedding_scale,
+        cfg_scale=args.cfg_scale, steps=args.steps,
         negative_prompt=negatives, resolution=resolution, seed=args.seed,
         batch_size=args.batch_gpu, rank=state.process_index, world=state.num_processes, barrier=state.wait_for_everyone,
     )
@@ -209,6 +271,12 @@ def main(argv: list[str] | None = None) -> Path:
         count = write_manifest(folder, prompts, args.seed, negatives)
         logger.info("%s: %d/%d images (%d new on this process); options in %s", folder, count, len(prompts), made, OPTIONS_FILE)
     return folder
+
+
+def nfe(steps: int, evaluations_per_step: float, cfg_scale: float) -> float | int:
+    """Network evaluations for ``steps`` as Table 1 counts them: CFG doubles them, PnP's guide adds its share."""
+    total = steps * evaluations_per_step * (2 if cfg_scale > 1 else 1)
+    return int(total) if float(total).is_integer() else round(total, 1)
 
 
 def _broadcast(value: str, state) -> str:

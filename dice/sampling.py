@@ -1,12 +1,15 @@
 """The one sampling routine: embeddings in, stock diffusers pipeline out.
 
 Unguided (``cfg_scale=1``, one network evaluation per step), CFG, DICE (a sharpener rewrites the
-prompt embedding, strength ``alpha``) and DICE + CFG are all the same call with different arguments.
+prompt embedding, strength ``alpha``), DICE + CFG, Scaling (``embedding_scale``) and the trained
+baselines GD and PnP (``trained``, at ``gd_scale``) are all the same call with different arguments;
+each trained method says what it hands the stock pipeline (dice.methods).
 Image i's starting noise depends only on its own seed, so results do not depend on batch size or
 the number of processes.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -89,30 +92,52 @@ def sharpen_for_pipeline(
 @torch.no_grad()
 def generate(
     adapter: Adapter, prompts: list[str], seeds: list[int], *, sharpener: nn.Module | None = None,
-    alpha: float = 1.0, cfg_scale: float = 1.0, steps: int = 20, negative_prompt: str | list[str] = "",
-    resolution: int | None = None, output_type: str = "pil",
+    alpha: float = 1.0, trained=None, gd_scale: float = 5.0, embedding_scale: float = 1.0, cfg_scale: float = 1.0,
+    steps: int = 20, negative_prompt: str | list[str] = "", resolution: int | None = None, output_type: str = "pil",
 ):
     """Generate one image per prompt; returns PIL images, or final latents if ``output_type="latent"``.
 
     The negative prompt (one for all, or one per prompt) is the CFG negative and, for DICE, the
-    sharpener's context ``u``.
+    sharpener's context ``u``. ``sharpener`` (strength ``alpha``) is DICE; ``trained`` is any trained
+    method (a :class:`dice.methods.TrainedModel`), GD and PnP at guidance scale ``gd_scale`` (one network
+    evaluation per step, no CFG); ``embedding_scale`` multiplies the prompt embedding (Scaling).
     """
     from .addon import is_applied
+    from .methods.base import TrainedModel
 
     negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
     if not len(prompts) == len(seeds) == len(negatives):
         raise ValueError("one seed and one negative prompt per prompt")
     if is_applied(adapter.pipe):  # its __call__ would sharpen these embeddings a second time
         raise ValueError("this pipeline has a sharpener applied (dice.apply): call the pipeline itself, or dice.remove(pipe) first")
+    if sharpener is not None:
+        if trained is not None:
+            raise ValueError("give a sharpener or a trained model, not both")
+        from .methods.dice import DiceMethod
+
+        trained = TrainedModel(DiceMethod(), sharpener)
+    strength = alpha if trained is not None and trained.method.combines_with_cfg else gd_scale
+    if trained is not None and cfg_scale != 1 and not trained.method.combines_with_cfg:
+        raise ValueError(f"a {trained.method.title} model replaces CFG: sample it with gd_scale, and cfg_scale 1")
     resolution = resolution or adapter.default_resolution
     cond = adapter.encode_prompts(list(prompts))
+    if embedding_scale != 1:
+        from .methods.scaling import scale_prompt_embedding
+
+        cond = scale_prompt_embedding(adapter, cond, embedding_scale)
     uncond = adapter.encode_negative(negatives)
-    cond, uncond = sharpen_for_pipeline(adapter, cond, uncond, sharpener, alpha)
-    out = adapter.pipe(
-        **adapter.pipeline_kwargs(cond, uncond), guidance_scale=cfg_scale, num_inference_steps=steps,
-        height=resolution, width=resolution, latents=initial_noise(adapter, seeds, resolution),
-        output_type=output_type,
-    )
+    if trained is not None:
+        cond, uncond = trained.method.condition(adapter, trained.module, cond, uncond, strength)
+        context = trained.method.pipeline(adapter, trained.module, strength, resolution)
+    else:
+        context = contextlib.nullcontext((adapter.pipe, {}))
+    cond, uncond = cond.to(adapter.device, adapter.dtype), uncond.to(adapter.device, adapter.dtype)
+    with context as (pipe, method_kwargs):
+        out = pipe(
+            **adapter.pipeline_kwargs(cond, uncond), **{"guidance_scale": cfg_scale, **method_kwargs},
+            num_inference_steps=steps, height=resolution, width=resolution,
+            latents=initial_noise(adapter, seeds, resolution), output_type=output_type,
+        )
     return out.images
 
 
@@ -153,12 +178,24 @@ OPTIONS_FILE = "sampling_options.json"
 # Options that change the images; the folder name and the resume check depend on exactly these.
 IMAGE_DEFINING = ("family", "base_model", "family_options", "method", "cfg_scale", "alpha", "steps", "scheduler",
                   "resolution", "seed", "negative_prompt", "prompts", "sharpener", "sharpener_step")
+# Image-defining too, but only where set: folders written before they existed keep their names.
+IMAGE_DEFINING_IF_SET = ("gd_scale", "embedding_scale", "trained_model", "trained_step")
 
 
-def method_name(has_sharpener: bool, cfg_scale: float) -> str:
-    if has_sharpener:
-        return "dice+cfg" if cfg_scale > 1 else "dice"
-    return "cfg" if cfg_scale > 1 else "unguided"
+def image_defining(options: dict) -> dict:
+    return {**{k: options.get(k) for k in IMAGE_DEFINING},
+            **{k: options[k] for k in IMAGE_DEFINING_IF_SET if options.get(k) is not None}}
+
+
+def method_name(trained_method: str | None, cfg_scale: float, embedding_scale: float = 1.0) -> str:
+    """The method of a sampling run: a trained one (dice, gd, pnp), or the base model unguided / with
+    CFG, its prompt embedding scaled or not (Scaling)."""
+    if trained_method in (None, "dice"):
+        base = "dice" if trained_method else "scaling" if embedding_scale != 1 else None
+        if base:
+            return f"{base}+cfg" if cfg_scale > 1 else base
+        return "cfg" if cfg_scale > 1 else "unguided"
+    return trained_method
 
 
 def sample_folder_name(options: dict) -> str:
@@ -169,15 +206,19 @@ def sample_folder_name(options: dict) -> str:
     """
     model = Path(str(options["base_model"]).rstrip("/")).name.replace(".safetensors", "")
     parts = [model, options["method"].replace("+", "-")]
-    experiment = options.get("sharpener_experiment")
+    experiment = options.get("sharpener_experiment") or options.get("trained_experiment")
     if experiment:  # a run's number, or a Hub repo id made folder-safe
         parts.append(experiment.replace("/", "--") if "/" in experiment else experiment.split("-")[0])
     if options["cfg_scale"] != 1:
         parts.append(f"w{options['cfg_scale']:g}")
     if options.get("alpha") is not None:
         parts.append(f"a{options['alpha']:g}")
+    if options.get("gd_scale") is not None:
+        parts.append(f"g{options['gd_scale']:g}")
+    if options.get("embedding_scale") is not None:
+        parts.append(f"s{options['embedding_scale']:g}")
     parts += [f"{options['steps']}steps", Path(str(options["prompts"])).stem]
-    digest = hashlib.sha1(json.dumps({k: options.get(k) for k in IMAGE_DEFINING}, sort_keys=True, default=str).encode())
+    digest = hashlib.sha1(json.dumps(image_defining(options), sort_keys=True, default=str).encode())
     return "-".join(parts) + "-" + digest.hexdigest()[:6]
 
 
@@ -212,8 +253,8 @@ def prepare_folder(outdir: Path, options: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     saved = folder / OPTIONS_FILE
     if saved.is_file():
-        previous = json.loads(saved.read_text())
-        changed = {k: (previous.get(k), options.get(k)) for k in IMAGE_DEFINING if previous.get(k) != options.get(k)}
+        previous, current = image_defining(json.loads(saved.read_text())), image_defining(options)
+        changed = {k: (previous.get(k), current.get(k)) for k in previous.keys() | current.keys() if previous.get(k) != current.get(k)}
         if changed:
             raise FolderOfAnotherConfiguration(f"{folder} holds images of another configuration ({changed}). Use another --outdir")
     write_atomic(saved, lambda tmp: tmp.write_text(json.dumps(options, indent=2, default=str) + "\n"))
@@ -222,6 +263,7 @@ def prepare_folder(outdir: Path, options: dict) -> Path:
 
 def sample_prompts(
     adapter: Adapter, prompts: list[tuple[int, str]], folder: Path, *, sharpener=None, alpha: float = 1.0,
+    trained=None, gd_scale: float = 5.0, embedding_scale: float = 1.0,
     cfg_scale: float = 1.0, steps: int = 20, negative_prompt: str | dict[int, str] = "", resolution: int | None = None,
     seed: int = 0, batch_size: int = 8, rank: int = 0, world: int = 1, barrier=lambda: None, progress: bool = True,
 ) -> int:
@@ -242,7 +284,8 @@ def sample_prompts(
         chunk = mine[start:start + batch_size]
         images = generate(
             adapter, [p for _, p in chunk], [image_seed(seed, i) for i, _ in chunk], sharpener=sharpener,
-            alpha=alpha, cfg_scale=cfg_scale, steps=steps, negative_prompt=[negatives[i] for i, _ in chunk],
+            alpha=alpha, trained=trained, gd_scale=gd_scale, embedding_scale=embedding_scale,
+            cfg_scale=cfg_scale, steps=steps, negative_prompt=[negatives[i] for i, _ in chunk],
             resolution=resolution,
         )
         for (i, _), image in zip(chunk, images):

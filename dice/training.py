@@ -1,8 +1,10 @@
-"""The only training loop: fit a sharpener to a frozen model's CFG predictions under accelerate.
+"""The only training loop: fit a student to a frozen model's CFG predictions under accelerate.
 
-Entry points (train_sd15.py, ...) call :func:`main` with their family. Everything per-family goes
-through the adapter; everything random is keyed by (seed, step, micro-step, rank), so a resumed run
-repeats an uninterrupted one exactly.
+Entry points (train_sd15.py, ...) call :func:`main` with their family; ``--method`` picks what is
+trained (DICE's sharpener by default, GD's fine-tuned denoiser, PnP's guide network). Everything
+per-family goes through the adapter, everything per-method through the method (dice.methods);
+everything random is keyed by (seed, step, micro-step, rank), so a resumed run repeats an
+uninterrupted one exactly.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import torch
 from . import experiments
 from .adapters import Conditioning, adapter_class
 from .adapters.base import COMPILE_CHOICES, absolute_if_local, hub_revision
-from .checkpoint import CONFIG_NAME, SharpenerConfig, load_sharpener, save_sharpener
+from .checkpoint import checkpoint_config, read_config
 from .data import load_records, make_loader, step_generator
 from .errors import (
     ArgumentParser,
@@ -39,10 +41,10 @@ from .errors import (
     probability,
 )
 from .losses import LOSS_TYPES, REDUCTIONS, distillation_loss
+from .methods import DEFAULT_SAMPLING_SCALE, METHODS, TrainedModel, method_class
 from .negatives import NegativePrompts, read_negative_prompts
 from .presets import PRESETS, preset
 from .runtime import needs_cpu_process_group, to_device
-from .sharpener import Sharpener
 from .step_log import StepLog
 
 logger = logging.getLogger("dice")
@@ -56,8 +58,8 @@ DEFAULT_VALIDATION_PROMPTS = [
 def build_parser(family: str) -> ArgumentParser:
     p = ArgumentParser(
         prog=f"train_{family}.py",
-        description=f"Train a DICE sharpener for a frozen {family} model (run under `accelerate launch`). "
-        "Options left unset take the --preset's value.",
+        description=f"Train a DICE sharpener (or a GD / PnP baseline) for a frozen {family} model (run under "
+        "`accelerate launch`). Options left unset take the --preset's value.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     a = p.add_argument
@@ -74,6 +76,8 @@ def build_parser(family: str) -> ArgumentParser:
     a("--negative_prompts", default=None, help="file with one negative prompt per line (paper 3.2), or 'default' for dice/assets/negative_prompts.txt; u is one of them with --negative_prompt_prob")
     a("--negative_prompt_prob", type=probability, default=1.0, help="probability that a sample's u is a random negative prompt rather than the empty prompt (needs --negative_prompts; 1 = the paper's 'negative text embeddings replace all null text embeddings')")
     # Recipe.
+    a("--method", choices=METHODS, default="dice", help="what is trained: dice (the sharpener), gd (guidance distillation: "
+      "the whole denoiser with the guidance scale as an input), pnp (a ControlNet guide network beside the frozen denoiser)")
     a("--preset", default="paper", choices=sorted(PRESETS[family]), help="paper settings, the authors' scripts, or the tiny demo")
     a("--train_batch_size", type=positive_int, default=None, help="batch per process")
     a("--gradient_accumulation_steps", type=positive_int, default=None, help="micro-batches per update")
@@ -85,11 +89,13 @@ def build_parser(family: str) -> ArgumentParser:
     a("--adam_beta2", type=fraction, default=0.999)
     a("--adam_weight_decay", type=non_negative_float, default=None, help="AdamW decoupled weight decay (0 = Adam, the paper)")
     a("--adam_epsilon", type=positive_float, default=1e-8)
-    a("--guidance_scale", type=finite_float, default=None, help="CFG scale w of the teacher")
+    a("--guidance_scale", type=finite_float, default=None, help="CFG scale w of the teacher (gd/pnp: a fixed ω instead of --guidance_scale_range)")
+    a("--guidance_scale_range", type=finite_float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+      help="gd/pnp: the teacher's CFG scale ω is drawn per sample uniformly from [LOW, HIGH) and given to the student")
     a("--loss_type", choices=LOSS_TYPES, default=None, help="mse (paper) or l1 (authors' SD1.5 script)")
     a("--loss_reduction", choices=REDUCTIONS, default=None, help="mean (this repo) or sum_per_sample (authors)")
     a("--shared_timestep", action=argparse.BooleanOptionalAction, default=None, help="one timestep for the whole batch on all processes (authors) instead of one per sample")
-    a("--seed", type=non_negative_int, default=0, help="seed of the sharpener init, data order, noise and timesteps")
+    a("--seed", type=non_negative_int, default=0, help="seed of the trained module's init, data order, noise, timesteps and ω")
     # Experiment folder, checkpoints, resume.
     a("--output_dir", default=experiments.DEFAULT_ROOT, help="root of the numbered experiment folders")
     a("--desc", default=None, help="suffix of the experiment folder name (default: family-model-preset)")
@@ -103,7 +109,8 @@ def build_parser(family: str) -> ArgumentParser:
     # Hardware.
     a("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="overrides accelerate launch's setting")
     a("--enable_xformers_memory_efficient_attention", action="store_true", help="xformers attention in the frozen model (falls back to PyTorch SDPA)")
-    a("--gradient_checkpointing", action="store_true", help="recompute the frozen denoiser's activations in the student's backward pass (less memory)")
+    a("--gradient_checkpointing", action="store_true", help="recompute activations in the backward pass (less memory): the frozen "
+      "denoiser's for dice, the student's for gd, both the guide's and the frozen denoiser's for pnp")
     a("--compile", nargs="?", const="full", choices=COMPILE_CHOICES, default=None,
       help="torch.compile the frozen denoiser: 'full' (the bare flag) the whole model, 'regional' each repeated block (compiles faster)")
     a("--channels_last", action="store_true", help="channels-last memory format for the frozen denoiser (faster convolutions on recent GPUs)")
@@ -121,9 +128,24 @@ LOCAL_MODEL_OPTIONS = ("pretrained_model_name_or_path", "single_file_config", "p
 def resolve_options(family: str, args: argparse.Namespace) -> argparse.Namespace:
     """Fill every option the user did not give from the preset, and refuse impossible combinations;
     nothing is loaded or written yet."""
-    for key, value in preset(family, args.preset).items():
+    method = method_class(args.method)
+    method.check_family(adapter_class(family))
+    if method.conditioned_on_scale:
+        if args.guidance_scale is not None and args.guidance_scale_range is not None:
+            raise UserError("--guidance_scale (a fixed ω) and --guidance_scale_range (ω drawn per sample) exclude each "
+                            "other. Give one of them")
+        if args.guidance_scale_range is not None and not args.guidance_scale_range[0] < args.guidance_scale_range[1]:
+            low, high = args.guidance_scale_range
+            raise UserError(f"--guidance_scale_range {low:g} {high:g} is empty. Give LOW < HIGH, e.g. 2 14")
+    elif args.guidance_scale_range is not None:
+        raise UserError(f"--guidance_scale_range applies to --method gd and pnp; {args.method} distils one scale. "
+                        "Use --guidance_scale, or drop --guidance_scale_range")
+    fixed_scale = args.guidance_scale is not None
+    for key, value in preset(family, args.preset, args.method).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    if fixed_scale and method.conditioned_on_scale:
+        args.guidance_scale_range = None  # a fixed ω given: the preset's range does not apply
     for key in LOCAL_MODEL_OPTIONS:
         if getattr(args, key, None):
             setattr(args, key, absolute_if_local(getattr(args, key)))
@@ -236,8 +258,9 @@ def _plan_run(args) -> tuple[Path | None, Path | None]:
     else:
         resume = Path(args.resume_from_checkpoint)
         experiments.checkpoint_step(resume)
-        if not (resume / CONFIG_NAME).is_file():
-            raise UserError(f"--resume_from_checkpoint '{resume}' is not a complete checkpoint (no {CONFIG_NAME}). Pass another checkpoint-<step> folder, or 'latest'")
+        if checkpoint_config(resume) is None:
+            raise UserError(f"--resume_from_checkpoint '{resume}' is not a complete checkpoint (no sharpener.json or "
+                            "method.json). Pass another checkpoint-<step> folder, or 'latest'")
         run_dir = experiments.resolve_run(args.experiment, args.output_dir) if args.experiment else resume.parent
     check_output_dir(run_dir, "--experiment")
     return run_dir, resume
@@ -251,7 +274,8 @@ def _create_run_dir(accelerator, args, family: str, run_dir: Path | None) -> Pat
     if accelerator.is_main_process:
         if run_dir is None:
             model_name = Path(args.pretrained_model_name_or_path.rstrip("/")).name.replace(".safetensors", "")
-            decided = [str(experiments.create_run_dir(args.output_dir, args.desc or f"{family}-{model_name}-{args.preset}"))]
+            method = "" if args.method == "dice" else f"{args.method}-"
+            decided = [str(experiments.create_run_dir(args.output_dir, args.desc or f"{family}-{model_name}-{method}{args.preset}"))]
         else:
             experiments.remove_incomplete_checkpoints(run_dir)
     broadcast_object_list(decided)
@@ -268,8 +292,6 @@ def _load_adapter(family: str, args, accelerator, weight_dtype: torch.dtype):
     adapter.freeze(accelerator.device, weight_dtype)
     if args.enable_xformers_memory_efficient_attention:
         adapter.enable_xformers()
-    if args.gradient_checkpointing:
-        adapter.denoiser.enable_gradient_checkpointing()
     if args.channels_last:
         adapter.denoiser.to(memory_format=torch.channels_last)
     if args.compile:
@@ -277,7 +299,7 @@ def _load_adapter(family: str, args, accelerator, weight_dtype: torch.dtype):
     return adapter
 
 
-def _save_checkpoint(accelerator, run_dir: Path, step: int, sharpener, config: SharpenerConfig, limit) -> Path:
+def _save_checkpoint(accelerator, run_dir: Path, step: int, method, model, config, limit) -> Path:
     """Write into a hidden temporary folder, then rename: a crash never leaves a half checkpoint."""
     final = run_dir / f"checkpoint-{step}"
     tmp = run_dir / f".checkpoint-{step}.tmp"
@@ -289,7 +311,7 @@ def _save_checkpoint(accelerator, run_dir: Path, step: int, sharpener, config: S
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             config.step = step
-            save_sharpener(tmp, accelerator.unwrap_model(sharpener), config)
+            method.save(tmp, accelerator.unwrap_model(model), config)
             give_default_permissions(*(path for path in tmp.rglob("*") if path.is_file()))
     except Exception as err:
         if not is_disk_full(err):
@@ -312,23 +334,23 @@ def _save_checkpoint(accelerator, run_dir: Path, step: int, sharpener, config: S
     return final
 
 
-def _check_replicas_identical(accelerator, sharpener) -> str:
-    """Every process must hold the same sharpener (DDP keeps them in sync); fail loudly if not."""
+def _check_replicas_identical(accelerator, model) -> str:
+    """Every process must hold the same trained weights (DDP keeps them in sync); fail loudly if not."""
     import hashlib
 
     from accelerate.utils import gather_object
 
     digest = hashlib.sha256()
-    for tensor in accelerator.unwrap_model(sharpener).state_dict().values():
+    for tensor in accelerator.unwrap_model(model).state_dict().values():
         digest.update(tensor.detach().float().cpu().numpy().tobytes())
     digests = gather_object([digest.hexdigest()])
     if len(set(digests)) != 1:
-        raise RuntimeError(f"sharpener weights differ between processes: {digests}")
-    logger.info("sharpener weights identical on all %d process(es) (sha256 %s)", len(digests), digests[0][:16])
+        raise RuntimeError(f"trained weights differ between processes: {digests}")
+    logger.info("trained weights identical on all %d process(es) (sha256 %s)", len(digests), digests[0][:16])
     return digests[0]
 
 
-def _validation_grid(adapter, sharpener, args, negatives: NegativePrompts, run_dir: Path, step: int) -> None:
+def _validation_grid(adapter, trained: TrainedModel, args, negatives: NegativePrompts, run_dir: Path, step: int) -> None:
     from .sampling import generate, image_grid, use_scheduler, write_atomic
 
     if not args.validation_prompts:
@@ -339,12 +361,15 @@ def _validation_grid(adapter, sharpener, args, negatives: NegativePrompts, run_d
     # u as in training (and as sample.py draws it), for the CFG teacher and DICE alike.
     common = dict(steps=args.validation_inference_steps, resolution=args.resolution,
                   negative_prompt=[negatives.for_image(s) for s in seeds])
+    # GD and PnP trained over a range of scales: shown at the scale they are sampled at.
+    w = args.guidance_scale or DEFAULT_SAMPLING_SCALE
     rows = [
         generate(adapter, prompts, seeds, cfg_scale=1.0, **common),
-        generate(adapter, prompts, seeds, cfg_scale=args.guidance_scale, **common),
-        generate(adapter, prompts, seeds, sharpener=sharpener, **common),
+        generate(adapter, prompts, seeds, cfg_scale=w, **common),
+        generate(adapter, prompts, seeds, trained=trained, gd_scale=w, **common),
     ]
-    labels = ["unguided", f"CFG w={args.guidance_scale:g}", "DICE"]
+    method = trained.method
+    labels = ["unguided", f"CFG w={w:g}", method.title if method.combines_with_cfg else f"{method.title} ω={w:g}"]
     path = experiments.validation_grid_path(run_dir, step)
     path.parent.mkdir(exist_ok=True)
     grid = image_grid(rows, labels)
@@ -352,7 +377,7 @@ def _validation_grid(adapter, sharpener, args, negatives: NegativePrompts, run_d
     logger.info("validation grid: %s", path)
 
 
-def _regenerate_missing_grids(adapter, args, negatives: NegativePrompts, run_dir: Path) -> None:
+def _regenerate_missing_grids(adapter, method, args, negatives: NegativePrompts, run_dir: Path) -> None:
     """After a crash, a saved checkpoint may lack its grid (killed while drawing it): draw it again."""
     if not args.validation_prompts:
         return
@@ -360,8 +385,9 @@ def _regenerate_missing_grids(adapter, args, negatives: NegativePrompts, run_dir
         step = experiments.checkpoint_step(checkpoint)
         path = experiments.validation_grid_path(run_dir, step)
         if not path.is_file() or path.stat().st_size == 0:
-            sharpener, _ = load_sharpener(checkpoint, device=adapter.device)
-            _validation_grid(adapter, sharpener, args, negatives, run_dir, step)
+            config = read_config(checkpoint_config(checkpoint))
+            module = method.load(checkpoint, config, device=adapter.device, dtype=adapter.dtype)
+            _validation_grid(adapter, TrainedModel(method, module, config), args, negatives, run_dir, step)
 
 
 def _keep_stats_until(stats_path: Path, step: int) -> None:
@@ -383,7 +409,7 @@ def _keep_stats_until(stats_path: Path, step: int) -> None:
 
 
 def train(family: str, args: argparse.Namespace) -> Path:
-    """Check the run, data and model, then make the experiment folder and fit the sharpener in it."""
+    """Check the run, data and model, then make the experiment folder and train the method in it."""
     from accelerate import Accelerator
 
     # Everything that can be checked before minutes of model loading, and before anything is written.
@@ -435,27 +461,32 @@ def _fit(accelerator, adapter, args, family: str, run_dir: Path, resume_from: Pa
     adapter.prepare_text_cache([c for r in records for c in r.captions] + list(args.validation_prompts or []),
                                [""] + negatives.prompts, accelerator)
 
-    set_seed(args.seed)  # the sharpener's initial weights
-    sharpener = Sharpener(adapter.text_dim)
+    method = method_class(args.method)()
+    set_seed(args.seed)  # the trained module's initial weights
+    model = method.build(adapter, args)
+    if args.gradient_checkpointing:
+        method.enable_gradient_checkpointing(adapter, model)
     optimizer = torch.optim.AdamW(
-        sharpener.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+        model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
         weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
     )
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps,
                                  num_training_steps=args.max_train_steps)
-    sharpener, optimizer, lr_scheduler = accelerator.prepare(sharpener, optimizer, lr_scheduler)
+    config = method.make_config(
+        model, adapter, family=family, base_model=args.pretrained_model_name_or_path, dim=adapter.text_dim,
+        num_tokens=adapter.num_tokens, family_options=dict(adapter.options),
+        base_model_revision=hub_revision(args.pretrained_model_name_or_path, args.revision),
+        base_model_variant=args.variant, negative_prompts=negatives.prompts,
+        negative_prompt_prob=negatives.probability,
+    )
+    logger.info("method %s: %s trainable parameters", args.method, f"{sum(p.numel() for p in model.parameters()):,}")
+    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
 
     options = {k: v for k, v in vars(args).items()}
     options.update(family=family, num_processes=world, mixed_precision=accelerator.mixed_precision,
                    global_batch_size=args.train_batch_size * world * args.gradient_accumulation_steps,
                    data_layout=layout, num_images=len(records), negative_prompt_list=negatives.prompts)
-    config = SharpenerConfig(
-        family=family, base_model=args.pretrained_model_name_or_path, dim=adapter.text_dim,
-        num_tokens=adapter.num_tokens, family_options=dict(adapter.options),
-        base_model_revision=hub_revision(args.pretrained_model_name_or_path, args.revision),
-        base_model_variant=args.variant, negative_prompts=negatives.prompts,
-        negative_prompt_prob=negatives.probability, training_options=options,
-    )
+    config.training_options = options
 
     global_step = 0
     if resume_from is not None:
@@ -466,7 +497,7 @@ def _fit(accelerator, adapter, args, family: str, run_dir: Path, resume_from: Pa
         name = "training_options.json" if resume_from is None else f"training_options-resume-{global_step}.json"
         (run_dir / name).write_text(json.dumps(options, indent=2, default=str) + "\n")
         _keep_stats_until(run_dir / "stats.jsonl", global_step)
-        _regenerate_missing_grids(adapter, args, negatives, run_dir)
+        _regenerate_missing_grids(adapter, method, args, negatives, run_dir)
     accelerator.wait_for_everyone()
     if global_step >= args.max_train_steps:
         logger.info("nothing to do: step %d >= --max_train_steps %d", global_step, args.max_train_steps)
@@ -492,8 +523,8 @@ def _fit(accelerator, adapter, args, family: str, run_dir: Path, resume_from: Pa
             for micro in range(accum):
                 batch = next(loader)
                 skipped_images += batch["skipped"]
-                with accelerator.accumulate(sharpener):
-                    loss = _micro_step(adapter, sharpener, negative_bank, batch, args, global_step, micro, rank, accelerator)
+                with accelerator.accumulate(model):
+                    loss = _micro_step(adapter, method, model, negative_bank, batch, args, global_step, micro, rank, accelerator)
                     accelerator.backward(loss)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
@@ -515,10 +546,11 @@ def _fit(accelerator, adapter, args, family: str, run_dir: Path, resume_from: Pa
                     logger.info("step %d/%d loss %.5g lr %.3g %.1f img/s skipped-images %d", global_step,
                                 args.max_train_steps, last["loss"], last["lr"], last["images_per_second"], skipped_images)
             if checkpoint_now:
-                _check_replicas_identical(accelerator, sharpener)
-                _save_checkpoint(accelerator, run_dir, global_step, sharpener, config, args.checkpoints_total_limit)
+                _check_replicas_identical(accelerator, model)
+                _save_checkpoint(accelerator, run_dir, global_step, method, model, config, args.checkpoints_total_limit)
                 if accelerator.is_main_process:
-                    _validation_grid(adapter, accelerator.unwrap_model(sharpener), args, negatives, run_dir, global_step)
+                    trained = TrainedModel(method, accelerator.unwrap_model(model), config)
+                    _validation_grid(adapter, trained, args, negatives, run_dir, global_step)
                 accelerator.wait_for_everyone()
     finally:
         progress.close()
@@ -530,8 +562,8 @@ def _fit(accelerator, adapter, args, family: str, run_dir: Path, resume_from: Pa
     return run_dir
 
 
-def _micro_step(adapter, sharpener, negative_bank, batch, args, step, micro, rank, accelerator) -> torch.Tensor:
-    """One micro-batch: CFG teacher (no gradients) vs sharpened unguided student."""
+def _micro_step(adapter, method, model, negative_bank, batch, args, step, micro, rank, accelerator) -> torch.Tensor:
+    """One micro-batch: CFG teacher (no gradients) vs the method's student (DICE: the sharpened embedding, unguided)."""
     device, dtype = accelerator.device, adapter.dtype
     batch_size = len(batch["captions"])
     gen = step_generator(args.seed, step, micro, rank)
@@ -551,10 +583,10 @@ def _micro_step(adapter, sharpener, negative_bank, batch, args, step, micro, ran
     cond = adapter.encode_prompts(batch["captions"])
     uncond = negative_bank.sample(batch_size, gen)
 
-    teacher = adapter.teacher_noise(x_t, timesteps, cond, uncond, args.guidance_scale, sizes)
+    guidance = method.training_guidance(args, batch_size, gen)  # w, or one ω per sample (GD, PnP)
+    teacher = adapter.teacher_noise(x_t, timesteps, cond, uncond, guidance, sizes)
     with accelerator.autocast():
-        sharpened = adapter.sharpen(sharpener, cond.to(dtype=torch.float32), uncond.to(dtype=torch.float32))
-        student = adapter.predict_noise(x_t, timesteps, sharpened.to(dtype=dtype), sizes)
+        student = method.student_noise(model, adapter, x_t, timesteps, cond, uncond, guidance, sizes)
     return distillation_loss(student, teacher, args.loss_type, args.loss_reduction)
 
 

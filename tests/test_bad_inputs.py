@@ -195,6 +195,37 @@ def test_sampling_refuses_bad_input_before_writing(tiny_model, checkpoint, works
     refused("sample.py", base + ["--sharpener_path", wide], "expects 64-wide text embeddings but this model's are 32-wide")
 
 
+def test_method_options_are_refused_before_anything_is_written(tiny_model, tiny_dataset, checkpoint, workspace):
+    """GD / PnP / Scaling options (issue 10): training and sampling refuse what does not apply, in one line."""
+    root, refused = workspace
+    base = ["--train_data_dir", tiny_dataset, "--output_dir", "exps", "--max_train_steps", "1", "--validation_prompts"]
+    refused("train_pixart.py", base + ["--pretrained_model_name_or_path", tiny_model("pixart"), "--method", "pnp"],
+            "--method pnp is not available for pixart", "no ControlNet", "--method gd or dice")
+    sd15 = base + ["--pretrained_model_name_or_path", tiny_model("sd15")]
+    refused("train_sd15.py", sd15 + ["--guidance_scale_range", "2", "14"], "--guidance_scale_range applies to --method gd and pnp")
+    refused("train_sd15.py", sd15 + ["--method", "gd", "--guidance_scale_range", "9", "2"], "--guidance_scale_range 9 2 is empty")
+    refused("train_sd15.py", sd15 + ["--method", "pnp", "--guidance_scale", "5", "--guidance_scale_range", "2", "14"],
+            "exclude each other")
+    refused("train_sd15.py", sd15 + ["--method", "cfg"], "--method", "'cfg'")
+
+    # A GD checkpoint as far as sample.py reads it before loading anything: its method.json.
+    gd = root / "inputs" / "exps" / "00004-gd" / "checkpoint-1"
+    write_file(gd / "method.json", json.dumps({"family": "sd15", "base_model": str(tiny_model("sd15")), "dim": 32, "step": 1,
+                                               "method": "gd", "method_options": {"denoiser_component": "unet"}}))
+    prompts = ["--prompt", "a cat", "--steps", "1"]
+    refused("sample.py", prompts + ["--model_path", gd, "--cfg_scale", "5"], "a gd model replaces CFG", "--gd_scale")
+    refused("sample.py", prompts + ["--model_path", gd, "--alpha", "2"], "--alpha is DICE's strength")
+    refused("sample.py", prompts + ["--model_path", gd, "--model_name", tiny_model("sdxl")], "fine-tuned copy of the whole denoiser")
+    refused("sample.py", prompts + ["--model_path", gd, "--embedding_scale", "1.2"], "training-free Scaling baseline")
+    refused("sample.py", prompts + ["--model_path", gd, "--sharpener_path", checkpoint], "both name a trained model")
+    refused("sample.py", prompts + ["--sharpener_path", gd], "holds a gd model, not a DICE sharpener", "--model_path")
+    refused("sample.py", prompts + ["--model_path", "4", "--exps_root", root / "inputs" / "exps"],
+            "is not a readable diffusers model folder")  # no weights beside method.json: found when loading
+    refused("sample.py", prompts + ["--sharpener_path", checkpoint, "--gd_scale", "3"], "--gd_scale is the guidance scale of a GD or PnP model")
+    refused("sample.py", prompts + ["--sharpener_path", checkpoint, "--embedding_scale", "1.2"], "training-free Scaling baseline")
+    refused("sample.py", prompts + ["--model_name", tiny_model("sd15"), "--embedding_scale", "0"], "--embedding_scale", "'0'")
+
+
 # ---- evaluation ----------------------------------------------------------------------------------
 def killed_sample_folder(folder: Path, present: int = 12, promised: int = 40) -> Path:
     """What a sample.py killed early left: some PNGs, sampling_options.json, no manifest.jsonl yet."""

@@ -94,7 +94,7 @@ def test_table_rows_latest_values_and_paper_numbers(tmp_path):
     assert order.index("samples/dreamshaper-dice+cfg") < order.index("samples/sdxl-cfg5") < order.index("samples/pixart-dice")
 
     markdown = format_markdown(rows)
-    assert "| SD1.5 | cfg | w=5 | 20 | 40 | 5000 | 22.50 (22.04) | 30.10 (30.22) | 5.31 (5.36) |" in markdown
+    assert "| SD1.5 | cfg | w=5 | 20 | 40 | - | 5000 | 22.50 (22.04) | 30.10 (30.22) | 5.31 (5.36) |" in markdown
     table = list(csv.DictReader(io.StringIO(format_csv(rows))))
     assert table[1]["images"] == "samples/sd15-cfg5"
     assert table[1]["fid"] == "22.5" and table[1]["fid_paper"] == "22.04" and table[1]["aesthetic_count"] == "5000"
@@ -108,7 +108,7 @@ def test_results_cli_writes_markdown_and_csv(tmp_path, capsys):
     spec.loader.exec_module(cli)
     cli.main(["--results", str(tmp_path / "results.jsonl"), "--out", str(tmp_path / "table" / "table1")])
     assert "22.50 (22.04)" in (tmp_path / "table" / "table1.md").read_text()
-    assert (tmp_path / "table" / "table1.csv").read_text().startswith("model,method,guidance,steps,nfe,fid,")
+    assert (tmp_path / "table" / "table1.csv").read_text().startswith("model,method,guidance,steps,nfe,params,fid,")
     assert "table1.md" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="calc commands write it"):
         cli.main(["--results", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "t")])
@@ -153,3 +153,28 @@ def test_cross_model_rows_name_both_models_and_are_not_table1(tmp_path):
     assert table["samples/cross"]["sharpener_model"] == "DreamShaper" and table["samples/cross"]["model"] == "SD1.5"
     with_negative = dict(options("Lykon/DreamShaper", "cfg", 5.0), negative_prompt="blurry")
     assert paper_values(with_negative) is None and paper_values(options("Lykon/DreamShaper", "cfg", 5.0))["fid"] == 30.35
+
+
+def test_baseline_rows_scaling_gd_pnp(tmp_path):
+    """Table 1's other rows: labels, NFE and trainable parameters, the paper's values where they match."""
+    sd15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    scaling = dict(options(sd15, "scaling", 1.0), embedding_scale=1.2)
+    other_s = dict(options(sd15, "scaling", 1.0), embedding_scale=1.5)
+    gd = dict(options(sd15, "gd", 1.0), gd_scale=5.0, trainable_parameters=859_602_884)
+    pnp = dict(options(sd15, "pnp", 1.0), gd_scale=5.0, nfe=28.4, trainable_parameters=361_279_120)
+    pnp7 = dict(pnp, gd_scale=7.0)
+    dice = dict(options(sd15, "dice", 1.0, alpha=1.0), trainable_parameters=1_836_800)
+    path = tmp_path / "results.jsonl"
+    entries = [("scaling", scaling), ("s15", other_s), ("gd", gd), ("pnp", pnp), ("pnp7", pnp7), ("dice", dice)]
+    path.write_text("".join(json.dumps(line("fid", 25.0, f"samples/{name}", o)) + "\n" for name, o in entries))
+    rows = {row["images"]: row for row in build_table(read_results(path))}
+    assert [rows[f"samples/{n}"]["paper"].get("fid") for n, _ in entries] == [32.54, None, 23.54, 26.57, None, 22.22]
+    assert [rows[f"samples/{n}"]["guidance"] for n, _ in entries] == ["s=1.2", "s=1.5", "ω=5", "ω=5", "ω=7", "α=1"]
+    order = [row["images"] for row in build_table(read_results(path))]
+    assert order.index("samples/scaling") < order.index("samples/gd") < order.index("samples/pnp") < order.index("samples/dice")
+    markdown = format_markdown(list(rows.values()))
+    assert "| SD1.5 | pnp | ω=5 | 20 | 28.4 | 361M | 5000 | 25.00 (26.57) |" in markdown
+    assert "| SD1.5 | gd | ω=5 | 20 | 20 | 860M |" in markdown and "| SD1.5 | dice | α=1 | 20 | 20 | 1.84M |" in markdown
+    assert "| SD1.5 | scaling | s=1.2 | 20 | 20 | - |" in markdown
+    table = {r["images"]: r for r in csv.DictReader(io.StringIO(format_csv(list(rows.values()))))}
+    assert table["samples/pnp"]["params"] == "361279120" and table["samples/pnp"]["nfe"] == "28.4"

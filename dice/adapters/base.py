@@ -140,6 +140,14 @@ class Adapter:
     option_defaults: ClassVar[dict[str, Any]] = {}
     # The stock pipeline's keyword for each Conditioning field: field -> (prompt side, negative side).
     embedding_kwargs: ClassVar[dict[str, tuple[str, str]]] = {"embeds": ("prompt_embeds", "negative_prompt_embeds")}
+    # The pipeline component that is the denoiser (a fine-tuned one replaces it: GD).
+    denoiser_component: ClassVar[str] = "unet"
+    # The stock diffusers pipeline that runs this family with a ControlNet (PnP's guide network);
+    # None where diffusers has none.
+    controlnet_pipeline_class_name: ClassVar[str | None] = None
+    # For a denoiser without a guidance-scale input (no time_cond_proj_dim): the submodule whose output
+    # is the timestep's sinusoidal features, where GD adds its guidance-scale embedding.
+    timestep_projection_path: ClassVar[str | None] = None
     # Class names of the denoiser's repeated blocks, compiled one by one by compile_denoiser("regional").
     repeated_blocks: ClassVar[tuple[str, ...]] = ("BasicTransformerBlock", "ResnetBlock2D")
 
@@ -242,7 +250,7 @@ class Adapter:
 
     @property
     def denoiser(self) -> nn.Module:
-        return self.pipe.unet
+        return getattr(self.pipe, self.denoiser_component)
 
     def freeze(self, device: torch.device | str, dtype: torch.dtype) -> "Adapter":
         """No gradients into the base model; move it and cast it to the mixed-precision dtype."""
@@ -371,22 +379,41 @@ class Adapter:
     def num_train_timesteps(self) -> int:
         return self.noise_scheduler.config.num_train_timesteps
 
-    def predict_noise(
-        self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, sizes: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The denoiser's output for noisy latents ``x_t`` at timesteps ``t`` [B].
+    def denoiser_inputs(self, x_t: torch.Tensor, cond: Conditioning, sizes: torch.Tensor | None = None) -> dict[str, Any]:
+        """The text (and size) keyword arguments of a denoiser call on ``x_t``; a guide network built
+        from the denoiser (PnP's ControlNet) takes the same ones.
 
         ``sizes`` [B, 4] = (original height, original width, crop top, crop left) of each training
         image, for families with size micro-conditioning (SDXL); others ignore it.
         """
         raise NotImplementedError
 
+    def predict_noise(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, sizes: torch.Tensor | None = None,
+        denoiser: nn.Module | None = None, **extra,
+    ) -> torch.Tensor:
+        """The predicted noise for noisy latents ``x_t`` at timesteps ``t`` [B].
+
+        ``denoiser``: another module called the same way (a method's trainable student; default the
+        frozen base denoiser); ``extra``: further keyword arguments of that call (GD's ``timestep_cond``,
+        PnP's residuals).
+        """
+        out = (denoiser or self.denoiser)(x_t, timestep=t, **self.denoiser_inputs(x_t, cond, sizes), **extra).sample
+        return self.noise_of(out)
+
+    def noise_of(self, output: torch.Tensor) -> torch.Tensor:
+        """The noise prediction within the denoiser's output (PixArt also predicts the variance)."""
+        return output
+
     @torch.no_grad()
     def teacher_noise(
         self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, uncond: Conditioning,
-        guidance_scale: float, sizes: torch.Tensor | None = None,
+        guidance_scale: float | torch.Tensor, sizes: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The CFG target; conditional and unconditional halves go through one denoiser call."""
+        """The CFG target; conditional and unconditional halves go through one denoiser call.
+
+        ``guidance_scale``: one scale, or one per sample [B] (GD and PnP train over a range of scales).
+        """
         from ..losses import cfg_combine
 
         double = lambda x: None if x is None else torch.cat([x, x])  # noqa: E731

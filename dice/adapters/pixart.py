@@ -33,6 +33,10 @@ CONTEXT_MASK_CHOICES = ("all", "prompt")
 class PixArtAdapter(Adapter):
     family = "pixart"
     pipeline_class_name = "PixArtAlphaPipeline"
+    denoiser_component = "transformer"
+    # Where the timestep's sinusoidal features are made: GD adds its guidance-scale embedding there.
+    timestep_projection_path = "adaln_single.emb.time_proj"
+    # diffusers 0.42.1 has no PixArt ControlNet (only a research example outside the package): no PnP.
     option_defaults = {"pixart_mask": "prompt", "keep_first_token": False, "pixart_context_mask": "all"}
     embedding_kwargs = {
         "embeds": ("prompt_embeds", "negative_prompt_embeds"),
@@ -77,10 +81,6 @@ class PixArtAdapter(Adapter):
         return adapter
 
     # ---- frozen modules --------------------------------------------------------------------
-    @property
-    def denoiser(self):
-        return self.pipe.transformer
-
     def frozen_modules(self):
         # Everything but T5, which keeps the dtype from_pretrained gave it: transformers holds T5's
         # feed-forward output layers in fp32 under fp16 (they overflow otherwise), and the base
@@ -174,10 +174,9 @@ class PixArtAdapter(Adapter):
         logger.info("text embedding cache %s ready (%d prompts); T5 unloaded", self.text_cache_dir, len(self.text_cache.entries))
 
     # ---- denoiser --------------------------------------------------------------------------
-    def predict_noise(self, x_t, t, cond, sizes=None):
-        transformer = self.pipe.transformer
+    def denoiser_inputs(self, x_t, cond, sizes=None):
         added = {"resolution": None, "aspect_ratio": None}
-        if transformer.use_additional_conditions:
+        if self.pipe.transformer.use_additional_conditions:
             # PixArt-1024 models: image size and aspect ratio, as the pipeline passes them at sampling
             # time (the generated size), so the distilled behaviour is the one used for generation.
             height, width = x_t.shape[-2] * self.vae_scale_factor, x_t.shape[-1] * self.vae_scale_factor
@@ -188,12 +187,12 @@ class PixArtAdapter(Adapter):
                 "resolution": resolution,
                 "aspect_ratio": torch.full((len(x_t), 1), height / width, device=x_t.device, dtype=self.dtype),
             }
-        out = transformer(
-            x_t, encoder_hidden_states=cond.embeds.to(self.dtype), encoder_attention_mask=cond.mask,
-            timestep=t, added_cond_kwargs=added,
-        ).sample
+        return {"encoder_hidden_states": cond.embeds.to(self.dtype), "encoder_attention_mask": cond.mask,
+                "added_cond_kwargs": added}
+
+    def noise_of(self, output):
         # Learned sigma: the output stacks eps and the variance channels; eps comes first.
-        return out[:, : self.latent_channels]
+        return output[:, : self.latent_channels]
 
     # ---- back to the stock pipeline --------------------------------------------------------
     def pipeline_kwargs(self, cond, uncond):

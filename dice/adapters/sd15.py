@@ -9,6 +9,7 @@ from .base import Adapter, Conditioning
 class SD15Adapter(Adapter):
     family = "sd15"
     pipeline_class_name = "StableDiffusionPipeline"
+    controlnet_pipeline_class_name = "StableDiffusionControlNetPipeline"
 
     @property
     def text_dim(self) -> int:
@@ -24,5 +25,5 @@ class SD15Adapter(Adapter):
         embeds, _ = self.pipe.encode_prompt(list(prompts), self.device, 1, False)
         return Conditioning(embeds=embeds)
 
-    def predict_noise(self, x_t, t, cond, sizes=None):
-        return self.pipe.unet(x_t, t, encoder_hidden_states=cond.embeds.to(self.dtype)).sample
+    def denoiser_inputs(self, x_t, cond, sizes=None):
+        return {"encoder_hidden_states": cond.embeds.to(self.dtype)}

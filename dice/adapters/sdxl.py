@@ -18,6 +18,7 @@ EMPTY_PROMPT_CHOICES = ("encoded", "zeros")
 class SDXLAdapter(Adapter):
     family = "sdxl"
     pipeline_class_name = "StableDiffusionXLPipeline"
+    controlnet_pipeline_class_name = "StableDiffusionXLControlNetPipeline"
     option_defaults = {
         # The null embedding u of the empty prompt: "encoded" = the encoders' output for "" (the authors'
         # training code), "zeros" = all-zero sequence and pooled vector (stock SDXL's
@@ -105,11 +106,9 @@ class SDXLAdapter(Adapter):
             original_and_crop = sizes.to(x_t.device)[:, :4]
         return torch.cat([original_and_crop, target], dim=1)
 
-    def predict_noise(self, x_t, t, cond, sizes=None):
+    def denoiser_inputs(self, x_t, cond, sizes=None):
         added = {"text_embeds": cond.pooled.to(self.dtype), "time_ids": self.time_ids(x_t, sizes).to(self.dtype)}
-        return self.pipe.unet(
-            x_t, t, encoder_hidden_states=cond.embeds.to(self.dtype), added_cond_kwargs=added,
-        ).sample
+        return {"encoder_hidden_states": cond.embeds.to(self.dtype), "added_cond_kwargs": added}
 
 
 def load_vae(name_or_path: str, torch_dtype: torch.dtype | None = None):

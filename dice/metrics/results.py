@@ -22,30 +22,46 @@ METRICS = ("fid", "clip_score", "aesthetic", "world_accuracy", "world_fd")
 METRIC_TITLES = {"fid": "FID", "clip_score": "CLIP", "aesthetic": "AS", "world_accuracy": "accuracy (world)", "world_fd": "FD (world)"}
 PAPER_METRICS = METRICS[:3]  # always in the Markdown table; the shapes world's own two only when scored
 
-# Paper Table 1 (AAAI / arXiv v2; SPEC §6): the rows our sampler reproduces. 20 sampling steps;
-# "w=5" is CFG (NFE 40), "w=1" unguided (NFE 20), "DICE" the sharpened embeddings unguided (NFE 20).
+# Paper Table 1 (AAAI / arXiv v2; SPEC §6), 20 sampling steps: "w=5" is CFG (NFE 40), "w=1" unguided
+# (NFE 20), "Scaling" the prompt embedding times the model's s (NFE 20), "GD" / "PnP" the trained
+# baselines at ω = 5 (NFE 20 / ≈28-30), "DICE" the sharpened embeddings unguided (NFE 20).
 PAPER_TABLE1 = {
     "SD1.5": {
         "w=5": {"fid": 22.04, "clip_score": 30.22, "aesthetic": 5.36},
         "w=1": {"fid": 32.80, "clip_score": 21.99, "aesthetic": 5.03},
+        "Scaling": {"fid": 32.54, "clip_score": 22.89, "aesthetic": 5.13},
+        "GD": {"fid": 23.54, "clip_score": 28.02, "aesthetic": 5.30},
+        "PnP": {"fid": 26.57, "clip_score": 27.72, "aesthetic": 5.39},
         "DICE": {"fid": 22.22, "clip_score": 28.54, "aesthetic": 5.28},
     },
     "DreamShaper": {
         "w=5": {"fid": 30.35, "clip_score": 30.50, "aesthetic": 5.87},
         "w=1": {"fid": 24.17, "clip_score": 27.22, "aesthetic": 5.74},
+        "Scaling": {"fid": 24.05, "clip_score": 27.74, "aesthetic": 5.73},
+        "GD": {"fid": 32.53, "clip_score": 28.48, "aesthetic": 5.86},
+        "PnP": {"fid": 35.57, "clip_score": 28.46, "aesthetic": 5.87},
         "DICE": {"fid": 30.36, "clip_score": 29.03, "aesthetic": 5.87},
     },
     "SDXL": {
         "w=5": {"fid": 23.95, "clip_score": 32.10, "aesthetic": 5.60},
         "w=1": {"fid": 61.19, "clip_score": 21.92, "aesthetic": 5.59},
+        "Scaling": {"fid": 59.14, "clip_score": 23.50, "aesthetic": 5.60},
+        "GD": {"fid": 28.88, "clip_score": 30.84, "aesthetic": 5.57},
+        "PnP": {"fid": 32.52, "clip_score": 30.31, "aesthetic": 5.76},
         "DICE": {"fid": 28.01, "clip_score": 30.63, "aesthetic": 5.68},
     },
     "PixArt-α": {
         "w=5": {"fid": 38.39, "clip_score": 30.67, "aesthetic": 6.03},
         "w=1": {"fid": 41.74, "clip_score": 25.30, "aesthetic": 6.11},
+        "Scaling": {"fid": 41.89, "clip_score": 25.79, "aesthetic": 6.10},
+        "GD": {"fid": 42.77, "clip_score": 28.52, "aesthetic": 6.06},
+        "PnP": {"fid": 40.06, "clip_score": 29.55, "aesthetic": 5.99},
         "DICE": {"fid": 39.80, "clip_score": 29.51, "aesthetic": 6.01},
     },
 }
+# The paper's Scaling s per model (Table 1) and the scale GD / PnP are sampled at.
+PAPER_EMBEDDING_SCALES = {"SD1.5": 1.2, "DreamShaper": 1.3, "SDXL": 1.5, "PixArt-α": 1.2}
+PAPER_GD_SCALE = 5
 PAPER_STEPS = 20
 
 # Hub ids of the paper's base models (compared case-insensitively).
@@ -55,7 +71,7 @@ PAPER_MODEL_IDS = {
     "SDXL": ("stabilityai/stable-diffusion-xl-base-1.0",),
     "PixArt-α": ("PixArt-alpha/PixArt-XL-2-512x512", "PixArt-alpha/PixArt-XL-2-1024-MS"),
 }
-METHOD_ORDER = ("cfg", "unguided", "dice", "dice+cfg")
+METHOD_ORDER = ("cfg", "unguided", "scaling", "scaling+cfg", "gd", "pnp", "dice", "dice+cfg")
 SMOKE_TEST_NOTE = "smoke test (random weights)"
 
 
@@ -140,10 +156,16 @@ def paper_model_name(base_model: str | None) -> str | None:
 
 
 def paper_row_key(options: dict) -> str | None:
-    """'w=5', 'w=1' or 'DICE' when sampling options match a Table 1 row (20 steps, COCO 5k prompts)."""
+    """'w=5', 'w=1', 'Scaling', 'GD', 'PnP' or 'DICE' when sampling options match a Table 1 row (20 steps,
+    COCO 5k prompts, the paper's s for Scaling, ω = 5 for GD and PnP)."""
     if options.get("steps") != PAPER_STEPS or options.get("prompts") not in (None, "coco5k"):
         return None
     method, scale, alpha = options.get("method"), options.get("cfg_scale"), options.get("alpha")
+    if method == "scaling":
+        s = PAPER_EMBEDDING_SCALES.get(paper_model_name(options.get("base_model")))
+        return "Scaling" if options.get("embedding_scale") == s else None
+    if method in ("gd", "pnp"):
+        return {"gd": "GD", "pnp": "PnP"}[method] if options.get("gd_scale") == PAPER_GD_SCALE else None
     if method == "cfg" and scale == 5:
         return None if options.get("negative_prompt") else "w=5"  # Table 1's CFG uses the empty negative prompt
     if method == "unguided" or (method == "cfg" and scale == 1):
@@ -154,8 +176,8 @@ def paper_row_key(options: dict) -> str | None:
 
 
 def is_cross_model(options: dict) -> bool:
-    """A sharpener applied to another base model than it was trained on (paper Fig. 6)."""
-    trained = options.get("sharpener_base_model")
+    """A sharpener (or PnP guide) applied to another base model than it was trained on (paper Fig. 6)."""
+    trained = options.get("sharpener_base_model") or options.get("trained_base_model")
     return bool(trained) and trained != options.get("base_model")
 
 
@@ -177,7 +199,32 @@ def _guidance_label(options: dict) -> str:
         return f"α={alpha:g}"
     if method == "dice+cfg":
         return f"α={alpha:g}, w={scale:g}" if scale is not None else f"α={alpha:g}"
+    if method in ("scaling", "scaling+cfg"):
+        label = f"s={options.get('embedding_scale'):g}"
+        return f"{label}, w={scale:g}" if method == "scaling+cfg" else label
+    if method in ("gd", "pnp"):
+        return f"ω={options.get('gd_scale'):g}"
     return ""
+
+
+def format_parameters(count: int | None) -> str:
+    """Trainable parameters as Table 1 writes them (859M, 1.3B, 2M); "-" for a training-free row."""
+    if not count:
+        return "-"
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= size:
+            return f"{count / size:.3g}{unit}"
+    return str(count)
+
+
+def model_label(base_model: str | None) -> str:
+    """The paper's name of a base model, else the short name sample.py knows it by, else as given."""
+    from dice.presets import MODELS
+
+    if not base_model:
+        return ""
+    short = next((name for name, (_, path) in MODELS.items() if path == base_model), None)
+    return paper_model_name(base_model) or short or base_model
 
 
 def build_table(records: list[dict]) -> list[dict]:
@@ -196,13 +243,14 @@ def build_table(records: list[dict]) -> list[dict]:
         smoke_test = any(run["smoke"].values())  # random-weight stand-ins: never beside the paper's numbers
         trained_on = options.get("sharpener_base_model")
         rows.append({
-            "model": model or options.get("base_model") or "",
+            "model": model_label(options.get("base_model")),
             "sharpener_model": (paper_model_name(trained_on) or trained_on) if trained_on else "",
             "cross_model": is_cross_model(options),
             "method": options.get("method", ""),
             "guidance": _guidance_label(options),
             "steps": options.get("steps"),
             "nfe": options.get("nfe"),
+            "params": options.get("trainable_parameters"),
             "counts": run["counts"],
             "values": run["values"],
             "paper": {} if smoke_test else paper_values(options) or {},
@@ -228,7 +276,7 @@ def _format(value) -> str:
 
 def format_markdown(rows: list[dict]) -> str:
     metrics = [m for m in METRICS if m in PAPER_METRICS or any(m in row["values"] for row in rows)]
-    header = ["model", "method", "w / α", "steps", "NFE", "N"]
+    header = ["model", "method", "w / α / s / ω", "steps", "NFE", "params", "N"]
     header += [f"{METRIC_TITLES[m]} (paper)" if m in PAPER_METRICS else METRIC_TITLES[m] for m in metrics] + ["images"]
     any_smoke = any(row.get("smoke_test") for row in rows)
     any_cross = any(row.get("cross_model") for row in rows)
@@ -239,7 +287,8 @@ def format_markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         counts = sorted({c for c in row["counts"].values() if c is not None})
-        cells = [row["model"], row["method"], row["guidance"], str(row["steps"] or ""), str(row["nfe"] or "")]
+        cells = [row["model"], row["method"], row["guidance"], str(row["steps"] or ""), str(row["nfe"] or ""),
+                 format_parameters(row.get("params"))]
         cells.append("/".join(str(c) for c in counts))
         for metric in metrics:
             cell = _format(row["values"].get(metric))
@@ -254,7 +303,9 @@ def format_markdown(rows: list[dict]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     note = (
         "\nValues: latest per image folder and metric. In brackets: paper Table 1 (AAAI / arXiv v2) "
-        "where the run matches a paper row (same base model, 20 steps, COCO 5k prompts, w=5 / w=1 / DICE α=1)."
+        "where the run matches a paper row (same base model, 20 steps, COCO 5k prompts, w=5 / w=1 / Scaling at the "
+        "paper's s / GD and PnP at ω=5 / DICE α=1). NFE: network evaluations for all steps (CFG 2 per step; PnP's guide "
+        "counted by its parameters relative to the denoiser's, as the paper's ≈28). params: trainable parameters."
     )
     if any_smoke:
         note += (
@@ -266,7 +317,7 @@ def format_markdown(rows: list[dict]) -> str:
 
 
 def format_csv(rows: list[dict]) -> str:
-    columns = ["model", "method", "guidance", "steps", "nfe"]
+    columns = ["model", "method", "guidance", "steps", "nfe", "params"]
     for metric in METRICS:
         columns += [metric, f"{metric}_paper", f"{metric}_count"]
     columns += ["images", "smoke_test", "sharpener_model"]
@@ -274,7 +325,7 @@ def format_csv(rows: list[dict]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        line = {key: row[key] for key in ("model", "method", "guidance", "steps", "nfe", "images")}
+        line = {key: row[key] for key in ("model", "method", "guidance", "steps", "nfe", "params", "images")}
         line["smoke_test"] = row.get("smoke_test", False)
         line["sharpener_model"] = row.get("sharpener_model", "")
         for metric in METRICS:
@@ -286,10 +337,11 @@ def format_csv(rows: list[dict]) -> str:
 
 
 def write_table(results_path: str | os.PathLike, out_prefix: str | os.PathLike) -> tuple[Path, Path]:
-    """Write ``<out_prefix>.md`` and ``<out_prefix>.csv`` from results.jsonl; return their paths."""
+    """Write ``<out_prefix>.md``, ``.csv`` and ``.json`` (the rows) from results.jsonl; return the first two."""
     rows = build_table(read_results(results_path))
     markdown, csv_path = Path(f"{out_prefix}.md"), Path(f"{out_prefix}.csv")
     markdown.parent.mkdir(parents=True, exist_ok=True)
     markdown.write_text(format_markdown(rows), encoding="utf-8")
     csv_path.write_text(format_csv(rows), encoding="utf-8")
+    Path(f"{out_prefix}.json").write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return markdown, csv_path

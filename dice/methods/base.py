@@ -1,0 +1,146 @@
+"""The one interface every training method implements (the method axis, beside the family axis).
+
+A method owns what is trained (its module and that module's initialisation), the student's prediction
+given the adapter, ``x_t``, ``t``, the prompt and null conditioning and the guidance scale ω, how the
+module is saved and loaded (safetensors + JSON), and what it hands the stock diffusers pipeline at
+sampling time. :mod:`dice.training` (the only training loop) and :mod:`dice.sampling` (the only
+sampler) talk to methods only through this class, as they talk to model families through adapters.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+import torch
+from torch import nn
+
+from ..adapters.base import Adapter, Conditioning
+from ..checkpoint import METHOD_CONFIG_NAME, TrainedConfig
+from ..errors import UserError
+from ..runtime import to_device
+
+# GD and PnP sample at ω = 5, the paper's guidance scale (Table 1; the authors' sample.py --gd_scale 5).
+DEFAULT_SAMPLING_SCALE = 5.0
+
+
+class Method:
+    """Base class; subclasses fill in one method."""
+
+    name: ClassVar[str]  # as on the command line: dice, gd, pnp
+    title: ClassVar[str]  # as in the paper's Table 1
+    config_name: ClassVar[str] = METHOD_CONFIG_NAME
+    # True: the trained model is sampled together with classifier-free guidance if asked (DICE + CFG, paper
+    # A.5); False: it replaces CFG (one guidance scale ω, given at sampling time).
+    combines_with_cfg: ClassVar[bool] = False
+    # True: ω is an input of the student, drawn per sample over --guidance_scale_range in training.
+    conditioned_on_scale: ClassVar[bool] = True
+
+    # ---- which families ------------------------------------------------------------------------
+    @classmethod
+    def unsupported_reason(cls, adapter_class: type[Adapter]) -> str | None:
+        """Why this method cannot train or sample a family, or None."""
+        return None
+
+    @classmethod
+    def check_family(cls, adapter_class: type[Adapter]) -> None:
+        reason = cls.unsupported_reason(adapter_class)
+        if reason:
+            raise UserError(f"--method {cls.name} is not available for {adapter_class.family}: {reason}")
+
+    # ---- training --------------------------------------------------------------------------------
+    def build(self, adapter: Adapter, args) -> nn.Module:
+        """The trainable module, initialised, in fp32 on the adapter's device (global RNG seeded by the caller)."""
+        raise NotImplementedError
+
+    def training_guidance(self, args, batch_size: int, generator: torch.Generator) -> float | torch.Tensor:
+        """The teacher's guidance scale: a fixed --guidance_scale, else one ω per sample drawn uniformly
+        from --guidance_scale_range (continuous, unlike the authors' integer cast)."""
+        if args.guidance_scale is not None:
+            return args.guidance_scale
+        low, high = args.guidance_scale_range
+        return low + (high - low) * torch.rand(batch_size, generator=generator)
+
+    def student_noise(self, module: nn.Module, adapter: Adapter, x_t: torch.Tensor, t: torch.Tensor,
+                      cond: Conditioning, uncond: Conditioning, guidance, sizes: torch.Tensor | None) -> torch.Tensor:
+        """The student's noise prediction, to be matched to the CFG teacher's at ``guidance``."""
+        raise NotImplementedError
+
+    def enable_gradient_checkpointing(self, adapter: Adapter, module: nn.Module) -> None:
+        """Recompute activations in the backward pass of whatever the gradient flows through."""
+        raise NotImplementedError
+
+    def method_options(self, adapter: Adapter, module: nn.Module) -> dict[str, Any]:
+        """What the checkpoint records about the method: parameter counts, and what :meth:`load` needs."""
+        return {"trainable_parameters": count_parameters(module), "base_parameters": count_parameters(adapter.denoiser)}
+
+    def make_config(self, module: nn.Module, adapter: Adapter, **common) -> TrainedConfig:
+        return TrainedConfig(method=self.name, method_options=self.method_options(adapter, module), **common)
+
+    # ---- files -------------------------------------------------------------------------------------
+    def save(self, folder: str | os.PathLike, module: nn.Module, config: TrainedConfig) -> None:
+        """Weights (a diffusers model folder, safetensors) and ``config`` (JSON) into ``folder``."""
+        raise NotImplementedError
+
+    def load(self, folder: Path, config: TrainedConfig, device="cpu", dtype: torch.dtype | None = None) -> nn.Module:
+        """The trained module from a folder :meth:`save` wrote, in eval mode without gradients."""
+        raise NotImplementedError
+
+    # ---- sampling ----------------------------------------------------------------------------------
+    def condition(self, adapter: Adapter, module: nn.Module, cond: Conditioning, uncond: Conditioning,
+                  strength: float) -> tuple[Conditioning, Conditioning]:
+        """The embeddings handed to the pipeline (DICE rewrites the prompt's); default unchanged."""
+        return cond, uncond
+
+    @contextlib.contextmanager
+    def pipeline(self, adapter: Adapter, module: nn.Module, strength: float, resolution: int) -> Iterator[tuple[Any, dict]]:
+        """(stock pipeline to call, extra keyword arguments of the call) while sampling with ``module``."""
+        yield adapter.pipe, {}
+
+    def evaluations_per_step(self, adapter: Adapter, module: nn.Module) -> float:
+        """Network evaluations per sampling step as the paper's NFE column counts them."""
+        return 1.0
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def write_config(folder: str | os.PathLike, config: TrainedConfig, name: str = METHOD_CONFIG_NAME) -> None:
+    import json
+
+    (Path(folder) / name).write_text(json.dumps(config.__dict__, indent=2, default=str) + "\n")
+
+
+def pipeline_with(pipe, class_name: str | None = None, **replace):
+    """A stock pipeline (of ``class_name``, default ``pipe``'s class) sharing ``pipe``'s components and
+    settings, some replaced or added (a fine-tuned denoiser, a ControlNet). Unlike diffusers' ``from_pipe``
+    nothing is cast (it casts every shared module to one dtype) and ``pipe`` itself is not changed."""
+    import diffusers
+
+    cls = getattr(diffusers, class_name) if class_name else type(pipe)
+    accepted = inspect.signature(cls.__init__).parameters
+    components = {**pipe.components, **replace}
+    settings = {k: v for k, v in pipe.config.items() if not k.startswith("_") and k not in components}
+    new = cls(**{k: v for k, v in {**settings, **components}.items() if k in accepted})
+    new.set_progress_bar_config(disable=True)
+    return new
+
+
+def scale_tensor(value: float | torch.Tensor, batch_size: int, device="cpu") -> torch.Tensor:
+    """ω as one float per sample [B] on ``device`` (from the host without a wait for the GPU)."""
+    if not isinstance(value, torch.Tensor):
+        value = torch.full((batch_size,), float(value))
+    return to_device(value.float().expand(batch_size), device)
+
+
+@dataclass
+class TrainedModel:
+    """A trained method ready to sample: the method, its module and the config it was saved with."""
+
+    method: Method
+    module: nn.Module
+    config: TrainedConfig | None = None
