@@ -14,6 +14,7 @@ import torch
 from .errors import ArgumentParser, UserError, check_output_dir, finite_float, non_negative_int, positive_int
 from .experiments import DEFAULT_ROOT
 from .negatives import NegativePrompts
+from .adapters.registry import families
 from .presets import MODELS
 from .runtime import needs_cpu_process_group
 from .sampling import (
@@ -41,7 +42,9 @@ def build_parser() -> ArgumentParser:
     a("--sharpener_id", default=None, help="same as --sharpener_path with an experiment id (the authors' flag)")
     a("--exps_root", default=DEFAULT_ROOT, help="where experiment ids are looked up")
     a("--pretrained_model_name_or_path", default=None, help="base model (default: the one the sharpener was trained on)")
-    a("--model_name", default=None, help=f"base model by short name ({', '.join(MODELS)}) or id/path; same as --pretrained_model_name_or_path")
+    a("--model_name", default=None, help=f"base model by short name ({', '.join(MODELS)}) or id/path; same as --pretrained_model_name_or_path. "
+      "With a sharpener, a family name (sd15, sdxl, pixart) only names the family, as in the authors' sample.py: the base "
+      "model is the sharpener's, and the folder also gets the authors' name <model_name>_<sharpener_id>_steps<N>_alpha<a>")
     a("--family", default=None, choices=["sd15", "sdxl", "pixart"], help="model family when it cannot be detected (default: detected)")
     a("--revision", default=None)
     a("--variant", default=None)
@@ -55,7 +58,9 @@ def build_parser() -> ArgumentParser:
       "u as the sharpener was trained (the empty prompt, or per image one of the negative prompts it was trained with); "
       "the empty prompt without a sharpener")
     a("--prompt", action="append", default=None, help="a prompt (repeatable); overrides --prompts")
-    a("--prompts", default="coco5k", help="coco5k (the paper's 5,000 MS-COCO val2017 captions), a .txt or a .jsonl file")
+    a("--prompts", default="coco5k", help="coco5k (the paper's 5,000 MS-COCO val2017 captions), hps-anime, hps-concept-art, "
+      "hps-paintings, hps-photo, drawbench (Table 1's HPS v2.1 / DrawBench sets, fetched once: see README), or a "
+      ".txt, .jsonl, .json or .csv file")
     a("--num_images", type=positive_int, default=None, help="only the first N prompts")
     a("--resolution", type=positive_int, default=None, help="image size (default: the sharpener's training resolution, else the model's native size)")
     a("--batch_gpu", type=positive_int, default=8, help="images per batch per process")
@@ -81,6 +86,8 @@ def resolve(args) -> dict:
         raise UserError("--sharpener_path and --sharpener_id name different sharpeners. Give one of them")
     model = args.pretrained_model_name_or_path or args.model_name
     family = args.family
+    if sharpener_spec is not None and model == args.model_name and model in families():
+        family, model = family or model, None  # the authors' --model_name: the family; the base model is the sharpener's
     if model in MODELS:
         family, model = family or MODELS[model][0], MODELS[model][1]
     config = weights = sharpener = name = None
@@ -207,8 +214,21 @@ def main(argv: list[str] | None = None) -> Path:
     )
     if state.is_main_process:
         count = write_manifest(folder, prompts, args.seed, negatives)
+        if args.model_name in families() and args.sharpener_id is not None:
+            authors_folder_alias(folder, f"{args.model_name}_{args.sharpener_id}_steps{args.steps}_alpha{args.alpha}")
         logger.info("%s: %d/%d images (%d new on this process); options in %s", folder, count, len(prompts), made, OPTIONS_FILE)
     return folder
+
+
+def authors_folder_alias(folder: Path, name: str) -> Path:
+    """A link ``<outdir>/<name>`` to ``folder``: the folder name the authors' README evaluates."""
+    alias = folder.parent / name
+    if alias.is_symlink() and alias.resolve() != folder.resolve():
+        alias.unlink()  # an older configuration under the same authors' name: theirs names fewer options than ours
+    if not alias.exists():
+        alias.symlink_to(folder.name, target_is_directory=True)
+        logger.info("also reachable as %s (the authors' folder name)", alias)
+    return alias
 
 
 def _broadcast(value: str, state) -> str:
