@@ -122,6 +122,7 @@ def resolve(args) -> dict:
         raise UserError(f"--pretrained_vae_model_name_or_path applies to SDXL only, and this is a {family} model. Drop it")
     scheduler_choice(args.scheduler)
     prompts = [(i, p) for i, p in enumerate(args.prompt)] if args.prompt else load_prompts(args.prompts)
+    prompt_set_size = len(prompts)
     prompts = prompts[: args.num_images]
     if not prompts:
         raise UserError(f"--prompts '{args.prompts}' holds no prompts. Put one prompt per line in it (blank lines are skipped)")
@@ -129,7 +130,7 @@ def resolve(args) -> dict:
     return {"family": family, "model": model, "sharpener": str(weights) if sharpener is not None else None,
             "sharpener_module": sharpener, "config": config, "prompts": prompts,
             "negatives": negative_prompts(args, config if sharpener is not None else None, prompts),
-            "sharpener_name": name if sharpener is not None else None}
+            "sharpener_name": name if sharpener is not None else None, "prompt_set_size": prompt_set_size}
 
 
 def negative_prompts(args, config, prompts: list[tuple[int, str]]) -> tuple[dict[int, str], str | dict]:
@@ -197,6 +198,9 @@ def main(argv: list[str] | None = None) -> Path:
         "resolution": resolution, "seed": args.seed, "negative_prompt": negative_option,
         "prompts": "cli" if args.prompt else args.prompts, "num_images": len(prompts), "sharpener": plan["sharpener"],
         "sharpener_step": config.step if sharpener is not None else None,
+        # The results table compares with the paper only whole prompt sets and final checkpoints.
+        "prompt_set_size": plan["prompt_set_size"],
+        "sharpener_max_train_steps": config.training_options.get("max_train_steps") if sharpener is not None else None,
         "sharpener_experiment": plan["sharpener_name"],
         # The model the sharpener was trained on: differs from base_model in cross-model transfer (paper Fig. 6).
         "sharpener_base_model": trained_model if sharpener is not None else None,
