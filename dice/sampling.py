@@ -104,14 +104,26 @@ def generate(
         raise ValueError("one seed and one negative prompt per prompt")
     if is_applied(adapter.pipe):  # its __call__ would sharpen these embeddings a second time
         raise ValueError("this pipeline has a sharpener applied (dice.apply): call the pipeline itself, or dice.remove(pipe) first")
-    resolution = resolution or adapter.default_resolution
     cond = adapter.encode_prompts(list(prompts))
     uncond = adapter.encode_negative(negatives)
     cond, uncond = sharpen_for_pipeline(adapter, cond, uncond, sharpener, alpha)
+    return generate_from_conditioning(adapter, cond, uncond, seeds, cfg_scale=cfg_scale, steps=steps,
+                                      resolution=resolution, output_type=output_type)
+
+
+@torch.no_grad()
+def generate_from_conditioning(
+    adapter: Adapter, cond: Conditioning, uncond: Conditioning, seeds: list[int], *, cfg_scale: float = 1.0,
+    steps: int = 20, resolution: int | None = None, output_type: str = "pil", callback=None,
+):
+    """The stock pipeline on embeddings already made (e.g. halves of original and sharpened ones, paper
+    Fig. 7); ``callback(pipe, step, timestep, kwargs)`` is the pipeline's per-step hook."""
+    resolution = resolution or adapter.default_resolution
+    extra = {"callback_on_step_end": callback} if callback else {}
     out = adapter.pipe(
-        **adapter.pipeline_kwargs(cond, uncond), guidance_scale=cfg_scale, num_inference_steps=steps,
-        height=resolution, width=resolution, latents=initial_noise(adapter, seeds, resolution),
-        output_type=output_type,
+        **adapter.pipeline_kwargs(cond.to(adapter.device, adapter.dtype), uncond.to(adapter.device, adapter.dtype)),
+        guidance_scale=cfg_scale, num_inference_steps=steps, height=resolution, width=resolution,
+        latents=initial_noise(adapter, seeds, resolution), output_type=output_type, **extra,
     )
     return out.images
 
