@@ -9,6 +9,9 @@
 #   bash launch.sh eval SAMPLE_FOLDER...       FID, CLIP score, aesthetic score -> results/results.jsonl
 #   bash launch.sh table                       results/results.jsonl -> results/table.{md,csv}
 #   bash launch.sh table1 sd15|sdxl|pixart     all of the above for one Table-1 block
+#   bash launch.sh ref                         FID reference statistics of COCO val2017 (512 px) -> $FID_REF
+#   bash launch.sh figures EXP_ID|toy          every figure of the paper for one experiment -> results/figures/<exp>/
+#                                              (toy: trains and analyses a sharpener of the shapes world, CPU, no downloads)
 # Environment: NGPUS (8), COCO (data/coco2017), FID_REF (data/coco_val2017_512.npz),
 # ACCELERATE_ARGS (extra `accelerate launch` flags, e.g. multi-node: --num_machines 2 --machine_rank 0
 # --main_process_ip HOST), PRECISION (bf16, as the authors), PYTHON (python).
@@ -51,6 +54,76 @@ sample_all() {  # experiment id: DICE + the two baselines of Table 1 on the 5k C
   "${LAUNCH[@]}" sample.py --sharpener_path="$exp" --alpha=0 --cfg_scale=5 --batch_gpu=16
 }
 
+ref() {  # the FID reference statistics, as the authors made them: val2017 centre-cropped and resized to 512
+  if [ ! -d "$COCO/val2017" ]; then
+    echo "error: $COCO/val2017 not found, so the FID reference $FID_REF cannot be built. Put MS-COCO 2017 under COCO=$COCO, or give FID_REF=<existing .npz>" >&2
+    exit 2
+  fi
+  "${LAUNCH[@]}" evaluation/fid.py ref --data="$COCO/val2017" --dest="$FID_REF" --center_crop_resize=512
+}
+
+ensure_ref() {  # before any training: a missing reference is built (or refused) now, not after hours of training
+  [ -f "$FID_REF" ] || ref
+}
+
+figures_toy() {  # the shapes world: train a sharpener (checkpoints every 150 updates) and run every analysis on it
+  local data=data/shapes_world-train-4000 prompts=data/shapes_world-prompts-1000.jsonl out=results/figures/toy
+  local model=dice/assets/shapes_world/shapes-world single=data/shapes-world.safetensors
+  local train=(train_sd15.py --pretrained_model_name_or_path="$model" --train_data_dir="$data" --preset=toy --output_dir=exps
+               --dataloader_num_workers=0)
+  [ -f "$data/metadata.jsonl" ] || "$PYTHON" -m dice.shapes_world data --out "$data" --num_images 4000
+  [ -f "$prompts" ] || "$PYTHON" -m dice.shapes_world prompts --out "$prompts" --num_prompts 1000
+  local run
+  run=$(ls -d exps/[0-9][0-9][0-9][0-9][0-9]-figures-toy 2>/dev/null | tail -n 1)
+  if [ -z "$run" ] || [ ! -d "$run/checkpoint-600" ]; then
+    [ -n "$run" ] && resume=(--resume_from_checkpoint=latest --experiment="$run") || resume=()
+    "$PYTHON" "${train[@]}" --checkpointing_steps=150 --desc=figures-toy "${resume[@]}" \
+      --validation_prompts "a red circle and a blue square" "a yellow triangle next to a green cross"
+    run=$(ls -d exps/[0-9][0-9][0-9][0-9][0-9]-figures-toy | tail -n 1)
+  fi
+  # Sweeps: TOY_PROMPTS held-out prompts (half unseen combinations), scored by the world's evaluator.
+  local sweep=(--out="$out" --prompts="$prompts" --num_images="${TOY_PROMPTS:-128}" --metrics=world --batch_gpu=64)
+  "$PYTHON" figures/quality_vs_nfe.py "${sweep[@]}" --sharpener_path="$run" --nfe 4 8 12 20 40
+  "$PYTHON" figures/alpha_sweep.py "${sweep[@]}" --sharpener_path="$run" --alphas 0 0.5 1 1.5 2
+  "$PYTHON" figures/dice_cfg_sweep.py "${sweep[@]}" --sharpener_path="$run" --cfg_scales 1 2 5
+  "$PYTHON" figures/training_curve.py "${sweep[@]}" --experiment="$run"
+  "$PYTHON" figures/sharpener_structure.py "${sweep[@]}" --experiments "$run" --train 64x4 \
+    --train_args="${train[*]:1} --validation_prompts"
+  [ -f "$single" ] || "$PYTHON" -m dice.single_file "$model" "$single"
+  "$PYTHON" figures/transfer_matrix.py "${sweep[@]}" --sharpeners "$run" "$(ls -d exps/[0-9]*-structure-64x4 | tail -n 1)" \
+    --models "$model" "$single" --single_file_config="$model"
+  local inside=(--sharpener_path="$run" --out="$out")
+  "$PYTHON" figures/semantic_padding.py "${inside[@]}" --prompts="$prompts" --num_prompts=1000
+  "$PYTHON" figures/embedding_pca.py "${inside[@]}" --prompts="$prompts" --num_prompts=1000
+  "$PYTHON" figures/attention_maps.py "${inside[@]}" --prompt="a red circle and a blue square"
+  "$PYTHON" figures/prompt_optimisation.py --pretrained_model_name_or_path=shapes-world --out="$out" \
+    --prompt="a red circle and a blue square" --fit_steps=300
+  "$PYTHON" evaluation/results.py --results "$out/results.jsonl" --out "$out/table"
+}
+
+figures() {  # experiment id: the paper's settings (5k COCO prompts, 20 steps, FID/CLIP/AS; 1,000 prompts for the embeddings)
+  local exp=$1 out=results/figures/$1
+  ensure_ref
+  local sweep=(--out="$out" --prompts="${PROMPTS:-coco5k}" --metrics=paper --ref="$FID_REF" --batch_gpu=16)
+  "$PYTHON" figures/quality_vs_nfe.py "${sweep[@]}" --sharpener_path="$exp"
+  "$PYTHON" figures/alpha_sweep.py "${sweep[@]}" --sharpener_path="$exp"
+  "$PYTHON" figures/dice_cfg_sweep.py "${sweep[@]}" --sharpener_path="$exp"
+  "$PYTHON" figures/training_curve.py "${sweep[@]}" --experiment="$exp"
+  # A.1 and Fig. 6 compare several sharpeners: STRUCTURE_EXPS (runs trained with --sharpener_inner_dim/--sharpener_heads),
+  # TRANSFER_SHARPENERS and TRANSFER_MODELS (e.g. the three variants' runs and models; single files need SINGLE_FILE_CONFIG).
+  # shellcheck disable=SC2086
+  [ -n "${STRUCTURE_EXPS:-}" ] && "$PYTHON" figures/sharpener_structure.py "${sweep[@]}" --experiments "$exp" $STRUCTURE_EXPS
+  # shellcheck disable=SC2086
+  [ -n "${TRANSFER_MODELS:-}" ] && "$PYTHON" figures/transfer_matrix.py "${sweep[@]}" --sharpeners "$exp" ${TRANSFER_SHARPENERS:-} \
+    --models $TRANSFER_MODELS ${SINGLE_FILE_CONFIG:+--single_file_config="$SINGLE_FILE_CONFIG"}
+  local inside=(--sharpener_path="$exp" --out="$out")
+  "$PYTHON" figures/semantic_padding.py "${inside[@]}" --prompts=coco5k --num_prompts=1000
+  "$PYTHON" figures/embedding_pca.py "${inside[@]}" --prompts=coco5k --num_prompts=1000
+  "$PYTHON" figures/attention_maps.py "${inside[@]}"
+  "$PYTHON" figures/prompt_optimisation.py --sharpener_path="$exp" --out="$out"
+  "$PYTHON" evaluation/results.py --results "$out/results.jsonl" --out "$out/table"
+}
+
 evaluate() {  # sample folders...
   for folder in "$@"; do
     "${LAUNCH[@]}" evaluation/fid.py calc --images="$folder" --ref="$FID_REF"
@@ -83,12 +156,17 @@ case "${1:-}" in
     evaluate "${@:2}" ;;
   table)
     "$PYTHON" evaluation/results.py --results results/results.jsonl --out results/table ;;
+  ref)
+    ref ;;
+  figures)
+    if [ "${2:?experiment id or toy}" = toy ]; then OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 figures_toy; else figures "$2"; fi ;;
   table1)
+    ensure_ref  # checked before training starts: hours of training must not end at a missing reference
     train "${2:?family}"
     exp=$(latest_exp)
     sample_all "$exp"
     evaluate samples/*
     "$PYTHON" evaluation/results.py --results results/results.jsonl --out results/table ;;
   *)
-    sed -n '2,14p' "$0"; exit 2 ;;
+    sed -n '2,17p' "$0"; exit 2 ;;
 esac

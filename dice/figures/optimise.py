@@ -140,7 +140,10 @@ def cli(argv=None):
     from .common import quiet_threads
 
     p = ArgumentParser(prog="figures/prompt_optimisation.py", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--pretrained_model_name_or_path", required=True, help="base model (hub id, folder, file) or a short name of sample.py")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--pretrained_model_name_or_path", help="base model (hub id, folder, file) or a short name of sample.py")
+    model.add_argument("--sharpener_path", help="...or the base model a sharpener was trained on (experiment id, folder, Hub id)")
+    p.add_argument("--exps_root", default="exps", help="where experiment ids are looked up")
     p.add_argument("--prompt", default="a photo of an astronaut riding a horse")
     p.add_argument("--out", default="results/figures")
     p.add_argument("--guidance_scale", type=finite_float, default=5.0, help="CFG's w, the target")
@@ -157,7 +160,12 @@ def cli(argv=None):
     from ..adapters.registry import detect_family
     from ..presets import MODELS
 
-    family, model = MODELS.get(args.pretrained_model_name_or_path, (None, args.pretrained_model_name_or_path))
+    name = args.pretrained_model_name_or_path
+    if args.sharpener_path:
+        from ..checkpoint import read_config, resolve_sharpener_files
+
+        name = read_config(resolve_sharpener_files(args.sharpener_path, args.exps_root)[1]).base_model
+    family, model = MODELS.get(name, (None, name))
     family = family or detect_family(model) or "sd15"
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     adapter = adapter_class(family).from_pretrained(model).freeze(device, torch.float32)

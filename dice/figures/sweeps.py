@@ -119,7 +119,9 @@ def train_structures(base_argv: list[str], structures: list[tuple[int, int]], de
     runs = []
     for inner_dim, heads in structures:
         argv = base_argv + ["--sharpener_inner_dim", str(inner_dim), "--sharpener_heads", str(heads), "--desc", f"{desc}-{inner_dim}x{heads}"]
-        root = argv[argv.index("--output_dir") + 1] if "--output_dir" in argv else "exps"
+        from ..training import build_parser
+
+        root = build_parser("sd15").parse_known_args(argv + ["--pretrained_model_name_or_path", "-", "--train_data_dir", "-"])[0].output_dir
         done = sorted(Path(root).glob(f"[0-9][0-9][0-9][0-9][0-9]-{desc}-{inner_dim}x{heads}"))
         if done and latest_checkpoint(done[-1]) is not None:
             runs.append(str(done[-1]))
