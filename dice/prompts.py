@@ -27,7 +27,7 @@ CSV_COLUMNS = ("Prompts", "Prompt", "prompt", "prompts", "text", "caption")
 # files at run time; nothing on PyPI carries DrawBench): name -> (file names tried, what it is, how to fetch it).
 _HPS_FETCH = "hf download zhwang/HPDv2 benchmark/{file} --repo-type dataset --local-dir data/prompts"
 PROMPT_SETS = {
-    **{f"hps-{style}": ((f"{style}.json",), f"HPS v2 benchmark prompts, style '{style}' (800 prompts, Apache-2.0)",
+    **{f"hps-{style}": ((f"{style}.json",), f"HPS v2 benchmark prompts, style '{style}' (Hub dataset zhwang/HPDv2)",
                         _HPS_FETCH.format(file=f"{style}.json"))
        for style in ("anime", "concept-art", "paintings", "photo")},
     "drawbench": (("drawbench.json", "drawbench.csv", "drawbench.txt"),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ArgumentParser, finite_float, positive_int
-from .common import finish, load_model_and_sharpener, model_arguments, pyplot, quiet_threads
+from .common import finish, load_model_and_sharpener, model_arguments, pyplot, quiet_threads, save_figure
 
 
 class AttentionRecorder:
@@ -136,12 +136,8 @@ def attention_maps(adapter, sharpener, prompt: str, out, cfg_scale: float = 5.0,
             for ax in axes[r]:
                 ax.set_xticks([])
                 ax.set_yticks([])
-        fig.suptitle(f"decoder cross-attention {map_size}×{map_size}, mean over {steps} steps: '{prompt}'", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(png, dpi=90)
-        plt.close(fig)
         trajectory(rows, end, out / "attention_trajectory.png", steps)
-        return png
+        return save_figure(fig, png, f"decoder cross-attention {map_size}×{map_size}, mean over {steps} steps: '{prompt}'")
     return finish(out, "attention_maps", data, plot)
 
 
@@ -158,11 +154,7 @@ def trajectory(rows: dict, end: int, path, steps: int, columns: int = 6):
             if r == 0:
                 axes[r][c].set_title(f"step {step + 1}", fontsize=7)
         axes[r][0].set_ylabel(name, fontsize=8)
-    fig.suptitle("padding tokens' attention along the trajectory (paper Fig. 20)", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, "padding tokens' attention along the trajectory (paper Fig. 20)")
 
 
 def cli(argv=None):

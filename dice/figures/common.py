@@ -185,6 +185,18 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, png: Path, title: str | None = None) -> Path:
+    """Lay out, write (small: 90 dpi) and close a matplotlib figure."""
+    plt = pyplot()
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+    return png
+
+
 def plot_series(path: Path, series: dict[str, list[tuple[float, dict]]], columns: tuple[str, ...], xlabel: str,
                 title: str, references: dict[str, dict] | None = None, logx: bool = False) -> Path:
     """One panel per metric column: a line per series over x, dashed horizontal lines for references."""
@@ -203,12 +215,7 @@ def plot_series(path: Path, series: dict[str, list[tuple[float, dict]]], columns
             ax.set_xscale("log")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title)
 
 
 def finish(out: Path, name: str, data: dict, plot) -> dict:

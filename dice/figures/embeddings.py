@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ArgumentParser, positive_int
-from .common import finish, load_model_and_sharpener, model_arguments, prompt_list, pyplot, quiet_threads
+from .common import finish, load_model_and_sharpener, model_arguments, prompt_list, pyplot, quiet_threads, save_figure
 
 PAPER_COSINE = {"semantic": (0.75, 0.05), "padding": (0.23, 0.02)}
 PAPER_PCA = {"original": {"top3": 0.08, "components_80": 300}, "sharpened": {"top3": 0.34, "components_80": 60}}
@@ -86,10 +86,7 @@ def semantic_padding(adapter, sharpener, prompts: list[str], out, panel_prompts:
         ax.set_ylim(0, 1.05)
         ax.legend(fontsize=8)
         ax.set_title(f"which part DICE changes ({len(prompts)} prompts)", fontsize=10)
-        fig.tight_layout()
-        fig.savefig(png, dpi=90)
-        plt.close(fig)
-        return png
+        return save_figure(fig, png)
     return finish(out, "semantic_padding", data, plot)
 
 
@@ -144,11 +141,7 @@ def pca(original: torch.Tensor, sharpened: torch.Tensor, out, num_prompts: int) 
         axes[1].set_xlabel("principal components")
         axes[1].set_ylabel("explained variance (cumulative)")
         axes[1].legend(fontsize=8)
-        fig.suptitle(f"PCA of {num_prompts} flattened embeddings (paper Fig. 11)", fontsize=10)
-        fig.tight_layout()
-        fig.savefig(png, dpi=90)
-        plt.close(fig)
-        return png
+        return save_figure(fig, png, f"PCA of {num_prompts} flattened embeddings (paper Fig. 11)")
     return finish(out, "embedding_pca", data, plot)
 
 

@@ -93,7 +93,7 @@ def prompt_optimisation(adapter, prompt: str, out: Path, guidance_scale: float =
                         train_data_dir: str | None = None) -> dict:
     from ..demo import cfg_gap_closed
     from ..sampling import generate, image_grid, use_scheduler
-    from .common import finish, pyplot
+    from .common import finish, pyplot, save_figure
 
     use_scheduler(adapter, "dpmsolver++")
     resolution = resolution or adapter.default_resolution
@@ -125,10 +125,7 @@ def prompt_optimisation(adapter, prompt: str, out: Path, guidance_scale: float =
         ax.set_xlabel("optimisation step")
         ax.set_ylabel("DICE loss (vs CFG)")
         ax.set_title(f"one prompt's embedding; gap closed {data['cfg_gap_closed']:.2f}", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(png, dpi=90)
-        plt.close(fig)
-        return png
+        return save_figure(fig, png)
     return finish(out, "prompt_optimisation", data, plot)
 
 

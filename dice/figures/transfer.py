@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import positive_int
-from .common import Driver, finish, parser, pyplot, quiet_threads, TITLES
+from .common import TITLES, Driver, finish, parser, pyplot, quiet_threads, save_figure
 
 
 def transfer_matrix(driver: Driver, sharpeners: list[str], models: list[str], steps: int = 20,
@@ -48,11 +48,7 @@ def transfer_matrix(driver: Driver, sharpeners: list[str], models: list[str], st
             ax.set_xticks(range(len(models)), names, fontsize=7, rotation=20)
             ax.set_yticks(range(len(rows)), list(rows) if column == columns[0] else [""] * len(rows), fontsize=7)
             ax.set_title(TITLES.get(column, column), fontsize=9)
-        fig.suptitle("sharpener (rows) applied to base model (columns), paper Fig. 6", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(png, dpi=90)
-        plt.close(fig)
-        return png
+        return save_figure(fig, png, "sharpener (rows) applied to base model (columns), paper Fig. 6")
     return finish(driver.out, "transfer_matrix", data, plot)
 
 
