@@ -26,7 +26,7 @@ def transfer_matrix(driver: Driver, sharpeners: list[str], models: list[str], st
         folder = driver.sample(["--pretrained_model_name_or_path", model, "--family", family, "--steps", str(steps)] + extra)
         rows["unguided"][model] = {**driver.score(folder), "folder": str(folder)}
     for sharpener, config in configs.items():
-        label = f"{Path(sharpener).name} (trained on {Path(str(config.base_model)).name})"
+        label = f"{Path(sharpener).name}\n(trained on {Path(str(config.base_model)).name})"
         rows[label] = {}
         for model in models:
             argv = ["--sharpener_path", sharpener, "--pretrained_model_name_or_path", model, "--steps", str(steps)] + extra
@@ -37,14 +37,15 @@ def transfer_matrix(driver: Driver, sharpeners: list[str], models: list[str], st
     def plot(png):
         plt = pyplot()
         columns = driver.columns
-        fig, axes = plt.subplots(1, len(columns), figsize=(2.2 + 1.6 * len(models) * len(columns), 0.9 + 0.55 * len(rows)), squeeze=False)
+        fig, axes = plt.subplots(1, len(columns), figsize=(3.2 + 1.6 * len(models) * len(columns), 1.2 + 0.55 * len(rows)), squeeze=False)
         names = [Path(m).name for m in models]
         for ax, column in zip(axes[0], columns):
             values = [[rows[r][m][column] for m in models] for r in rows]
-            ax.imshow(values, cmap="viridis_r" if column.endswith("fd") or column == "fid" else "viridis", aspect="auto")
+            image = ax.imshow(values, cmap="viridis_r" if column.endswith("fd") or column == "fid" else "viridis", aspect="auto")
             for i, line in enumerate(values):
-                for j, value in enumerate(line):
-                    ax.text(j, i, f"{value:.3g}", ha="center", va="center", color="white", fontsize=8)
+                for j, value in enumerate(line):  # dark text on the bright end of the colour map
+                    bright = image.norm(value) > 0.5 if column not in ("fid", "world_fd") else image.norm(value) < 0.5
+                    ax.text(j, i, f"{value:.3g}", ha="center", va="center", color="black" if bright else "white", fontsize=8)
             ax.set_xticks(range(len(models)), names, fontsize=7, rotation=20)
             ax.set_yticks(range(len(rows)), list(rows) if column == columns[0] else [""] * len(rows), fontsize=7)
             ax.set_title(TITLES.get(column, column), fontsize=9)

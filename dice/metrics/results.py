@@ -317,7 +317,8 @@ def _negative(value) -> str:
 
 
 def format_markdown(rows: list[dict]) -> str:
-    metrics = [m for m in METRICS if m in PAPER_METRICS or any(m in row["values"] for row in rows)]
+    paper_rows = any(paper_model_name(row.get("base_model")) for row in rows)  # Table 1's columns, filled or not
+    metrics = [m for m in METRICS if (m in PAPER_METRICS and paper_rows) or any(m in row["values"] for row in rows)]
     header = ["model", "method", "trained on", "step", "α", "w", "s", "steps", "NFE", "prompts (N)", "res", "negative"]
     header += [f"{METRIC_TITLES[m]} (paper)" if m in PAPER_METRICS else METRIC_TITLES[m] for m in metrics] + ["images"]
     any_smoke = any(row.get("smoke_test") for row in rows)
