@@ -512,11 +512,11 @@ def _fit(accelerator, adapter, args, family: str, run_dir: Path, resume_from: Pa
             step_log.add(global_step, loss_sum, lr_scheduler.get_last_lr()[0], images)
             checkpoint_now = global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps
             if global_step % args.log_every == 0 or checkpoint_now:
-                records = step_log.flush()  # the window's one host synchronisation
-                for record in records:
+                logged = step_log.flush()  # the window's one host synchronisation
+                for record in logged:
                     accelerator.log({"loss": record["loss"], "lr": record["lr"]}, step=record["step"])
-                if records:
-                    last = records[-1]
+                if logged:
+                    last = logged[-1]
                     progress.set_postfix(loss=f"{last['loss']:.4g}")
                     logger.info("step %d/%d loss %.5g lr %.3g %.1f img/s skipped-images %d", global_step,
                                 args.max_train_steps, last["loss"], last["lr"], last["images_per_second"], skipped_images)
