@@ -14,7 +14,8 @@
 #                                              (toy: trains and analyses a sharpener of the shapes world, CPU, no downloads)
 # Environment: NGPUS (8), COCO (data/coco2017), FID_REF (data/coco_val2017_512.npz),
 # ACCELERATE_ARGS (extra `accelerate launch` flags, e.g. multi-node: --num_machines 2 --machine_rank 0
-# --main_process_ip HOST), PRECISION (bf16, as the authors), PYTHON (python).
+# --main_process_ip HOST), PRECISION (bf16, as the authors), PYTHON (python),
+# PROMPT_SETS (coco5k; add "hps-anime hps-concept-art hps-paintings hps-photo drawbench" for Table 1's HPS / DrawBench columns).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -45,13 +46,15 @@ train() {  # family [extra training args...]
 
 latest_exp() { ls -d exps/[0-9][0-9][0-9][0-9][0-9]-* | tail -n 1 | xargs basename | cut -c1-5; }
 
-sample_all() {  # experiment id: DICE + the two baselines of Table 1 on the 5k COCO prompts
-  local exp=$1
-  # u (negative prompt) defaults to what the sharpener was trained with; the baselines below use "".
-  "${LAUNCH[@]}" sample.py --sharpener_path="$exp" --batch_gpu=16
-  # alpha 0 leaves the embedding unchanged: the sharpener's base model itself, labelled unguided / cfg.
-  "${LAUNCH[@]}" sample.py --sharpener_path="$exp" --alpha=0 --batch_gpu=16
-  "${LAUNCH[@]}" sample.py --sharpener_path="$exp" --alpha=0 --cfg_scale=5 --batch_gpu=16
+sample_all() {  # experiment id: DICE + the two baselines of Table 1 on each of PROMPT_SETS (default: the 5k COCO prompts)
+  local exp=$1 set
+  for set in ${PROMPT_SETS:-coco5k}; do
+    # u (negative prompt) defaults to what the sharpener was trained with; the baselines below use "".
+    "${LAUNCH[@]}" sample.py --sharpener_path="$exp" --batch_gpu=16 --prompts="$set"
+    # alpha 0 leaves the embedding unchanged: the sharpener's base model itself, labelled unguided / cfg.
+    "${LAUNCH[@]}" sample.py --sharpener_path="$exp" --alpha=0 --batch_gpu=16 --prompts="$set"
+    "${LAUNCH[@]}" sample.py --sharpener_path="$exp" --alpha=0 --cfg_scale=5 --batch_gpu=16 --prompts="$set"
+  done
 }
 
 ref() {  # the FID reference statistics, as the authors made them: val2017 centre-cropped and resized to 512
@@ -124,8 +127,12 @@ figures() {  # experiment id: the paper's settings (5k COCO prompts, 20 steps, F
   "$PYTHON" evaluation/results.py --results "$out/results.jsonl" --out "$out/table"
 }
 
-evaluate() {  # sample folders...
+evaluate() {  # sample folders... (HPS v2.1 for the HPS / DrawBench sets, FID / CLIP / AS otherwise)
   for folder in "$@"; do
+    if grep -qE '"prompts": "(hps-|drawbench)' "$folder/sampling_options.json" 2>/dev/null; then
+      "${LAUNCH[@]}" evaluation/hps.py calc --images="$folder"
+      continue
+    fi
     "${LAUNCH[@]}" evaluation/fid.py calc --images="$folder" --ref="$FID_REF"
     "${LAUNCH[@]}" evaluation/clip_score.py calc --images="$folder"
     "${LAUNCH[@]}" evaluation/aesthetic.py calc --images="$folder"
@@ -168,5 +175,5 @@ case "${1:-}" in
     evaluate samples/*
     "$PYTHON" evaluation/results.py --results results/results.jsonl --out results/table ;;
   *)
-    sed -n '2,17p' "$0"; exit 2 ;;
+    sed -n '2,18p' "$0"; exit 2 ;;
 esac
