@@ -24,12 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
-from .errors import ArgumentParser, UserError, check_output_dir, exit_on_user_error, non_negative_int, positive_int
+from .errors import ArgumentParser, UserError, check_output_dir, check_output_file, exit_on_user_error, non_negative_int, positive_int
 from .figures.optimise import PromptResiduals, fit_prompt_residuals  # noqa: F401 - the demo's free-residual reference
 
 HELD_OUT_TEMPLATES = [
@@ -160,7 +161,8 @@ def toy_grid(folders: dict[str, Path], labels: list[str], entries: list[dict], p
     return path
 
 
-def run_toy(exps_root: str = "exps", max_train_steps: int | None = None, num_prompts: int = 256) -> dict:
+def run_toy(exps_root: str = "exps", max_train_steps: int | None = None, num_prompts: int = 256,
+            train_batch_size: int | None = None, grid_out: str | None = None) -> dict:
     """The shapes-world demo; returns what it writes to demo_result.json."""
     from .adapters import adapter_class
     from .metrics import append_result
@@ -182,6 +184,8 @@ def run_toy(exps_root: str = "exps", max_train_steps: int | None = None, num_pro
             "--validation_prompts", *TOY_VALIDATION_PROMPTS]
     if max_train_steps:
         argv += ["--max_train_steps", str(max_train_steps), "--checkpointing_steps", str(max_train_steps)]
+    if train_batch_size:
+        argv += ["--train_batch_size", str(train_batch_size)]
     print(f"$ python train_sd15.py {shlex.join(argv)}", flush=True)
     run_dir = train_main("sd15", argv)
 
@@ -204,9 +208,13 @@ def run_toy(exps_root: str = "exps", max_train_steps: int | None = None, num_pro
     accuracy = {name: s[0] for name, s in scores.items()}
     labels = [f"unguided (NFE {nfe['unguided']})", f"CFG w={w:g} (NFE {nfe['cfg']})", f"DICE (NFE {nfe['dice']})"]
     grid = toy_grid(folders, labels, evaluation_prompts(num_prompts), run_dir / "demo_grid.png")
+    if grid_out:  # e.g. the README's copy
+        Path(grid_out).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(grid, grid_out)
     per_image = [accuracy[m].per_image for m in ("unguided", "cfg", "dice")]
     result = {
-        "world": "shapes", "experiment": str(run_dir), "train_steps": settings["max_train_steps"] if not max_train_steps else max_train_steps,
+        "world": "shapes", "experiment": str(run_dir), "train_steps": max_train_steps or settings["max_train_steps"],
+        "train_batch_size": train_batch_size or settings["train_batch_size"],
         "num_prompts": num_prompts, "guidance_scale": w, "grid": str(grid),
         "methods": {name: {"nfe": nfe[name], "folder": str(folders[name]), "accuracy": accuracy[name].value,
                            **{k: accuracy[name].options[k] for k in ("accuracy_ci95", "accuracy_seen", "accuracy_unseen")},
@@ -250,6 +258,8 @@ def cli(argv: list[str] | None = None) -> None:
                         help="toy: the trained shapes world (default); sd15/sdxl/pixart: random-weight plumbing demos")
     parser.add_argument("--exps_root", default="exps", help="where the experiment folder goes")
     parser.add_argument("--max_train_steps", type=positive_int, default=None, help="override the preset's updates (toy and plumbing: 600)")
+    parser.add_argument("--train_batch_size", type=positive_int, default=None, help="toy: override the preset's batch (16)")
+    parser.add_argument("--grid_out", default=None, help="toy: also copy the grid PNG here (the README's is docs/shapes_world_demo.png)")
     parser.add_argument("--num_prompts", type=positive_int, default=None, help="held-out prompts (toy: 256, half unseen; plumbing: 32)")
     parser.add_argument("--model_seed", type=non_negative_int, default=0, help="plumbing demos: seed of the tiny random model's weights")
     parser.add_argument("--free_residual_steps", type=non_negative_int, default=0,
@@ -258,9 +268,13 @@ def cli(argv: list[str] | None = None) -> None:
     if args.world == "toy" and (args.model_seed or args.free_residual_steps):
         raise UserError("--model_seed and --free_residual_steps apply to the random-weight plumbing demos. "
                         "Name one (python -m dice.demo sd15 ...), or drop them")
+    if args.world != "toy" and (args.train_batch_size or args.grid_out):
+        raise UserError("--train_batch_size and --grid_out apply to the shapes-world demo. Drop them, or run `python -m dice.demo toy`")
+    if args.grid_out:
+        check_output_file(args.grid_out, "--grid_out")
     check_output_dir(args.exps_root, "--exps_root")
     if args.world == "toy":
-        run_toy(args.exps_root, args.max_train_steps, args.num_prompts or 256)
+        run_toy(args.exps_root, args.max_train_steps, args.num_prompts or 256, args.train_batch_size, args.grid_out)
     else:
         run(args.world, args.exps_root, args.max_train_steps, args.num_prompts or 32, args.model_seed, args.free_residual_steps)
 

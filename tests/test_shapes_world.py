@@ -228,11 +228,13 @@ def test_world_evaluator_scores_a_sample_folder_and_refuses_other_prompts(tmp_pa
 def test_toy_demo_runs_end_to_end(tmp_path, capsys):
     from dice.demo import cli
 
-    cli(["--exps_root", str(tmp_path), "--max_train_steps", "3", "--num_prompts", "8"])
+    cli(["--exps_root", str(tmp_path), "--max_train_steps", "3", "--train_batch_size", "4", "--num_prompts", "8",
+         "--grid_out", str(tmp_path / "docs" / "grid.png")])
     out = capsys.readouterr().out.rstrip().splitlines()
     run_dir = tmp_path / "00000-demo-toy"
     result = json.loads((run_dir / "demo_result.json").read_text())
-    assert result["train_steps"] == 3 and result["num_prompts"] == 8
+    assert result["train_steps"] == 3 and result["train_batch_size"] == 4 and result["num_prompts"] == 8
+    assert (tmp_path / "docs" / "grid.png").read_bytes() == (run_dir / "demo_grid.png").read_bytes()
     assert {m: r["nfe"] for m, r in result["methods"].items()} == {"unguided": 20, "cfg": 40, "dice": 20}
     for name in ("unguided", "cfg", "dice"):
         assert (Path(result["methods"][name]["folder"]) / "manifest.jsonl").is_file()
