@@ -12,9 +12,13 @@
 #                                              one block of Table 1, all six rows: trains DICE, GD and PnP, samples
 #                                              w=5, w=1, Scaling, GD, PnP, DICE, scores them -> results/table1-<block>.{md,csv,json}
 #                                              (toy: the shapes world on the CPU, no downloads; a rerun resumes)
+#   bash launch.sh ref                         FID reference statistics of COCO val2017 (512 px) -> $FID_REF
+#   bash launch.sh figures EXP_ID|toy          every figure of the paper for one experiment -> results/figures/<exp>/
+#                                              (toy: trains and analyses a sharpener of the shapes world, CPU, no downloads)
 # Environment: NGPUS (8), COCO (data/coco2017), FID_REF (data/coco_val2017_512.npz),
 # ACCELERATE_ARGS (extra `accelerate launch` flags, e.g. multi-node: --num_machines 2 --machine_rank 0
-# --main_process_ip HOST), PRECISION (bf16, as the authors), PYTHON (python).
+# --main_process_ip HOST), PRECISION (bf16, as the authors), PYTHON (python),
+# PROMPT_SETS (coco5k; add "hps-anime hps-concept-art hps-paintings hps-photo drawbench" for Table 1's HPS / DrawBench columns).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -65,6 +69,7 @@ table1() {  # block: the six rows of one Table-1 block -> results/table1-<block>
       echo "PixArt-alpha: no PnP row (diffusers has no PixArt ControlNet; README 'Table 1's other rows')" >&2 ;;
     *) echo "error: unknown Table-1 block '$block'. Use toy, sd15, dreamshaper, sdxl or pixart" >&2; exit 2 ;;
   esac
+  [ "$block" = toy ] || ensure_ref  # before training: hours of training must not end at a missing reference
   local s  # Scaling's s: the paper's per model (dice/presets.py EMBEDDING_SCALES)
   s=$("$PYTHON" -c "from dice.presets import EMBEDDING_SCALES; print(EMBEDDING_SCALES['${block/toy/shapes-world}'])")
   if [ "$block" = toy ]; then  # one CPU process, the world's data, held-out prompts and evaluator
@@ -85,43 +90,122 @@ table1() {  # block: the six rows of one Table-1 block -> results/table1-<block>
     extra=(); [ "$method" = dice ] && extra=("${dice_extra[@]}")
     train_once "table1-$block-$method" "${train[@]}" --method="$method" "${extra[@]}"
   done
-  "${sample[@]}" "${base[@]}" --cfg_scale=5
-  "${sample[@]}" "${base[@]}"
-  "${sample[@]}" "${base[@]}" --embedding_scale="$s"
-  local folders=("$out"/*-cfg-w5-20steps-* "$out"/*-unguided-20steps-* "$out"/*-scaling-s"$s"-20steps-*) run
+  # shellcheck disable=SC2206
+  local sets=(${PROMPT_SETS:-coco5k}) set run
+  [ "$block" = toy ] && sets=("")  # the world's held-out prompts (in $sample)
+  for set in "${sets[@]}"; do
+    local on=(); [ -n "$set" ] && on=(--prompts="$set")
+    "${sample[@]}" "${on[@]}" "${base[@]}" --cfg_scale=5
+    "${sample[@]}" "${on[@]}" "${base[@]}"
+    "${sample[@]}" "${on[@]}" "${base[@]}" --embedding_scale="$s"
+    for method in "${methods[@]}"; do "${sample[@]}" "${on[@]}" --model_path="$(run_of "table1-$block-$method")"; done
+  done
+  local folders=("$out"/*-cfg-w5-20steps-* "$out"/*-unguided-20steps-* "$out"/*-scaling-s"$s"-20steps-*)
   for method in "${methods[@]}"; do
     run=$(run_of "table1-$block-$method")
-    "${sample[@]}" --model_path="$run"
     folders+=("$out"/*-"$method"-"$(basename "$run" | cut -c1-5)"-*)
   done
-  rm -f "$results"  # this run's six folders only (a folder of an earlier experiment stays out of the table)
-  for folder in "${folders[@]}"; do
-    if [ "$block" = toy ]; then
-      "$PYTHON" evaluation/shapes_world.py calc --images="$folder" --results="$results"
-    else
-      "${LAUNCH[@]}" evaluation/fid.py calc --images="$folder" --ref="$FID_REF" --results="$results"
-      "${LAUNCH[@]}" evaluation/clip_score.py calc --images="$folder" --results="$results"
-      "${LAUNCH[@]}" evaluation/aesthetic.py calc --images="$folder" --results="$results"
-    fi
-  done
+  rm -f "$results"  # this run's folders only (a folder of an earlier experiment stays out of the table)
+  if [ "$block" = toy ]; then
+    for folder in "${folders[@]}"; do "$PYTHON" evaluation/shapes_world.py calc --images="$folder" --results="$results"; done
+  else
+    RESULTS=$results evaluate "${folders[@]}"
+  fi
   "$PYTHON" evaluation/results.py --results "$results" --out "results/table1-$block"
 }
 
 
-sample_all() {  # experiment id: DICE + the two baselines of Table 1 on the 5k COCO prompts
-  local exp=$1
-  # u (negative prompt) defaults to what the sharpener was trained with; the baselines below use "".
-  "${LAUNCH[@]}" sample.py --sharpener_path="$exp" --batch_gpu=16
-  # alpha 0 leaves the embedding unchanged: the sharpener's base model itself, labelled unguided / cfg.
-  "${LAUNCH[@]}" sample.py --sharpener_path="$exp" --alpha=0 --batch_gpu=16
-  "${LAUNCH[@]}" sample.py --sharpener_path="$exp" --alpha=0 --cfg_scale=5 --batch_gpu=16
+sample_all() {  # experiment id: DICE + the two baselines of Table 1 on each of PROMPT_SETS (default: the 5k COCO prompts)
+  local exp=$1 set
+  for set in ${PROMPT_SETS:-coco5k}; do
+    # u (negative prompt) defaults to what the sharpener was trained with; the baselines below use "".
+    "${LAUNCH[@]}" sample.py --sharpener_path="$exp" --batch_gpu=16 --prompts="$set"
+    # alpha 0 leaves the embedding unchanged: the sharpener's base model itself, labelled unguided / cfg.
+    "${LAUNCH[@]}" sample.py --sharpener_path="$exp" --alpha=0 --batch_gpu=16 --prompts="$set"
+    "${LAUNCH[@]}" sample.py --sharpener_path="$exp" --alpha=0 --cfg_scale=5 --batch_gpu=16 --prompts="$set"
+  done
 }
 
-evaluate() {  # sample folders...
+ref() {  # the FID reference statistics, as the authors made them: val2017 centre-cropped and resized to 512
+  if [ ! -d "$COCO/val2017" ]; then
+    echo "error: $COCO/val2017 not found, so the FID reference $FID_REF cannot be built. Put MS-COCO 2017 under COCO=$COCO, or give FID_REF=<existing .npz>" >&2
+    exit 2
+  fi
+  "${LAUNCH[@]}" evaluation/fid.py ref --data="$COCO/val2017" --dest="$FID_REF" --center_crop_resize=512
+}
+
+ensure_ref() {  # before any training: a missing reference is built (or refused) now, not after hours of training
+  [ -f "$FID_REF" ] || ref
+}
+
+figures_toy() {  # the shapes world: train a sharpener (checkpoints every 150 updates) and run every analysis on it
+  local data=data/shapes_world-train-4000 prompts=data/shapes_world-prompts-1000.jsonl out=results/figures/toy
+  local model=dice/assets/shapes_world/shapes-world single=data/shapes-world.safetensors
+  local train=(train_sd15.py --pretrained_model_name_or_path="$model" --train_data_dir="$data" --preset=toy --output_dir=exps
+               --dataloader_num_workers=0)
+  [ -f "$data/metadata.jsonl" ] || "$PYTHON" -m dice.shapes_world data --out "$data" --num_images 4000
+  [ -f "$prompts" ] || "$PYTHON" -m dice.shapes_world prompts --out "$prompts" --num_prompts 1000
+  local run
+  run=$(ls -d exps/[0-9][0-9][0-9][0-9][0-9]-figures-toy 2>/dev/null | tail -n 1)
+  if [ -z "$run" ] || [ ! -d "$run/checkpoint-600" ]; then
+    [ -n "$run" ] && resume=(--resume_from_checkpoint=latest --experiment="$run") || resume=()
+    "$PYTHON" "${train[@]}" --checkpointing_steps=150 --desc=figures-toy "${resume[@]}" \
+      --validation_prompts "a red circle and a blue square" "a yellow triangle next to a green cross"
+    run=$(ls -d exps/[0-9][0-9][0-9][0-9][0-9]-figures-toy | tail -n 1)
+  fi
+  # Sweeps: TOY_PROMPTS held-out prompts (half unseen combinations), scored by the world's evaluator.
+  local sweep=(--out="$out" --prompts="$prompts" --num_images="${TOY_PROMPTS:-128}" --metrics=world --batch_gpu=64)
+  "$PYTHON" figures/quality_vs_nfe.py "${sweep[@]}" --sharpener_path="$run" --nfe 4 8 12 20 40
+  "$PYTHON" figures/alpha_sweep.py "${sweep[@]}" --sharpener_path="$run" --alphas 0 0.5 1 1.5 2
+  "$PYTHON" figures/dice_cfg_sweep.py "${sweep[@]}" --sharpener_path="$run" --cfg_scales 1 2 5
+  "$PYTHON" figures/training_curve.py "${sweep[@]}" --experiment="$run"
+  "$PYTHON" figures/sharpener_structure.py "${sweep[@]}" --experiments "$run" --train 64x4 \
+    --train_args="${train[*]:1} --validation_prompts"
+  [ -f "$single" ] || "$PYTHON" -m dice.single_file "$model" "$single"
+  "$PYTHON" figures/transfer_matrix.py "${sweep[@]}" --sharpeners "$run" "$(ls -d exps/[0-9]*-structure-64x4 | tail -n 1)" \
+    --models "$model" "$single" --single_file_config="$model"
+  local inside=(--sharpener_path="$run" --out="$out")
+  "$PYTHON" figures/semantic_padding.py "${inside[@]}" --prompts="$prompts" --num_prompts=1000
+  "$PYTHON" figures/embedding_pca.py "${inside[@]}" --prompts="$prompts" --num_prompts=1000
+  "$PYTHON" figures/attention_maps.py "${inside[@]}" --prompt="a red circle and a blue square"
+  "$PYTHON" figures/prompt_optimisation.py --pretrained_model_name_or_path=shapes-world --out="$out" \
+    --prompt="a red circle and a blue square" --fit_steps=300
+  "$PYTHON" evaluation/results.py --results "$out/results.jsonl" --out "$out/table"
+}
+
+figures() {  # experiment id: the paper's settings (5k COCO prompts, 20 steps, FID/CLIP/AS; 1,000 prompts for the embeddings)
+  local exp=$1 out=results/figures/$1
+  ensure_ref
+  local sweep=(--out="$out" --prompts="${PROMPTS:-coco5k}" --metrics=paper --ref="$FID_REF" --batch_gpu=16)
+  "$PYTHON" figures/quality_vs_nfe.py "${sweep[@]}" --sharpener_path="$exp"
+  "$PYTHON" figures/alpha_sweep.py "${sweep[@]}" --sharpener_path="$exp"
+  "$PYTHON" figures/dice_cfg_sweep.py "${sweep[@]}" --sharpener_path="$exp"
+  "$PYTHON" figures/training_curve.py "${sweep[@]}" --experiment="$exp"
+  # A.1 and Fig. 6 compare several sharpeners: STRUCTURE_EXPS (runs trained with --sharpener_inner_dim/--sharpener_heads),
+  # TRANSFER_SHARPENERS and TRANSFER_MODELS (e.g. the three variants' runs and models; single files need SINGLE_FILE_CONFIG).
+  # shellcheck disable=SC2086
+  [ -n "${STRUCTURE_EXPS:-}" ] && "$PYTHON" figures/sharpener_structure.py "${sweep[@]}" --experiments "$exp" $STRUCTURE_EXPS
+  # shellcheck disable=SC2086
+  [ -n "${TRANSFER_MODELS:-}" ] && "$PYTHON" figures/transfer_matrix.py "${sweep[@]}" --sharpeners "$exp" ${TRANSFER_SHARPENERS:-} \
+    --models $TRANSFER_MODELS ${SINGLE_FILE_CONFIG:+--single_file_config="$SINGLE_FILE_CONFIG"}
+  local inside=(--sharpener_path="$exp" --out="$out")
+  "$PYTHON" figures/semantic_padding.py "${inside[@]}" --prompts=coco5k --num_prompts=1000
+  "$PYTHON" figures/embedding_pca.py "${inside[@]}" --prompts=coco5k --num_prompts=1000
+  "$PYTHON" figures/attention_maps.py "${inside[@]}"
+  "$PYTHON" figures/prompt_optimisation.py --sharpener_path="$exp" --out="$out"
+  "$PYTHON" evaluation/results.py --results "$out/results.jsonl" --out "$out/table"
+}
+
+evaluate() {  # sample folders... -> $RESULTS (HPS v2.1 for the HPS / DrawBench sets, FID / CLIP / AS otherwise)
+  local into=(--results="${RESULTS:-results/results.jsonl}")
   for folder in "$@"; do
-    "${LAUNCH[@]}" evaluation/fid.py calc --images="$folder" --ref="$FID_REF"
-    "${LAUNCH[@]}" evaluation/clip_score.py calc --images="$folder"
-    "${LAUNCH[@]}" evaluation/aesthetic.py calc --images="$folder"
+    if grep -qE '"prompts": "(hps-|drawbench)' "$folder/sampling_options.json" 2>/dev/null; then
+      "${LAUNCH[@]}" evaluation/hps.py calc --images="$folder" "${into[@]}"
+      continue
+    fi
+    "${LAUNCH[@]}" evaluation/fid.py calc --images="$folder" --ref="$FID_REF" "${into[@]}"
+    "${LAUNCH[@]}" evaluation/clip_score.py calc --images="$folder" "${into[@]}"
+    "${LAUNCH[@]}" evaluation/aesthetic.py calc --images="$folder" "${into[@]}"
   done
 }
 
@@ -149,9 +233,13 @@ case "${1:-}" in
     evaluate "${@:2}" ;;
   table)
     "$PYTHON" evaluation/results.py --results results/results.jsonl --out results/table ;;
+  ref)
+    ref ;;
+  figures)
+    if [ "${2:?experiment id or toy}" = toy ]; then OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 figures_toy; else figures "$2"; fi ;;
   table1)
     block=${2:?block: toy, sd15, dreamshaper, sdxl or pixart}
     if [ "$block" = toy ]; then OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 table1 toy; else table1 "$block"; fi ;;
   *)
-    sed -n '2,17p' "$0"; exit 2 ;;
+    sed -n '2,21p' "$0"; exit 2 ;;
 esac

@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from .errors import ArgumentParser, UserError, check_output_dir, check_output_file, exit_on_user_error, non_negative_int, positive_int
+from .figures.optimise import PromptResiduals, fit_prompt_residuals  # noqa: F401 - the demo's free-residual reference
 
 HELD_OUT_TEMPLATES = [
     "a picture of a {size} {color} {shape} near a {color2} tree",
@@ -72,57 +72,6 @@ def measure_gap(adapter, sharpener, prompts: list[str], guidance_scale: float, r
     z_dice = generate(adapter, prompts, seeds, sharpener=sharpener, **common)
     return {"cfg_gap_closed": cfg_gap_closed(z_uncond, z_cfg, z_dice), "num_prompts": len(prompts),
             "guidance_scale": guidance_scale, "steps": steps}
-
-
-class PromptResiduals(nn.Module):
-    """A free residual per prompt, in place of a sharpener: ``forward`` returns it whatever ``c``.
-
-    Only valid for the prompt list it was fitted on, in that order and all in one batch.
-    """
-
-    def __init__(self, num_prompts: int, num_tokens: int, dim: int):
-        super().__init__()
-        self.residual = nn.Parameter(torch.zeros(num_prompts, num_tokens, dim))
-
-    def forward(self, c: torch.Tensor, u: torch.Tensor, u_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if c.shape != self.residual.shape:
-            raise ValueError(f"fitted for embeddings {tuple(self.residual.shape)}, got {tuple(c.shape)}")
-        return self.residual
-
-
-def fit_prompt_residuals(adapter, prompts: list[str], train_data_dir: str | Path, guidance_scale: float,
-                         resolution: int, steps: int, lr: float = 1e-2, seed: int = 0) -> PromptResiduals:
-    """Fit free per-prompt residuals with the DICE loss (squared error, uniform timesteps, CFG target
-    at ``guidance_scale``) on noised latents of the training images; one batch holds every prompt."""
-    from .data import load_records, make_loader, step_generator
-    from .losses import distillation_loss
-    from tqdm.auto import tqdm
-
-    adapter.freeze("cpu", torch.float32)
-    _, records = load_records(train_data_dir)
-    loader = make_loader(records, resolution, len(prompts), 0, 1, seed)
-    cond = adapter.encode_prompts(prompts)
-    uncond = adapter.encode_negative([""] * len(prompts))
-    residuals = PromptResiduals(len(prompts), *cond.embeds.shape[1:])
-    optimizer = torch.optim.Adam(residuals.parameters(), lr=lr)
-    batches = iter(loader)
-    for step in tqdm(range(steps), desc="fitting free per-prompt residuals", leave=False):
-        try:
-            batch = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            batch = next(batches)
-        gen = step_generator(seed, step)
-        latents = adapter.encode_images(batch["pixels"])
-        timesteps = torch.randint(0, adapter.num_train_timesteps, (len(prompts),), generator=gen)
-        x_t = adapter.add_noise(latents, torch.randn(latents.shape, generator=gen), timesteps)
-        teacher = adapter.teacher_noise(x_t, timesteps, cond, uncond, guidance_scale, batch["sizes"])
-        student = adapter.predict_noise(x_t, timesteps, adapter.sharpen(residuals, cond, uncond), batch["sizes"])
-        loss = distillation_loss(student, teacher)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return residuals.requires_grad_(False)
 
 
 def run(family: str = "sd15", exps_root: str = "exps", max_train_steps: int | None = None, num_prompts: int = 32,

@@ -14,6 +14,7 @@ import torch
 from .errors import ArgumentParser, UserError, check_output_dir, finite_float, non_negative_int, positive_float, positive_int
 from .experiments import DEFAULT_ROOT
 from .negatives import NegativePrompts
+from .adapters.registry import families
 from .methods import DEFAULT_SAMPLING_SCALE
 from .presets import MODELS
 from .runtime import needs_cpu_process_group
@@ -44,7 +45,9 @@ def build_parser() -> ArgumentParser:
       "folder (the authors' flag); the method is read from the checkpoint")
     a("--exps_root", default=DEFAULT_ROOT, help="where experiment ids are looked up")
     a("--pretrained_model_name_or_path", default=None, help="base model (default: the one the sharpener was trained on)")
-    a("--model_name", default=None, help=f"base model by short name ({', '.join(MODELS)}) or id/path; same as --pretrained_model_name_or_path")
+    a("--model_name", default=None, help=f"base model by short name ({', '.join(MODELS)}) or id/path; same as --pretrained_model_name_or_path. "
+      "With a sharpener, a family name (sd15, sdxl, pixart) only names the family, as in the authors' sample.py: the base "
+      "model is the sharpener's, and the folder also gets the authors' name <model_name>_<sharpener_id>_steps<N>_alpha<a>")
     a("--family", default=None, choices=["sd15", "sdxl", "pixart"], help="model family when it cannot be detected (default: detected)")
     a("--revision", default=None)
     a("--variant", default=None)
@@ -63,7 +66,9 @@ def build_parser() -> ArgumentParser:
       "u as the sharpener was trained (the empty prompt, or per image one of the negative prompts it was trained with); "
       "the empty prompt without a sharpener")
     a("--prompt", action="append", default=None, help="a prompt (repeatable); overrides --prompts")
-    a("--prompts", default="coco5k", help="coco5k (the paper's 5,000 MS-COCO val2017 captions), a .txt or a .jsonl file")
+    a("--prompts", default="coco5k", help="coco5k (the paper's 5,000 MS-COCO val2017 captions), hps-anime, hps-concept-art, "
+      "hps-paintings, hps-photo, drawbench (Table 1's HPS v2.1 / DrawBench sets, fetched once: see README), or a "
+      ".txt, .jsonl, .json or .csv file")
     a("--num_images", type=positive_int, default=None, help="only the first N prompts")
     a("--resolution", type=positive_int, default=None, help="image size (default: the sharpener's training resolution, else the model's native size)")
     a("--batch_gpu", type=positive_int, default=8, help="images per batch per process")
@@ -92,6 +97,8 @@ def resolve(args) -> dict:
         raise UserError("--model_path and --sharpener_path/--sharpener_id both name a trained model. Give one of them")
     model = args.pretrained_model_name_or_path or args.model_name
     family = args.family
+    if sharpener_spec is not None and model == args.model_name and model in families():
+        family, model = family or model, None  # the authors' --model_name: the family; the base model is the sharpener's
     if model in MODELS:
         family, model = family or MODELS[model][0], MODELS[model][1]
     config = weights = sharpener = name = method = trained_folder = None
@@ -144,6 +151,7 @@ def resolve(args) -> dict:
         raise UserError(f"--pretrained_vae_model_name_or_path applies to SDXL only, and this is a {family} model. Drop it")
     scheduler_choice(args.scheduler)
     prompts = [(i, p) for i, p in enumerate(args.prompt)] if args.prompt else load_prompts(args.prompts)
+    prompt_set_size = len(prompts)
     prompts = prompts[: args.num_images]
     if not prompts:
         raise UserError(f"--prompts '{args.prompts}' holds no prompts. Put one prompt per line in it (blank lines are skipped)")
@@ -153,7 +161,8 @@ def resolve(args) -> dict:
             "sharpener_module": sharpener, "config": config,
             "prompts": prompts, "negatives": negative_prompts(args, config if uses_trained_negatives else None, prompts),
             "sharpener_name": name if sharpener is not None else None, "method": method,
-            "trained_folder": trained_folder, "trained_name": name if method else None}
+            "trained_folder": trained_folder, "trained_name": name if method else None,
+            "prompt_set_size": prompt_set_size}
 
 
 def _check_distilled_options(args, config, model: str | None) -> None:
@@ -245,6 +254,9 @@ def main(argv: list[str] | None = None) -> Path:
         "resolution": resolution, "seed": args.seed, "negative_prompt": negative_option,
         "prompts": "cli" if args.prompt else args.prompts, "num_images": len(prompts), "sharpener": plan["sharpener"],
         "sharpener_step": config.step if sharpener is not None else None,
+        # The results table compares with the paper only whole prompt sets and final checkpoints.
+        "prompt_set_size": plan["prompt_set_size"],
+        "sharpener_max_train_steps": config.training_options.get("max_train_steps") if sharpener is not None else None,
         "sharpener_experiment": plan["sharpener_name"],
         # The model the sharpener was trained on: differs from base_model in cross-model transfer (paper Fig. 6).
         "sharpener_base_model": trained_model if sharpener is not None else None,
@@ -253,6 +265,7 @@ def main(argv: list[str] | None = None) -> Path:
     }
     if distilled:
         options.update(gd_scale=gd_scale, trained_model=str(plan["trained_folder"]), trained_step=config.step,
+                       trained_max_train_steps=config.training_options.get("max_train_steps"),
                        trained_experiment=plan["trained_name"], trained_base_model=trained_model)
     if args.embedding_scale != 1:
         options["embedding_scale"] = args.embedding_scale
@@ -269,6 +282,8 @@ def main(argv: list[str] | None = None) -> Path:
     )
     if state.is_main_process:
         count = write_manifest(folder, prompts, args.seed, negatives)
+        if args.model_name in families() and args.sharpener_id is not None:
+            authors_folder_alias(folder, f"{args.model_name}_{args.sharpener_id}_steps{args.steps}_alpha{args.alpha}")
         logger.info("%s: %d/%d images (%d new on this process); options in %s", folder, count, len(prompts), made, OPTIONS_FILE)
     return folder
 
@@ -277,6 +292,17 @@ def nfe(steps: int, evaluations_per_step: float, cfg_scale: float) -> float | in
     """Network evaluations for ``steps`` as Table 1 counts them: CFG doubles them, PnP's guide adds its share."""
     total = steps * evaluations_per_step * (2 if cfg_scale > 1 else 1)
     return int(total) if float(total).is_integer() else round(total, 1)
+
+
+def authors_folder_alias(folder: Path, name: str) -> Path:
+    """A link ``<outdir>/<name>`` to ``folder``: the folder name the authors' README evaluates."""
+    alias = folder.parent / name
+    if alias.is_symlink() and alias.resolve() != folder.resolve():
+        alias.unlink()  # an older configuration under the same authors' name: theirs names fewer options than ours
+    if not alias.exists():
+        alias.symlink_to(folder.name, target_is_directory=True)
+        logger.info("also reachable as %s (the authors' folder name)", alias)
+    return alias
 
 
 def _broadcast(value: str, state) -> str:

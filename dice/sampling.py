@@ -131,13 +131,28 @@ def generate(
         context = trained.method.pipeline(adapter, trained.module, strength, resolution)
     else:
         context = contextlib.nullcontext((adapter.pipe, {}))
-    cond, uncond = cond.to(adapter.device, adapter.dtype), uncond.to(adapter.device, adapter.dtype)
     with context as (pipe, method_kwargs):
-        out = pipe(
-            **adapter.pipeline_kwargs(cond, uncond), **{"guidance_scale": cfg_scale, **method_kwargs},
-            num_inference_steps=steps, height=resolution, width=resolution,
-            latents=initial_noise(adapter, seeds, resolution), output_type=output_type,
-        )
+        return generate_from_conditioning(adapter, cond, uncond, seeds, cfg_scale=cfg_scale, steps=steps,
+                                          resolution=resolution, output_type=output_type, pipe=pipe,
+                                          method_kwargs=method_kwargs)
+
+
+@torch.no_grad()
+def generate_from_conditioning(
+    adapter: Adapter, cond: Conditioning, uncond: Conditioning, seeds: list[int], *, cfg_scale: float = 1.0,
+    steps: int = 20, resolution: int | None = None, output_type: str = "pil", callback=None, pipe=None,
+    method_kwargs: dict | None = None,
+):
+    """The stock pipeline on embeddings already made (e.g. halves of original and sharpened ones, paper
+    Fig. 7); ``callback(pipe, step, timestep, kwargs)`` is the pipeline's per-step hook. ``pipe`` and
+    ``method_kwargs`` are what a trained method samples with (default: the adapter's pipeline as is)."""
+    resolution = resolution or adapter.default_resolution
+    extra = {"callback_on_step_end": callback} if callback else {}
+    out = (pipe or adapter.pipe)(
+        **adapter.pipeline_kwargs(cond.to(adapter.device, adapter.dtype), uncond.to(adapter.device, adapter.dtype)),
+        **{"guidance_scale": cfg_scale, **(method_kwargs or {})}, num_inference_steps=steps, height=resolution,
+        width=resolution, latents=initial_noise(adapter, seeds, resolution), output_type=output_type, **extra,
+    )
     return out.images
 
 

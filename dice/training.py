@@ -70,6 +70,9 @@ def build_parser(family: str) -> ArgumentParser:
     a("--single_file_config", default=None, help="diffusers folder or hub id with the pipeline config for a single-file model (needed offline)")
     a("--train_data_dir", required=True, help="MS-COCO 2017 root (train2017/ + annotations/) or a folder with metadata.jsonl")
     a("--resolution", type=positive_int, default=None, help="training resolution (centre crop + resize)")
+    # Sharpener structure (paper A.1: inner width 512, 8 heads; "insensitive to model structure").
+    a("--sharpener_inner_dim", type=positive_int, default=512, help="width of the sharpener's cross-attention (paper A.1: 512)")
+    a("--sharpener_heads", type=positive_int, default=8, help="attention heads of the sharpener; must divide --sharpener_inner_dim (paper: 8)")
     a("--dataloader_num_workers", type=non_negative_int, default=2, help="image-decoding worker processes per GPU")
     a("--latent_cache", default=None, metavar="DIR", help="encode every training image with the VAE once into safetensors shards in DIR "
       "(reused by later runs with the same data, VAE and resolution), then train on the stored latents: no JPEG decoding, no VAE per step")
@@ -151,6 +154,9 @@ def resolve_options(family: str, args: argparse.Namespace) -> argparse.Namespace
             setattr(args, key, absolute_if_local(getattr(args, key)))
     if args.negative_prompts is None and args.negative_prompt_prob != 1.0:
         raise UserError("--negative_prompt_prob needs --negative_prompts. Add --negative_prompts FILE (or 'default'), or drop --negative_prompt_prob")
+    if args.sharpener_inner_dim % args.sharpener_heads:
+        raise UserError(f"--sharpener_inner_dim {args.sharpener_inner_dim} is not divisible by --sharpener_heads {args.sharpener_heads}. "
+                        "Pick a width that is a multiple of the number of heads (paper: 512 and 8)")
     if args.resume_from_checkpoint == "latest" and not args.experiment:
         raise UserError("--resume_from_checkpoint latest needs the run to continue. Add --experiment <id or folder>")
     if args.experiment and not args.resume_from_checkpoint:

@@ -11,23 +11,18 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from dice.errors import ArgumentParser, check_output_file, non_negative_int, positive_int  # noqa: E402
-from dice.metrics import Processes, calc_clip_score, exit_on_user_error, report_result  # noqa: E402
+from dice.errors import ArgumentParser, check_output_file  # noqa: E402
+from dice.metrics import Processes, add_calc_arguments, calc_clip_score, exit_on_user_error, report_result  # noqa: E402
 from dice.metrics.clip_score import CLIP_WEIGHTS_ENV  # noqa: E402
-from dice.metrics.smoke import SMOKE_TEST_HELP, smoke_clip_score_model  # noqa: E402
+from dice.metrics.smoke import smoke_clip_score_model  # noqa: E402
 
 
 def main(argv=None):
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     calc = commands.add_parser("calc", help="CLIP score of a sample folder")
-    calc.add_argument("--images", required=True, help="sample folder with manifest.jsonl")
+    add_calc_arguments(calc, "sample folder with manifest.jsonl")
     calc.add_argument("--clip_weights", default=None, help=f"local open_clip ViT-g-14 weights file (or ${CLIP_WEIGHTS_ENV})")
-    calc.add_argument("--results", default="results/results.jsonl", help="results file to append to")
-    calc.add_argument("--batch_size", type=positive_int, default=32, help="images per batch and process")
-    calc.add_argument("--num_workers", type=non_negative_int, default=2, help="image-loading workers per process")
-    calc.add_argument("--allow_incomplete", action="store_true", help="score a sample folder that is not finished")
-    calc.add_argument("--smoke_test", action="store_true", help=SMOKE_TEST_HELP)
     args = parser.parse_args(argv)
     check_output_file(args.results, "--results")  # before the scoring, not after it
 
@@ -44,7 +39,7 @@ def main(argv=None):
         allow_incomplete=args.allow_incomplete,
         processes=processes,
     )
-    report_result(result, args.results, processes, "CLIP score", args.smoke_test)
+    report_result(result, args.results, processes, "CLIP score", args.smoke_test, args.desc)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from dice.errors import ArgumentParser, check_output_file, non_negative_int, positive_int  # noqa: E402
 from dice.metrics import (  # noqa: E402
     Processes,
+    add_calc_arguments,
     build_reference,
     calc_fid,
     exit_on_user_error,
@@ -30,18 +31,16 @@ def main(argv=None, feature_extractor=None):
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     calc = commands.add_parser("calc", help="FID of an image folder against reference statistics")
-    calc.add_argument("--images", required=True, help="sample folder (manifest.jsonl), image folder or zip")
+    add_calc_arguments(calc, batch_size=64, smoke_test=False)
     calc.add_argument("--ref", required=True, help="reference statistics .npz (mu, sigma)")
-    calc.add_argument("--results", default="results/results.jsonl", help="results file to append to")
-    calc.add_argument("--allow_incomplete", action="store_true", help="score a sample folder that is not finished")
     ref = commands.add_parser("ref", help="reference statistics of an image folder or zip")
     ref.add_argument("--data", required=True, help="image folder or zip (e.g. COCO val2017)")
     ref.add_argument("--dest", required=True, help="output .npz")
     ref.add_argument("--center_crop_resize", type=positive_int, default=None, help="centre-crop and resize to N first (authors: 512)")
+    ref.add_argument("--batch_size", type=positive_int, default=64, help="images per batch and process")
+    ref.add_argument("--num_workers", type=non_negative_int, default=2, help="image-loading workers per process")
     for command in (calc, ref):
         command.add_argument("--inception_weights", default=None, help=f"local Inception .pth (or ${INCEPTION_WEIGHTS_ENV})")
-        command.add_argument("--batch_size", type=positive_int, default=64, help="images per batch and process")
-        command.add_argument("--num_workers", type=non_negative_int, default=2, help="image-loading workers per process")
         command.add_argument("--smoke_test", action="store_true", help=SMOKE_TEST_HELP + (
             " The smoke features are 64-d, so smoke and real statistics never mix (dimension error)."))
     dist = commands.add_parser("dist", help="FID between two statistics files")
@@ -72,7 +71,7 @@ def main(argv=None, feature_extractor=None):
             print(f"Wrote reference statistics of {count} images to {args.dest}{smoke}")
         return
     result = calc_fid(args.images, args.ref, allow_incomplete=args.allow_incomplete, **common)
-    report_result(result, args.results, processes, "FID", args.smoke_test)
+    report_result(result, args.results, processes, "FID", args.smoke_test, args.desc)
 
 
 if __name__ == "__main__":

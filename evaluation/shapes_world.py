@@ -13,8 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from dice.errors import ArgumentParser, check_output_file, non_negative_int, positive_int  # noqa: E402
-from dice.metrics import Processes, exit_on_user_error, report_result  # noqa: E402
+from dice.errors import ArgumentParser, check_output_file  # noqa: E402
+from dice.metrics import Processes, add_calc_arguments, exit_on_user_error, report_result  # noqa: E402
 from dice.metrics.shapes_world import calc_shapes_world  # noqa: E402
 
 
@@ -22,20 +22,16 @@ def main(argv=None):
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     calc = commands.add_parser("calc", help="prompt accuracy and FD of a sample folder")
-    calc.add_argument("--images", required=True, help="sample folder with manifest.jsonl (shapes-world prompts)")
+    add_calc_arguments(calc, "sample folder with manifest.jsonl (shapes-world prompts)", batch_size=256, num_workers=0, smoke_test=False)
     calc.add_argument("--evaluator", default=None, help="evaluator folder (default: the one shipped in dice/assets/shapes_world)")
-    calc.add_argument("--results", default="results/results.jsonl", help="results file to append to")
-    calc.add_argument("--batch_size", type=positive_int, default=256, help="images per batch and process")
-    calc.add_argument("--num_workers", type=non_negative_int, default=0, help="image-loading workers per process")
-    calc.add_argument("--allow_incomplete", action="store_true", help="score a sample folder that is not finished")
     args = parser.parse_args(argv)
     check_output_file(args.results, "--results")  # before the scoring, not after it
 
     processes = Processes.from_accelerate()
     accuracy, fd = calc_shapes_world(args.images, evaluator_path=args.evaluator, batch_size=args.batch_size,
                                      num_workers=args.num_workers, allow_incomplete=args.allow_incomplete, processes=processes)
-    report_result(accuracy, args.results, processes, "world prompt accuracy")
-    report_result(fd, args.results, processes, "world FD")
+    report_result(accuracy, args.results, processes, "world prompt accuracy", desc=args.desc)
+    report_result(fd, args.results, processes, "world FD", desc=args.desc)
     return accuracy, fd
 
 

@@ -93,6 +93,8 @@ def test_training_refuses_bad_input_before_making_a_run_folder(tiny_model, tiny_
     refused(train, base + ["--negative_prompt_prob", "0.5"], "--negative_prompt_prob needs --negative_prompts")
     refused(train, base + ["--negative_prompts", write_file(root / "inputs" / "none.txt", "\n \n")], "has no prompts")
     refused(train, base + ["--lr_scheduler", "fastest"], "--lr_scheduler 'fastest'", "linear")
+    refused(train, base + ["--sharpener_inner_dim", "100"], "--sharpener_inner_dim 100 is not divisible by --sharpener_heads 8")
+    refused(train, base + ["--sharpener_heads", "0"], "--sharpener_heads", "'0'")
     refused(train, base + ["--report_to", "wandb"], "not installed")
     refused(train, base + ["--experiment", "3"], "--resume_from_checkpoint latest")
     refused(train, base + ["--resume_from_checkpoint", "latest"], "--experiment")
@@ -281,6 +283,26 @@ def test_evaluators_refuse_bad_files_and_unwritable_outputs(workspace):
     refused("evaluation/results.py", ["--results", inputs / "none.jsonl", "--out", "table"], "Results file not found")
     write_file(inputs / "ok.jsonl", json.dumps({"images": "x", "metric": "fid", "value": 1.0}) + "\n")
     refused("evaluation/results.py", ["--results", inputs / "ok.jsonl", "--out", blocker / "table"], "--out", "is a file")
+
+
+# ---- figures -------------------------------------------------------------------------------------
+def test_figure_scripts_refuse_bad_input(tiny_model, checkpoint, workspace, monkeypatch):
+    root, refused = workspace
+    monkeypatch.setenv("HPS_ROOT", str(root / "no-hps-cache"))
+    monkeypatch.delenv("DICE_PROMPTS_DIR", raising=False)
+    sweep = ["--sharpener_path", checkpoint, "--out", "fig"]
+    refused("sample.py", ["--sharpener_path", checkpoint, "--prompts", "hps-anime"], "prompt set 'hps-anime'", "hf download zhwang/HPDv2")
+    refused("figures/alpha_sweep.py", sweep + ["--ref", "missing.npz"], "--ref 'missing.npz' does not exist", "launch.sh ref")
+    refused("figures/alpha_sweep.py", sweep + ["--metrics", "world", "--smoke_test"], "apply to --metrics paper")
+    refused("figures/alpha_sweep.py", sweep + ["--alphas", "nan"], "--alphas", "'nan'")
+    refused("figures/quality_vs_nfe.py", sweep + ["--nfe", "0"], "--nfe", "'0'")
+    refused("figures/sharpener_structure.py", ["--out", "fig"], "nothing to compare")
+    refused("figures/sharpener_structure.py", ["--train", "10x3"], "width must be a positive multiple of the heads")
+    refused("figures/training_curve.py", ["--experiment", "7", "--out", "fig"], "no experiment number 7")
+    refused("figures/attention_maps.py", ["--sharpener_path", "7"], "no experiment number 7")
+    refused("figures/embedding_pca.py", ["--sharpener_path", checkpoint, "--num_prompts", "0"], "--num_prompts")
+    refused("figures/prompt_optimisation.py", ["--fit_steps", "5"], "one of the arguments")
+    refused("evaluation/hps.py", ["calc", "--images", root / "nothing"], "not found")
 
 
 # ---- demos ---------------------------------------------------------------------------------------

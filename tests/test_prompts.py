@@ -69,9 +69,36 @@ def test_txt_and_jsonl_prompt_files(tmp_path):
 def test_prompt_file_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="coco5k"):
         load_prompts(tmp_path / "missing.txt")
-    (tmp_path / "p.csv").write_text("a,b\n")
-    with pytest.raises(ValueError, match="Unknown prompt list format"):
+    (tmp_path / "p.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="no prompt column"):
         load_prompts(tmp_path / "p.csv")
+    (tmp_path / "p.yaml").write_text("a: b\n")
+    with pytest.raises(ValueError, match="Unknown prompt list format"):
+        load_prompts(tmp_path / "p.yaml")
+    (tmp_path / "p.json").write_text('{"a": 1}')
+    with pytest.raises(ValueError, match="JSON list of strings"):
+        load_prompts(tmp_path / "p.json")
     (tmp_path / "p.jsonl").write_text('{"name": "x"}\n')
     with pytest.raises(ValueError, match="none of the keys"):
         load_prompts(tmp_path / "p.jsonl")
+
+
+def test_named_benchmark_sets_are_found_or_named_with_how_to_fetch_them(tmp_path, monkeypatch):
+    """Table 1's HPS v2 / DrawBench sets: hpsv2's JSON list format, the DrawBench sheet's CSV, and the
+    one-line error (source, licence, fetch command) when a set is missing."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HPS_ROOT", str(tmp_path / "hps-cache"))
+    monkeypatch.delenv("DICE_PROMPTS_DIR", raising=False)
+    with pytest.raises(FileNotFoundError, match=r"hps-anime.*not shipped.*zhwang/HPDv2 benchmark/anime.json"):
+        load_prompts("hps-anime")
+    with pytest.raises(FileNotFoundError, match="DrawBench.*drawbench.csv"):
+        load_prompts("drawbench")
+    cache = tmp_path / "hps-cache" / "datasets" / "benchmark"  # where hpsv2.benchmark_prompts() puts them
+    cache.mkdir(parents=True)
+    (cache / "anime.json").write_text(json.dumps(["an anime girl", "a samurai cat"]))
+    assert load_prompts("hps-anime") == [(0, "an anime girl"), (1, "a samurai cat")]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "drawbench.csv").write_text('Prompts,Category\n"A red colored car.",Colors\n,Empty\n"A, b",Misc\n')
+    monkeypatch.setenv("DICE_PROMPTS_DIR", str(mine))
+    assert load_prompts("drawbench") == [(0, "A red colored car."), (1, "A, b")]

@@ -17,6 +17,7 @@ from dice.metrics.results import (
     format_csv,
     format_markdown,
     paper_values,
+    protocol_mismatch,
     read_results,
 )
 
@@ -25,8 +26,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def options(base_model, method, cfg_scale, alpha=None, steps=20, family="sd15"):
     nfe = steps * (2 if "cfg" in method and cfg_scale != 1 else 1)
+    final = 8000 if "dice" in method else None  # the sharpener's last checkpoint (Table 1 uses the final one)
     return {"family": family, "base_model": base_model, "method": method, "cfg_scale": cfg_scale, "alpha": alpha,
-            "steps": steps, "nfe": nfe, "num_images": 5000, "prompts": "coco5k", "sharpener": None, "resolution": 512}
+            "steps": steps, "nfe": nfe, "num_images": 5000, "prompts": "coco5k", "sharpener": None,
+            "resolution": 1024 if family == "sdxl" else 512, "scheduler": "dpmsolver++", "sharpener_step": final,
+            "sharpener_max_train_steps": final}
 
 
 def line(metric, value, folder, sampling_options, count=5000):
@@ -94,11 +98,11 @@ def test_table_rows_latest_values_and_paper_numbers(tmp_path):
     assert order.index("samples/dreamshaper-dice+cfg") < order.index("samples/sdxl-cfg5") < order.index("samples/pixart-dice")
 
     markdown = format_markdown(rows)
-    assert "| SD1.5 | cfg | w=5 | 20 | 40 | - | 5000 | 22.50 (22.04) | 30.10 (30.22) | 5.31 (5.36) |" in markdown
+    assert "| SD1.5 | cfg |  |  |  | 5 |  |  | 20 | 40 | - | coco5k (5000) | 512 |  | 22.50 (22.04) | 30.10 (30.22) | 5.31 (5.36) |" in markdown
     table = list(csv.DictReader(io.StringIO(format_csv(rows))))
     assert table[1]["images"] == "samples/sd15-cfg5"
     assert table[1]["fid"] == "22.5" and table[1]["fid_paper"] == "22.04" and table[1]["aesthetic_count"] == "5000"
-    assert table[0]["fid_paper"] == ""  # 10 steps: no paper row
+    assert table[0]["fid_paper"] == "" and table[0]["why_not_paper"] == "fid: 10 steps, not 20"  # no paper row
 
 
 def test_results_cli_writes_markdown_and_csv(tmp_path, capsys):
@@ -108,7 +112,7 @@ def test_results_cli_writes_markdown_and_csv(tmp_path, capsys):
     spec.loader.exec_module(cli)
     cli.main(["--results", str(tmp_path / "results.jsonl"), "--out", str(tmp_path / "table" / "table1")])
     assert "22.50 (22.04)" in (tmp_path / "table" / "table1.md").read_text()
-    assert (tmp_path / "table" / "table1.csv").read_text().startswith("model,method,guidance,steps,nfe,params,fid,")
+    assert (tmp_path / "table" / "table1.csv").read_text().startswith("model,base_model,sharpener_model,method,guidance,")
     assert "table1.md" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="calc commands write it"):
         cli.main(["--results", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "t")])
@@ -147,8 +151,8 @@ def test_cross_model_rows_name_both_models_and_are_not_table1(tmp_path):
     assert rows["samples/own"]["paper"]["fid"] == 30.36 and rows["samples/cross"]["paper"] == {}
     assert (rows["samples/cross"]["model"], rows["samples/cross"]["sharpener_model"]) == ("SD1.5", "DreamShaper")
     markdown = format_markdown(list(rows.values()))
-    assert "sharpener trained on" in markdown.splitlines()[0]
-    assert next(r for r in markdown.splitlines() if "samples/cross" in r).rstrip(" |").endswith("DreamShaper")
+    assert "trained on" in markdown.splitlines()[0]
+    assert next(r for r in markdown.splitlines() if "samples/cross" in r).startswith("| SD1.5 | dice | DreamShaper | 8000 |")
     table = {r["images"]: r for r in csv.DictReader(io.StringIO(format_csv(list(rows.values()))))}
     assert table["samples/cross"]["sharpener_model"] == "DreamShaper" and table["samples/cross"]["model"] == "SD1.5"
     with_negative = dict(options("Lykon/DreamShaper", "cfg", 5.0), negative_prompt="blurry")
@@ -160,8 +164,9 @@ def test_baseline_rows_scaling_gd_pnp(tmp_path):
     sd15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     scaling = dict(options(sd15, "scaling", 1.0), embedding_scale=1.2)
     other_s = dict(options(sd15, "scaling", 1.0), embedding_scale=1.5)
-    gd = dict(options(sd15, "gd", 1.0), gd_scale=5.0, trainable_parameters=859_602_884)
-    pnp = dict(options(sd15, "pnp", 1.0), gd_scale=5.0, nfe=28.4, trainable_parameters=361_279_120)
+    final = {"trained_step": 8000, "trained_max_train_steps": 8000}  # the final checkpoint, as Table 1
+    gd = dict(options(sd15, "gd", 1.0), gd_scale=5.0, trainable_parameters=859_602_884, **final)
+    pnp = dict(options(sd15, "pnp", 1.0), gd_scale=5.0, nfe=28.4, trainable_parameters=361_279_120, **final)
     pnp7 = dict(pnp, gd_scale=7.0)
     dice = dict(options(sd15, "dice", 1.0, alpha=1.0), trainable_parameters=1_836_800)
     path = tmp_path / "results.jsonl"
@@ -173,8 +178,39 @@ def test_baseline_rows_scaling_gd_pnp(tmp_path):
     order = [row["images"] for row in build_table(read_results(path))]
     assert order.index("samples/scaling") < order.index("samples/gd") < order.index("samples/pnp") < order.index("samples/dice")
     markdown = format_markdown(list(rows.values()))
-    assert "| SD1.5 | pnp | ω=5 | 20 | 28.4 | 361M | 5000 | 25.00 (26.57) |" in markdown
-    assert "| SD1.5 | gd | ω=5 | 20 | 20 | 860M |" in markdown and "| SD1.5 | dice | α=1 | 20 | 20 | 1.84M |" in markdown
-    assert "| SD1.5 | scaling | s=1.2 | 20 | 20 | - |" in markdown
+    assert "| SD1.5 | pnp |  | 8000 |  | 1 |  | 5 | 20 | 28.4 | 361M | coco5k (5000) | 512 |  | 25.00 (26.57) |" in markdown
+    assert "| SD1.5 | gd |  | 8000 |  | 1 |  | 5 | 20 | 20 | 860M |" in markdown
+    assert "| SD1.5 | dice |  | 8000 | 1 | 1 |  |  | 20 | 20 | 1.84M |" in markdown
+    assert "| SD1.5 | scaling |  |  |  | 1 | 1.2 |  | 20 | 20 | - |" in markdown
     table = {r["images"]: r for r in csv.DictReader(io.StringIO(format_csv(list(rows.values()))))}
     assert table["samples/pnp"]["params"] == "361279120" and table["samples/pnp"]["nfe"] == "28.4"
+
+
+def test_paper_values_only_where_the_protocol_is_the_papers():
+    """The issue's example: a 100-image, 256 px, step-800 DICE run must not print the paper's 22.22."""
+    full = dict(options("stable-diffusion-v1-5/stable-diffusion-v1-5", "dice", 1.0, alpha=1.0))
+    assert paper_values(full)["fid"] == 22.22
+    for change, why in (({"num_images": 100}, "100 of the 5000 prompts"), ({"resolution": 256}, "256 px"),
+                        ({"sharpener_step": 800}, "step 800, not the final one"), ({"scheduler": "ddim"}, "scheduler ddim"),
+                        ({"embedding_scale": 1.2}, "not a Table 1 method")):
+        assert paper_values({**full, **change}) is None
+        assert why in protocol_mismatch({**full, **change})
+
+
+def test_hps_and_drawbench_columns_join_the_coco_row(tmp_path):
+    """Folders of one configuration on COCO, an HPS style and DrawBench make one row with all their columns."""
+    sd15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    coco = options(sd15, "cfg", 5.0)
+    anime = dict(coco, prompts="hps-anime", num_images=800, prompt_set_size=800)
+    drawbench = dict(coco, prompts="drawbench", num_images=100, prompt_set_size=200)  # part of the set only
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(entry) + "\n" for entry in (
+        line("fid", 22.1, "samples/coco", coco), line("hps", 24.0, "samples/anime", anime, count=800),
+        line("hps", 23.0, "samples/db", drawbench, count=100))))
+    (row,) = build_table(read_results(path))
+    assert row["values"] == {"fid": 22.1, "hps_anime": 24.0, "drawbench": 23.0}
+    assert row["paper"] == {"fid": 22.04, "hps_anime": 24.29}  # DrawBench: 100 of 200 prompts, no paper value
+    assert "100 of the 200 prompts of drawbench" in row["why_not_paper"]["drawbench"]
+    assert row["prompts"] == "coco5k (5000), hps-anime (800), drawbench (100)"
+    markdown = format_markdown([row])
+    assert "HPS anime (paper)" in markdown and "| 24.00 (24.29) |" in markdown and "| 23.00 |" in markdown

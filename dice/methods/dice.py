@@ -23,7 +23,7 @@ class DiceMethod(Method):
     conditioned_on_scale = False
 
     def build(self, adapter, args):
-        return Sharpener(adapter.text_dim).to(adapter.device)
+        return Sharpener(adapter.text_dim, args.sharpener_inner_dim, args.sharpener_heads).to(adapter.device)
 
     def training_guidance(self, args, batch_size, generator):
         return args.guidance_scale  # one w for every sample: the sharpener is distilled at one scale

@@ -23,12 +23,31 @@ from dice.metrics.results import MetricResult, append_result, build_table, read_
 from dice.metrics.weights import MissingWeightsError
 
 
-def report_result(result: MetricResult, results_path: str, processes: Processes, label: str, smoke_test: bool = False) -> None:
+def add_calc_arguments(calc, images_help: str = "sample folder (manifest.jsonl), image folder or zip", *,
+                       batch_size: int = 32, num_workers: int = 2, smoke_test: bool = True) -> None:
+    """The options every evaluator's ``calc`` shares (folder, results file, batching, completeness, label)."""
+    from dice.errors import non_negative_int, positive_int
+    from dice.metrics.smoke import SMOKE_TEST_HELP
+
+    calc.add_argument("--images", required=True, help=images_help)
+    calc.add_argument("--results", default="results/results.jsonl", help="results file to append to")
+    calc.add_argument("--batch_size", type=positive_int, default=batch_size, help="images per batch and process")
+    calc.add_argument("--num_workers", type=non_negative_int, default=num_workers, help="image-loading workers per process")
+    calc.add_argument("--allow_incomplete", action="store_true", help="score a sample folder that is not finished")
+    calc.add_argument("--desc", default=None, help="a label recorded with the result (the authors' evaluators' --desc)")
+    if smoke_test:
+        calc.add_argument("--smoke_test", action="store_true", help=SMOKE_TEST_HELP)
+
+
+def report_result(result: MetricResult, results_path: str, processes: Processes, label: str, smoke_test: bool = False,
+                  desc: str | None = None) -> None:
     """For the CLIs: flag a smoke-test result, append it to results.jsonl (main process) and print it."""
     from dice.metrics.smoke import mark_smoke_test
 
     if smoke_test:
         mark_smoke_test(result)
+    if desc is not None:
+        result.options["desc"] = desc
     if processes.is_main:
         append_result(results_path, result)
         smoke = "SMOKE TEST (random weights, meaningless): " if smoke_test else ""

@@ -74,8 +74,13 @@ def calc_clip_score(
     num_workers: int = 0,
     allow_incomplete: bool = False,
     processes: Processes | None = None,
+    metric: str = "clip_score",
+    options: dict | None = None,
 ) -> MetricResult:
-    """Mean CLIP score of a sample folder (prompts from its manifest), over all processes."""
+    """Mean CLIP score of a sample folder (prompts from its manifest), over all processes.
+
+    ``metric`` / ``options``: for another score of the same form, 100·cos(image, prompt) under an
+    injected model (HPS v2.1 is one); ``options`` describe that model in the result."""
     started = time.time()
     processes = processes or Processes()
     # Image i is paired with prompt i through the manifest.
@@ -86,7 +91,7 @@ def calc_clip_score(
         model, preprocess, tokenizer = load_open_clip(clip_weights, processes.device)
         options = {"model": CLIP_MODEL, "pretrained": clip_weights or os.environ.get(CLIP_WEIGHTS_ENV) or CLIP_PRETRAINED}
     else:
-        options = {"model": type(model).__name__}
+        options = dict(options or {"model": type(model).__name__})
     totals = torch.zeros(2, dtype=torch.float64)  # [sum of scores, count]
     for records, pixels in iterate_batches(
         collection,
@@ -95,11 +100,11 @@ def calc_clip_score(
         batch_size=batch_size,
         num_workers=num_workers,
         progress=processes.is_main,
-        description="CLIP score",
+        description=metric,
     ):
         with torch.no_grad():
             image_embeddings = model.encode_image(torch.stack(pixels).to(processes.device))
             text_embeddings = model.encode_text(tokenizer([r.prompt for r in records]).to(processes.device))
         scores = clip_scores(image_embeddings, text_embeddings).cpu()
         totals += torch.tensor([scores.sum().item(), len(scores)], dtype=torch.float64)
-    return MetricResult.mean_over_processes("clip_score", totals, processes, collection, options, allow_incomplete, started)
+    return MetricResult.mean_over_processes(metric, totals, processes, collection, options, allow_incomplete, started)
