@@ -324,7 +324,7 @@ def build_table(records: list[dict]) -> list[dict]:
         rows.append({
             "model": model_label(options.get("base_model")),
             "base_model": options.get("base_model") or "",
-            "sharpener_model": (paper_model_name(trained_on) or trained_on) if trained_on else "",
+            "sharpener_model": model_label(trained_on),
             "cross_model": is_cross_model(options),
             "method": options.get("method", ""),
             "guidance": _guidance_label(options),
