@@ -13,6 +13,10 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
+# Paper A.1: cross-attention 512 wide with 8 heads (the results are "insensitive to model structure").
+PAPER_INNER_DIM = 512
+PAPER_HEADS = 8
+
 
 class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dice"):
     """The DICE sharpener ``f(c, u)`` for text embeddings ``dim`` wide (paper A.1).
@@ -23,7 +27,7 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dice"):
     ``Sharpener.from_pretrained(repo_id_or_folder, revision=...)`` (see :mod:`dice.hub`).
     """
 
-    def __init__(self, dim: int, inner_dim: int = 512, num_heads: int = 8):
+    def __init__(self, dim: int, inner_dim: int = PAPER_INNER_DIM, num_heads: int = PAPER_HEADS):
         super().__init__()
         if inner_dim % num_heads:
             raise ValueError(f"inner_dim {inner_dim} must be divisible by num_heads {num_heads}")

@@ -45,6 +45,7 @@ from .methods import DEFAULT_SAMPLING_SCALE, METHODS, TrainedModel, method_class
 from .negatives import NegativePrompts, read_negative_prompts
 from .presets import PRESETS, preset
 from .runtime import needs_cpu_process_group, to_device
+from .sharpener import PAPER_HEADS, PAPER_INNER_DIM
 from .step_log import StepLog
 
 logger = logging.getLogger("dice")
@@ -71,8 +72,8 @@ def build_parser(family: str) -> ArgumentParser:
     a("--train_data_dir", required=True, help="MS-COCO 2017 root (train2017/ + annotations/) or a folder with metadata.jsonl")
     a("--resolution", type=positive_int, default=None, help="training resolution (centre crop + resize)")
     # Sharpener structure (paper A.1: inner width 512, 8 heads; "insensitive to model structure").
-    a("--sharpener_inner_dim", type=positive_int, default=512, help="width of the sharpener's cross-attention (paper A.1: 512)")
-    a("--sharpener_heads", type=positive_int, default=8, help="attention heads of the sharpener; must divide --sharpener_inner_dim (paper: 8)")
+    a("--sharpener_inner_dim", type=positive_int, default=None, help="DICE: width of the sharpener's cross-attention (paper A.1: 512)")
+    a("--sharpener_heads", type=positive_int, default=None, help="DICE: attention heads of the sharpener; must divide --sharpener_inner_dim (paper: 8)")
     a("--dataloader_num_workers", type=non_negative_int, default=2, help="image-decoding worker processes per GPU")
     a("--latent_cache", default=None, metavar="DIR", help="encode every training image with the VAE once into safetensors shards in DIR "
       "(reused by later runs with the same data, VAE and resolution), then train on the stored latents: no JPEG decoding, no VAE per step")
@@ -154,6 +155,11 @@ def resolve_options(family: str, args: argparse.Namespace) -> argparse.Namespace
             setattr(args, key, absolute_if_local(getattr(args, key)))
     if args.negative_prompts is None and args.negative_prompt_prob != 1.0:
         raise UserError("--negative_prompt_prob needs --negative_prompts. Add --negative_prompts FILE (or 'default'), or drop --negative_prompt_prob")
+    if args.method != "dice" and (args.sharpener_inner_dim or args.sharpener_heads):
+        raise UserError(f"--sharpener_inner_dim / --sharpener_heads shape DICE's sharpener, and --method {args.method} trains "
+                        "none. Drop them")
+    args.sharpener_inner_dim = args.sharpener_inner_dim or PAPER_INNER_DIM
+    args.sharpener_heads = args.sharpener_heads or PAPER_HEADS
     if args.sharpener_inner_dim % args.sharpener_heads:
         raise UserError(f"--sharpener_inner_dim {args.sharpener_inner_dim} is not divisible by --sharpener_heads {args.sharpener_heads}. "
                         "Pick a width that is a multiple of the number of heads (paper: 512 and 8)")
