@@ -7,10 +7,10 @@
 #   bash launch.sh train-variants              DreamShaper, AbsoluteReality, Anime Pastel Dream (+ negative prompts)
 #   bash launch.sh sample EXP_ID               DICE, CFG (w=5) and unguided on the 5k COCO prompts
 #   bash launch.sh eval SAMPLE_FOLDER...       FID, CLIP score, aesthetic score -> results/results.jsonl
-#   bash launch.sh table                       results/results.jsonl -> results/table.{md,csv}
+#   bash launch.sh table                       results/results.jsonl -> results/table.{md,csv,json,png}
 #   bash launch.sh table1 toy|sd15|dreamshaper|sdxl|pixart
 #                                              one block of Table 1, all six rows: trains DICE, GD and PnP, samples
-#                                              w=5, w=1, Scaling, GD, PnP, DICE, scores them -> results/table1-<block>.{md,csv,json}
+#                                              w=5, w=1, Scaling, GD, PnP, DICE, scores them -> results/table1-<block>.{md,csv,json,png}
 #                                              (toy: the shapes world on the CPU, no downloads; a rerun resumes)
 #   bash launch.sh ref                         FID reference statistics of COCO val2017 (512 px) -> $FID_REF
 #   bash launch.sh figures EXP_ID|toy          every figure of the paper for one experiment -> results/figures/<exp>/
@@ -57,7 +57,7 @@ train_once() {  # desc training-command...: train into exps/NNNNN-<desc>; a reru
   if [ -n "$run" ]; then "$@" --resume_from_checkpoint=latest --experiment="$run"; else "$@" --desc="$desc"; fi
 }
 
-table1() {  # block: the six rows of one Table-1 block -> results/table1-<block>.{md,csv,json}
+table1() {  # block: the six rows of one Table-1 block -> results/table1-<block>.{md,csv,json,png}
   local block=$1 out=samples/table1-$1 results=results/table1-$1.jsonl
   local family=sd15 model vae=() dice_extra=() methods=(dice gd pnp) train sample base
   case "$block" in

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""results.jsonl → the paper's Table 1 layout (Markdown + CSV), with the paper's numbers beside ours.
+"""results.jsonl → the paper's Table 1 layout (Markdown + CSV + JSON) with the paper's numbers beside ours, and a bar plot.
 
-  python evaluation/results.py --results results/results.jsonl --out results/table   # table.md, table.csv
+  python evaluation/results.py --results results/results.jsonl --out results/table   # table.md, .csv, .json, .png
 """
 import argparse
 import os
@@ -17,12 +17,12 @@ from dice.metrics.results import write_table  # noqa: E402
 def main(argv=None):
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default="results/results.jsonl", help="results file the calc commands append to")
-    parser.add_argument("--out", default="results/table", help="output prefix: writes <out>.md and <out>.csv")
+    parser.add_argument("--out", default="results/table", help="output prefix: writes <out>.md, .csv, .json and .png")
     args = parser.parse_args(argv)
     check_output_file(f"{args.out}.md", "--out")
     markdown, csv_path = write_table(args.results, args.out)
     print(markdown.read_text(encoding="utf-8"))
-    print(f"Wrote {markdown} and {csv_path}")
+    print(f"Wrote {markdown}, {csv_path} and the bar plot {markdown.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

@@ -113,6 +113,7 @@ def test_results_cli_writes_markdown_and_csv(tmp_path, capsys):
     cli.main(["--results", str(tmp_path / "results.jsonl"), "--out", str(tmp_path / "table" / "table1")])
     assert "22.50 (22.04)" in (tmp_path / "table" / "table1.md").read_text()
     assert (tmp_path / "table" / "table1.csv").read_text().startswith("model,base_model,sharpener_model,method,guidance,")
+    assert (tmp_path / "table" / "table1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "table1.md" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="calc commands write it"):
         cli.main(["--results", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "t")])

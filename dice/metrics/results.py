@@ -441,12 +441,48 @@ def format_csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
+def row_label(row: dict) -> str:
+    """A row's name in a plot: model, method and its knobs (and the training step of a trained method)."""
+    step = f" @{row['sharpener_step']}" if row.get("sharpener_step") is not None else ""
+    return " ".join(part for part in (row["model"], row["method"], row["guidance"]) if part) + step
+
+
+def plot_table(rows: list[dict], png: str | os.PathLike) -> Path | None:
+    """One bar panel per scored column, a bar per row; the paper's value (where the protocol is the paper's)
+    as a black tick on the bar, smoke-test rows grey. None when nothing is scored."""
+    from dice.figures.common import pyplot, save_figure
+
+    metrics = [m for m in METRICS if any(m in row["values"] for row in rows)]
+    if not metrics:
+        return None
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(2.4 * len(metrics) + 2.6, 0.3 * len(rows) + 1.3),
+                             sharey=True, squeeze=False)
+    positions = list(range(len(rows)))
+    colours = ["#b0b0b0" if row.get("smoke_test") else "#4c72b0" for row in rows]
+    for ax, metric in zip(axes[0], metrics):
+        values = [row["values"].get(metric) for row in rows]
+        ax.barh(positions, [float("nan") if v is None else v for v in values], color=colours)
+        for y, row in enumerate(rows):
+            if row["paper"].get(metric) is not None:
+                ax.plot([row["paper"][metric]], [y], marker="|", color="black", markersize=11, markeredgewidth=2)
+        ax.set_title(METRIC_TITLES[metric], fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_yticks(positions)
+    axes[0][0].set_yticklabels([row_label(row) for row in rows], fontsize=7)
+    axes[0][0].invert_yaxis()  # the table's order, top to bottom
+    note = "black tick: paper Table 1 (same protocol only)" + ("; grey: smoke test" if any(r.get("smoke_test") for r in rows) else "")
+    return save_figure(fig, Path(png), note)
+
+
 def write_table(results_path: str | os.PathLike, out_prefix: str | os.PathLike) -> tuple[Path, Path]:
-    """Write ``<out_prefix>.md``, ``.csv`` and ``.json`` (the rows) from results.jsonl; return the first two."""
+    """Write ``<out_prefix>.md``, ``.csv``, ``.json`` (the rows) and ``.png`` (:func:`plot_table`) from
+    results.jsonl; return the first two."""
     rows = build_table(read_results(results_path))
     markdown, csv_path = Path(f"{out_prefix}.md"), Path(f"{out_prefix}.csv")
     markdown.parent.mkdir(parents=True, exist_ok=True)
     markdown.write_text(format_markdown(rows), encoding="utf-8")
     csv_path.write_text(format_csv(rows), encoding="utf-8")
     Path(f"{out_prefix}.json").write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    plot_table(rows, f"{out_prefix}.png")
     return markdown, csv_path
