@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from .errors import UserError, give_default_permissions, one_line
 from .experiments import DEFAULT_ROOT, ExperimentNotFound, latest_checkpoint, resolve_run, validation_grid_path
 from .hub import GRID_NAME, HUB_CONFIG_NAME, HUB_WEIGHTS_NAME, download_sharpener, is_repo_id
-from .sharpener import Sharpener
+from .sharpener import PAPER_HEADS, PAPER_INNER_DIM, Sharpener
 
 WEIGHTS_NAME = "sharpener.safetensors"
 CONFIG_NAME = "sharpener.json"
@@ -74,8 +74,8 @@ class TrainedConfig:
 class SharpenerConfig(TrainedConfig):
     """A DICE sharpener's config: the common record plus the sharpener's widths."""
 
-    inner_dim: int = 512
-    num_heads: int = 8
+    inner_dim: int = PAPER_INNER_DIM
+    num_heads: int = PAPER_HEADS
 
 
 def save_sharpener(folder: str | os.PathLike, sharpener: Sharpener, config: SharpenerConfig, *, hub_layout: bool = False) -> None:
