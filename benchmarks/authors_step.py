@@ -9,8 +9,8 @@ is in /work/notes and in benchmarks/README.md), and what this class does on the 
 3. ``vae.encode(pixels).latent_dist.sample() * scaling_factor``, no gradients;
 4. ``torch.randn_like`` noise and the scheduler's ``add_noise``;
 5. the text encoder(s) on the captions (``uc``, the empty prompt, was encoded once before the loop);
-6. the CFG teacher: one denoiser call on ``[x_t, x_t]`` with ``[uc, c]``, under ``torch.autocast("cuda")``
-   (fp16) over bf16 weights, no gradients;
+6. the CFG teacher: one denoiser call on ``[x_t, x_t]`` with ``[uc, c]``, under their ``torch.autocast("cuda")``
+   (fp16) over bf16 weights, no gradients (here fp16 autocast on the accelerator's device in a mixed-precision run);
 7. ``c + sharpener(c, uc)`` with the first token restored (SD1.5/SDXL), the sharpener in fp32
    under accelerate's autocast;
 8. the student call under fp16 autocast; L1 (SD1.5) or squared (SDXL) error summed over the
@@ -48,7 +48,11 @@ class AuthorsStep:
                                        accelerator.num_processes, seed, num_workers=0))
         self.uc = adapter.encode_negative([""] * batch_size)
         self.rng = random.Random(42)  # their RandomGenerator: the same t on every rank
-        self.autocast = torch.autocast("cuda", enabled=torch.cuda.is_available())
+        # Their torch.autocast('cuda') is fp16 whatever accelerate's setting; here it follows the accelerator's
+        # device, and a full-precision run (mixed_precision "no", CPU) stays full precision for both steps.
+        device_type = accelerator.device.type
+        self.autocast = torch.autocast(device_type, dtype=torch.float16,
+                                       enabled=accelerator.mixed_precision != "no" and device_type != "cpu")
 
     def __call__(self) -> float:
         adapter, device = self.adapter, self.accelerator.device
