@@ -33,6 +33,7 @@ METRICS = (*PAPER_METRICS, "hps", "world_accuracy", "world_fd")  # hps: HPS v2.1
 METRIC_TITLES = {"fid": "FID", "clip_score": "CLIP", "aesthetic": "AS", "hps_anime": "HPS anime", "hps_concept": "HPS concept",
                  "hps_painting": "HPS painting", "hps_photo": "HPS photo", "drawbench": "DrawBench (HPS)",
                  "hps": "HPS v2.1", "world_accuracy": "accuracy (world)", "world_fd": "FD (world)"}
+LOWER_IS_BETTER = {"fid", "world_fd"}
 TABLE1_PROMPT_SETS = ("coco5k", *HPS_COLUMNS)  # the folders that make up one Table 1 row
 
 # Paper Table 1 (AAAI / arXiv v2; SPEC §6), 20 sampling steps: "w=5" is CFG (NFE 40), "w=1" unguided
@@ -466,13 +467,14 @@ def plot_table(rows: list[dict], png: str | os.PathLike) -> Path | None:
         for y, row in enumerate(rows):
             if row["paper"].get(metric) is not None:
                 ax.plot([row["paper"][metric]], [y], marker="|", color="black", markersize=11, markeredgewidth=2)
-        ax.set_title(METRIC_TITLES[metric], fontsize=8)
+        ax.set_title(f"{METRIC_TITLES[metric]}, {'lower' if metric in LOWER_IS_BETTER else 'higher'} is better", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0][0].set_yticks(positions)
     axes[0][0].set_yticklabels([row_label(row) for row in rows], fontsize=7)
     axes[0][0].invert_yaxis()  # the table's order, top to bottom
-    note = "black tick: paper Table 1 (same protocol only)" + ("; grey: smoke test" if any(r.get("smoke_test") for r in rows) else "")
-    return save_figure(fig, Path(png), note)
+    notes = ["black tick: paper Table 1 (same protocol only)"] if any(row["paper"] for row in rows) else []
+    notes += ["grey: smoke test (random weights)"] if any(row.get("smoke_test") for row in rows) else []
+    return save_figure(fig, Path(png), "; ".join(notes) or None)
 
 
 def write_table(results_path: str | os.PathLike, out_prefix: str | os.PathLike) -> tuple[Path, Path]:
