@@ -21,7 +21,8 @@ PAPER_URL = "https://arxiv.org/abs/2502.03726"
 TAGS = ["dice", "text-to-image", "diffusers", "cfg-distillation"]
 # Training options worth a line in the model card (all of them are in config.json).
 CARD_OPTIONS = (
-    "preset", "max_train_steps", "guidance_scale", "global_batch_size", "learning_rate", "adam_weight_decay",
+    "preset", "max_train_steps", "guidance_scale", "global_batch_size", "learning_rate", "lr_scheduler", "lr_warmup_steps",
+    "ema_decay", "adam_weight_decay",
     "loss_type", "loss_reduction", "shared_timestep", "resolution", "mixed_precision", "negative_prompts",
     "negative_prompt_prob", "train_data_dir", "seed",
 )

@@ -100,6 +100,9 @@ def build_parser(family: str) -> ArgumentParser:
     a("--loss_reduction", choices=REDUCTIONS, default=None, help="mean (this repo) or sum_per_sample (authors)")
     a("--shared_timestep", action=argparse.BooleanOptionalAction, default=None, help="one timestep for the whole batch on all processes (authors) instead of one per sample")
     a("--seed", type=non_negative_int, default=0, help="seed of the trained module's init, data order, noise, timesteps and ω")
+    a("--ema_decay", type=fraction, default=None, help="keep an exponential moving average of the trained weights with this "
+      "decay (diffusers' EMAModel: min(decay, (1+n)/(10+n)) at update n); checkpoints then hold the average for sampling "
+      "beside the raw weights for resuming (off: the paper)")
     # Experiment folder, checkpoints, resume.
     a("--output_dir", default=experiments.DEFAULT_ROOT, help="root of the numbered experiment folders")
     a("--desc", default=None, help="suffix of the experiment folder name (default: family-model-preset)")
@@ -216,6 +219,39 @@ class NegativeBank:
         return self.bank.select(to_device(index, self.bank.embeds.device))
 
 
+class WeightAverage:
+    """--ema_decay: an exponential moving average of the trained module (diffusers' EMAModel), updated
+    once per optimizer update. It is saved as the method's own files of each checkpoint (what sampling
+    loads) and read back from them on resume, so a resumed run continues the same average."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        from diffusers.training_utils import EMAModel
+
+        self.names = [name for name, _ in model.named_parameters()]
+        self.average = EMAModel(model.parameters(), decay=decay, foreach=True)
+
+    def update(self, model: torch.nn.Module) -> None:
+        self.average.step(model.parameters())
+
+    def averaged(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A copy of ``model`` holding the average."""
+        import copy
+
+        copied = copy.deepcopy(model).eval().requires_grad_(False)
+        self.average.copy_to(copied.parameters())
+        return copied
+
+    def restore(self, method, checkpoint: Path, step: int) -> None:
+        config = read_config(checkpoint_config(checkpoint))
+        saved = dict(method.load(checkpoint, config, device=self.average.shadow_params[0].device,
+                                 dtype=torch.float32).named_parameters())
+        if list(saved) != self.names:
+            raise RuntimeError(f"checkpoint '{checkpoint}' holds other weights than this run trains: {list(saved)[:3]}")
+        for shadow, name in zip(self.average.shadow_params, self.names):
+            shadow.copy_(saved[name])
+        self.average.optimization_step = step
+
+
 def _log_to_console(is_main: bool) -> None:
     """Log to stdout now; what is logged before the run folder exists goes into its log.txt later."""
     logger.setLevel(logging.INFO)
@@ -275,6 +311,11 @@ def _plan_run(args) -> tuple[Path | None, Path | None]:
                             "method.json). Pass another checkpoint-<step> folder, or 'latest'")
         run_dir = experiments.resolve_run(args.experiment, args.output_dir) if args.experiment else resume.parent
     check_output_dir(run_dir, "--experiment")
+    if resume is not None:
+        saved_decay = read_config(checkpoint_config(resume)).training_options.get("ema_decay")
+        if saved_decay != args.ema_decay:
+            raise UserError(f"'{resume}' was trained with --ema_decay {saved_decay}, this command gives {args.ema_decay}: "
+                            "the moving average cannot be continued. Resume with the run's own --ema_decay")
     return run_dir, resume
 
 
@@ -311,8 +352,11 @@ def _load_adapter(family: str, args, accelerator, weight_dtype: torch.dtype):
     return adapter
 
 
-def _save_checkpoint(accelerator, run_dir: Path, step: int, method, model, config, limit) -> Path:
-    """Write into a hidden temporary folder, then rename: a crash never leaves a half checkpoint."""
+def _save_checkpoint(accelerator, run_dir: Path, step: int, method, sampled, config, limit) -> Path:
+    """Write into a hidden temporary folder, then rename: a crash never leaves a half checkpoint.
+
+    accelerate's state (the raw trained weights, optimizer, lr schedule) is for resuming; the method's
+    own files hold ``sampled``, the weights sampling uses (the moving average with --ema_decay)."""
     final = run_dir / f"checkpoint-{step}"
     tmp = run_dir / f".checkpoint-{step}.tmp"
     if accelerator.is_main_process:
@@ -323,7 +367,7 @@ def _save_checkpoint(accelerator, run_dir: Path, step: int, method, model, confi
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             config.step = step
-            method.save(tmp, accelerator.unwrap_model(model), config)
+            method.save(tmp, sampled, config)
             give_default_permissions(*(path for path in tmp.rglob("*") if path.is_file()))
     except Exception as err:
         if not is_disk_full(err):
@@ -478,6 +522,7 @@ def _fit(accelerator, adapter, args, family: str, run_dir: Path, resume_from: Pa
     model = method.build(adapter, args)
     if args.gradient_checkpointing:
         method.enable_gradient_checkpointing(adapter, model)
+    ema = WeightAverage(model, args.ema_decay) if args.ema_decay else None
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
         weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
@@ -504,6 +549,8 @@ def _fit(accelerator, adapter, args, family: str, run_dir: Path, resume_from: Pa
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
         global_step = experiments.checkpoint_step(resume_from)
+        if ema is not None:
+            ema.restore(method, resume_from, global_step)
         logger.info("resumed from %s at step %d", resume_from, global_step)
     if accelerator.is_main_process:
         name = "training_options.json" if resume_from is None else f"training_options-resume-{global_step}.json"
@@ -544,6 +591,8 @@ def _fit(accelerator, adapter, args, family: str, run_dir: Path, resume_from: Pa
                 images += len(batch["captions"]) * world
             assert accelerator.sync_gradients, "one update per --gradient_accumulation_steps micro-batches"
             lr_scheduler.step()  # once per update, whatever the number of processes
+            if ema is not None:
+                ema.update(model)
             global_step += 1
             progress.update(1)
             step_log.add(global_step, loss_sum, lr_scheduler.get_last_lr()[0], images)
@@ -559,10 +608,10 @@ def _fit(accelerator, adapter, args, family: str, run_dir: Path, resume_from: Pa
                                 args.max_train_steps, last["loss"], last["lr"], last["images_per_second"], skipped_images)
             if checkpoint_now:
                 _check_replicas_identical(accelerator, model)
-                _save_checkpoint(accelerator, run_dir, global_step, method, model, config, args.checkpoints_total_limit)
+                sampled = ema.averaged(accelerator.unwrap_model(model)) if ema is not None else accelerator.unwrap_model(model)
+                _save_checkpoint(accelerator, run_dir, global_step, method, sampled, config, args.checkpoints_total_limit)
                 if accelerator.is_main_process:
-                    trained = TrainedModel(method, accelerator.unwrap_model(model), config)
-                    _validation_grid(adapter, trained, args, negatives, run_dir, global_step)
+                    _validation_grid(adapter, TrainedModel(method, sampled, config), args, negatives, run_dir, global_step)
                 accelerator.wait_for_everyone()
     finally:
         progress.close()

@@ -107,3 +107,41 @@ def test_two_processes_stay_identical_and_keep_the_lr_schedule(tiny_model, tiny_
 def test_n_gpus_mismatch_is_an_error(tiny_model, tiny_dataset, tmp_path):
     proc = _launch(_base(tiny_model("sd15"), tiny_dataset, tmp_path, 1, 1) + ["--n_gpus", "8"], check=False)
     assert proc.returncode != 0 and "--n_gpus=8 but accelerate started 1 process" in proc.stderr
+
+
+@pytest.mark.parametrize("method", ["dice", "gd"])
+def test_ema_is_what_sampling_uses_and_resumes_bit_identically(method, tiny_model, tiny_dataset, tmp_path):
+    """--ema_decay: the checkpoint's method files hold the average, accelerate's model.safetensors the raw
+    weights; sampling loads the average; a resumed run ends with the same average and raw weights."""
+    import torch
+
+    from dice.errors import UserError
+    from dice.methods import load_trained
+    from dice.training import main
+
+    def files(checkpoint):
+        if method == "dice":
+            averaged = load_file(str(checkpoint / "sharpener.safetensors"))
+        else:
+            averaged = load_file(str(checkpoint / "unet" / "diffusion_pytorch_model.safetensors"))
+        return averaged, load_file(str(checkpoint / "model.safetensors"))
+
+    common = _base(tiny_model("sd15"), tiny_dataset, tmp_path / "exps", 4, 2) + [
+        "--method", method, "--ema_decay", "0.9", "--learning_rate", "1e-3", "--mixed_precision", "no"]
+    run_dir = main("sd15", common)
+    averaged, raw = files(run_dir / "checkpoint-4")
+    assert averaged.keys() == raw.keys()
+    assert any(not torch.equal(averaged[k], raw[k]) for k in raw), "the average must differ from the raw weights"
+    trained = load_trained(str(run_dir), root=tmp_path / "exps")
+    loaded = {k: v.float() for k, v in trained.module.state_dict().items()}
+    assert all(torch.equal(loaded[k], averaged[k].float()) for k in averaged), "sampling must use the average"
+    assert trained.config.training_options["ema_decay"] == 0.9
+
+    main("sd15", common + ["--resume_from_checkpoint", str(run_dir / "checkpoint-2")])
+    averaged_again, raw_again = files(run_dir / "checkpoint-4")
+    for before, after in ((averaged, averaged_again), (raw, raw_again)):
+        assert all(torch.equal(before[k], after[k]) for k in before)
+    # The average cannot be continued under another decay (or none).
+    with pytest.raises(UserError, match="--ema_decay"):
+        main("sd15", _base(tiny_model("sd15"), tiny_dataset, tmp_path / "exps", 4, 2) + [
+            "--method", method, "--resume_from_checkpoint", str(run_dir / "checkpoint-2")])
