@@ -54,10 +54,12 @@ def _latent_batches(adapter, prompts, train_data_dir, guidance_scale, resolution
 
 
 def fit_prompt_residuals(adapter, prompts: list[str], train_data_dir: str | Path | None, guidance_scale: float,
-                         resolution: int, steps: int, lr: float = 1e-2, seed: int = 0, history: list | None = None) -> PromptResiduals:
+                         resolution: int, steps: int, lr: float = 1e-2, seed: int = 0, history: list | None = None,
+                         after_step=None) -> PromptResiduals:
     """Fit free per-prompt residuals with the DICE loss (squared error, uniform timesteps, CFG target at
     ``guidance_scale``) on noised latents (of ``train_data_dir``'s images, else of the prompts' own CFG
-    samples), on the adapter's device; one batch holds every prompt. ``history`` collects the losses."""
+    samples), on the adapter's device; one batch holds every prompt. ``history`` collects the losses;
+    ``after_step(steps_done, residuals)`` is called after every step (e.g. to score the fit so far)."""
     from tqdm.auto import tqdm
 
     from ..data import step_generator
@@ -85,6 +87,8 @@ def fit_prompt_residuals(adapter, prompts: list[str], train_data_dir: str | Path
         optimizer.step()
         if history is not None:
             history.append(loss.item())
+        if after_step is not None:
+            after_step(step + 1, residuals)
     return residuals.requires_grad_(False)
 
 

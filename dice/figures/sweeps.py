@@ -5,6 +5,7 @@
 * ``alpha``: the sharpener's strength α at sampling time (Fig. 8 / 14); α = 0 is unguided sampling.
 * ``dice_cfg``: CFG alone and DICE + CFG over the guidance scale w (Fig. 17, paper A.5).
 * ``training``: every checkpoint of an experiment (Fig. 16); step 0 is the base model unguided.
+* ``samples``: every checkpoint of several runs, any method, against the training samples seen.
 * ``structure``: sharpeners of other widths / head counts (A.1: "insensitive to model structure"),
   each trained with ``--sharpener_inner_dim`` / ``--sharpener_heads`` (or given as experiments).
 Each point is one sample folder; unguided and CFG (w of the sharpener's training) are drawn as references.
@@ -86,6 +87,51 @@ def training_curve(driver: Driver, experiment: str, steps: int = 20) -> dict:
     return finish(driver.out, "training_curve", data, lambda png: plot_series(
         png, series, driver.columns, "training step (updates)", f"DICE during training of {run.name} (paper Fig. 16)",
         data["references"]))
+
+
+def samples_curve(driver: Driver, runs: list[str], labels: list[str] | None = None, steps: int = 20,
+                  ceiling: str | None = None) -> dict:
+    """Quality of every checkpoint of several runs (any method) against the training samples it has seen
+    (updates x global batch): do methods trained on the same data converge, and how fast? GD and PnP
+    are sampled at ω = 5, DICE unguided. ``ceiling``: an embedding_ceiling.json whose best point is drawn."""
+    from ..checkpoint import read_config, resolve_trained_config
+    from ..experiments import checkpoint_step, list_checkpoints, resolve_run
+
+    if labels and len(labels) != len(runs):
+        raise UserError(f"--labels gives {len(labels)} names for {len(runs)} --runs. Give one per run, or none")
+    series, first_checkpoint = {}, None
+    for k, experiment in enumerate(runs):
+        run = resolve_run(experiment, driver.exps_root)
+        checkpoints = list_checkpoints(run)
+        if not checkpoints:
+            raise UserError(f"experiment '{run}' has no checkpoint-<step> folder yet. Train it first")
+        config = read_config(resolve_trained_config(str(checkpoints[-1]), driver.exps_root))
+        batch = int(config.training_options.get("global_batch_size", 1))
+        label = labels[k] if labels else f"{config.method.upper()} ({run.name})"
+        series[label] = [_point(driver, ["--model_path", str(c), "--steps", str(steps)], checkpoint_step(c) * batch)
+                         for c in checkpoints]
+        first_checkpoint = first_checkpoint or str(checkpoints[-1])
+    w = _trained_guidance(first_checkpoint, driver.exps_root) if first_checkpoint else 5.0
+    references = _references_of_base(driver, first_checkpoint, steps, w)
+    if ceiling:
+        import json
+        from pathlib import Path
+
+        best = max(json.loads(Path(ceiling).read_text())["points"], key=lambda p: p["accuracy"])
+        references["embedding-only ceiling"] = {"world_accuracy": best["accuracy"]}
+    data = {"figure": "quality vs training samples", "runs": runs, "steps": steps, "series": series, "references": references}
+    return finish(driver.out, "accuracy_vs_samples", data, lambda png: plot_series(
+        png, series, driver.columns, "training samples (updates x batch)", "quality vs training samples, same data",
+        references, logx=True))
+
+
+def _references_of_base(driver: Driver, checkpoint: str, steps: int, w: float) -> dict[str, dict]:
+    """Unguided and CFG sampling of the base model a trained model (any method) was trained on."""
+    from ..checkpoint import read_config, resolve_trained_config
+
+    base = read_config(resolve_trained_config(checkpoint, driver.exps_root)).base_model
+    argv = ["--pretrained_model_name_or_path", base, "--steps", str(steps)]
+    return {"unguided": _point(driver, argv, 0)[1], f"CFG w={w:g}": _point(driver, argv + ["--cfg_scale", f"{w:g}"], 0)[1]}
 
 
 def structure_ablation(driver: Driver, experiments: list[str], steps: int = 20) -> dict:
@@ -180,6 +226,15 @@ def training_cli(argv=None):
         p.add_argument("--experiment", required=True, help="experiment id or run folder (every checkpoint-<step> is sampled)")
         p.add_argument("--steps", type=positive_int, default=20)
     return _run("figures/training_curve.py", __doc__, add, lambda d, a: training_curve(d, a.experiment, a.steps), argv)
+
+
+def samples_cli(argv=None):
+    def add(p):
+        p.add_argument("--runs", nargs="+", required=True, help="experiments (any method) whose checkpoints are sampled")
+        p.add_argument("--labels", nargs="*", default=None, help="a legend name per run (default: method and folder)")
+        p.add_argument("--ceiling", default=None, help="embedding_ceiling.json (figures/embedding_ceiling.py): its best accuracy as a line")
+        p.add_argument("--steps", type=positive_int, default=20)
+    return _run("figures/accuracy_vs_samples.py", __doc__, add, lambda d, a: samples_curve(d, a.runs, a.labels, a.steps, a.ceiling), argv)
 
 
 def structure_cli(argv=None):
