@@ -30,6 +30,10 @@ PRESETS: dict[str, dict[str, dict]] = {
         # and batch cut to fit the demo's few minutes on 2 CPU cores.
         "toy": dict(_COMMON_PAPER, train_batch_size=16, resolution=32, max_train_steps=600,
                     checkpointing_steps=600),
+        # The converged sharpener shipped with the shapes world (python -m dice.shapes_world sharpener):
+        # chosen on validation prompts of their own seed (docs/shapes_world.md). PLACEHOLDER until the study ends.
+        "shapes-world": dict(_COMMON_PAPER, train_batch_size=64, resolution=32, learning_rate=1e-3, ema_decay=0.999,
+                             max_train_steps=3000, checkpointing_steps=250),
     },
     "sdxl": {
         "paper": dict(_COMMON_PAPER, train_batch_size=16, resolution=1024),
@@ -91,3 +95,9 @@ MODELS: dict[str, tuple[str, str]] = {
     # The trained toy model shipped in dice/assets/shapes_world (python -m dice.shapes_world pretrain).
     "shapes-world": ("sd15", str(Path(__file__).parent / "assets" / "shapes_world" / "shapes-world")),
 }
+
+
+def model_location(name: str) -> str:
+    """The hub id or path a short model name (MODELS) stands for; any other name or path unchanged.
+    Configs may record a short name (the shipped shapes-world sharpener records "shapes-world")."""
+    return MODELS[name][1] if name in MODELS else name
