@@ -29,9 +29,9 @@ from .errors import (
     ArgumentParser,
     UserError,
     check_output_dir,
-    finite_float,
     fraction,
     give_default_permissions,
+    guidance_scale,
     is_disk_full,
     non_negative_float,
     non_negative_int,
@@ -93,8 +93,8 @@ def build_parser(family: str) -> ArgumentParser:
     a("--adam_beta2", type=fraction, default=0.999)
     a("--adam_weight_decay", type=non_negative_float, default=None, help="AdamW decoupled weight decay (0 = Adam, the paper)")
     a("--adam_epsilon", type=positive_float, default=1e-8)
-    a("--guidance_scale", type=finite_float, default=None, help="CFG scale w of the teacher (gd/pnp: a fixed ω instead of --guidance_scale_range)")
-    a("--guidance_scale_range", type=finite_float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+    a("--guidance_scale", type=guidance_scale, default=None, help="CFG scale w of the teacher (gd/pnp: a fixed ω instead of --guidance_scale_range)")
+    a("--guidance_scale_range", type=guidance_scale, nargs=2, metavar=("LOW", "HIGH"), default=None,
       help="gd/pnp: the teacher's CFG scale ω is drawn per sample uniformly from [LOW, HIGH) and given to the student")
     a("--loss_type", choices=LOSS_TYPES, default=None, help="mse (paper) or l1 (authors' SD1.5 script)")
     a("--loss_reduction", choices=REDUCTIONS, default=None, help="mean (this repo) or sum_per_sample (authors)")

@@ -117,6 +117,10 @@ def test_training_refuses_bad_input_before_making_a_run_folder(tiny_model, tiny_
     refused(train, base + ["--train_data_dir", root / "inputs" / "no-caption"], "line 2", "empty list")
     (root / "inputs" / "latin-1" / "metadata.jsonl").write_bytes(b'{"file_name": "a.png", "text": "a caf\xe9"}\n')
     refused(train, base + ["--train_data_dir", root / "inputs" / "latin-1"], "is not UTF-8 text", "Save it as UTF-8")
+    # A guidance scale below 1 (1 = unguided) is refused everywhere (dice/errors.py guidance_scale says why).
+    refused(train, base + ["--guidance_scale", "-1"], "--guidance_scale", "a guidance scale >= 1")
+    refused(train, base + ["--guidance_scale", "0"], "--guidance_scale", "'0'")
+    refused(train, base + ["--method", "gd", "--guidance_scale_range", "0.5", "3"], "--guidance_scale_range", "'0.5'")
     # Model.
     refused(train, base + ["--pretrained_model_name_or_path", root / "no-such-model"], "does not exist")
     refused(train, base + ["--pretrained_model_name_or_path", "some-org/not-downloaded"], "not in the Hugging Face cache")
@@ -200,6 +204,8 @@ def test_sampling_refuses_bad_input_before_writing(tiny_model, checkpoint, works
     refused("sample.py", base + ["--steps", "0"], "--steps", "'0'")
     refused("sample.py", base + ["--resolution", "0"], "--resolution", "'0'")
     refused("sample.py", base + ["--batch_gpu", "0"], "--batch_gpu")
+    refused("sample.py", base + ["--cfg_scale", "-1"], "--cfg_scale", "a guidance scale >= 1 (1 = unguided)")
+    refused("sample.py", base + ["--cfg_scale", "0.5"], "--cfg_scale", "'0.5'")
     refused("sample.py", base + ["--prompts", write_file(root / "inputs" / "empty.txt", "\n")], "holds no prompts")
     refused("sample.py", base + ["--prompts", write_file(root / "inputs" / "bad.jsonl", '{"caption": 3}\n')], "line 1 is not a prompt")
     refused("sample.py", base + ["--scheduler", "FastestScheduler"], "unknown scheduler")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import UserError, finite_float, positive_int
+from ..errors import UserError, finite_float, guidance_scale, positive_int
 from .common import Driver, finish, parser, plot_series, quiet_threads
 
 
@@ -201,7 +201,7 @@ def nfe_cli(argv=None):
     def add(p):
         p.add_argument("--sharpener_path", required=True, help="experiment id, run or checkpoint folder, or Hub repo id")
         p.add_argument("--nfe", type=positive_int, nargs="+", default=[4, 8, 10, 16, 20, 30, 40], help="NFE budgets")
-        p.add_argument("--cfg_scale", type=finite_float, default=None, help="CFG's w (default: the sharpener's training w)")
+        p.add_argument("--cfg_scale", type=guidance_scale, default=None, help="CFG's w (default: the sharpener's training w)")
     return _run("figures/quality_vs_nfe.py", __doc__, add, lambda d, a: nfe_sweep(d, a.sharpener_path, a.nfe, a.cfg_scale), argv)
 
 
@@ -216,7 +216,7 @@ def alpha_cli(argv=None):
 def dice_cfg_cli(argv=None):
     def add(p):
         p.add_argument("--sharpener_path", required=True)
-        p.add_argument("--cfg_scales", type=finite_float, nargs="+", default=[1, 1.5, 2, 3, 5, 7.5], help="guidance scales w")
+        p.add_argument("--cfg_scales", type=guidance_scale, nargs="+", default=[1, 1.5, 2, 3, 5, 7.5], help="guidance scales w")
         p.add_argument("--steps", type=positive_int, default=20)
     return _run("figures/dice_cfg_sweep.py", __doc__, add, lambda d, a: dice_cfg_sweep(d, a.sharpener_path, a.cfg_scales, a.steps), argv)
 
