@@ -197,16 +197,19 @@ figures() {  # experiment id: the paper's settings (5k COCO prompts, 20 steps, F
 }
 
 evaluate() {  # sample folders... -> $RESULTS (HPS v2.1 for the HPS / DrawBench sets, FID / CLIP / AS otherwise)
-  local into=(--results="${RESULTS:-results/results.jsonl}")
+  # One process per metric scores all its folders: each metric network loads once, not once per folder.
+  local into=(--results="${RESULTS:-results/results.jsonl}") hps=() coco=() folder
   for folder in "$@"; do
-    if grep -qE '"prompts": "(hps-|drawbench)' "$folder/sampling_options.json" 2>/dev/null; then
-      "${LAUNCH[@]}" evaluation/hps.py calc --images="$folder" "${into[@]}"
-      continue
-    fi
-    "${LAUNCH[@]}" evaluation/fid.py calc --images="$folder" --ref="$FID_REF" "${into[@]}"
-    "${LAUNCH[@]}" evaluation/clip_score.py calc --images="$folder" "${into[@]}"
-    "${LAUNCH[@]}" evaluation/aesthetic.py calc --images="$folder" "${into[@]}"
+    if grep -qE '"prompts": "(hps-|drawbench)' "$folder/sampling_options.json" 2>/dev/null; then hps+=("$folder"); else coco+=("$folder"); fi
   done
+  if [ ${#hps[@]} -gt 0 ]; then
+    "${LAUNCH[@]}" evaluation/hps.py calc --images "${hps[@]}" "${into[@]}"
+  fi
+  if [ ${#coco[@]} -gt 0 ]; then
+    "${LAUNCH[@]}" evaluation/fid.py calc --images "${coco[@]}" --ref="$FID_REF" "${into[@]}"
+    "${LAUNCH[@]}" evaluation/clip_score.py calc --images "${coco[@]}" "${into[@]}"
+    "${LAUNCH[@]}" evaluation/aesthetic.py calc --images "${coco[@]}" "${into[@]}"
+  fi
 }
 
 case "${1:-}" in

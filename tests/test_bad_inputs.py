@@ -281,18 +281,23 @@ def killed_sample_folder(folder: Path, present: int = 12, promised: int = 40) ->
 def test_evaluators_refuse_an_unfinished_sample_folder(workspace, monkeypatch, capsys):
     root, refused = workspace
     folder = killed_sample_folder(root / "inputs" / "killed")
+    finished = killed_sample_folder(root / "inputs" / "finished", present=4, promised=4)
     save_stats(root / "inputs" / "ref.npz", np.zeros(64), np.eye(64))
     calc = ["calc", "--images", folder, "--smoke_test", "--num_workers", "0", "--results", "results.jsonl"]
     for script in ("evaluation/fid.py", "evaluation/clip_score.py", "evaluation/aesthetic.py"):
         extra = ["--ref", root / "inputs" / "ref.npz"] if script.endswith("fid.py") else []
         refused(script, calc + extra, "no manifest.jsonl yet", "12 of the 40 images", "--allow_incomplete")
+    # Several folders in one call are all checked first: a finished one before the unfinished one is not scored either.
+    several = ["calc", "--images", finished, folder, *calc[3:], "--ref", root / "inputs" / "ref.npz"]
+    refused("evaluation/fid.py", several, "no manifest.jsonl yet", "12 of the 40 images")
     # CLIP score needs each image's prompt: without a manifest even --allow_incomplete cannot pair them.
     refused("evaluation/clip_score.py", calc + ["--allow_incomplete"], "has no manifest.jsonl pairing each image with its prompt")
-    # --allow_incomplete scores the images present.
+    # --allow_incomplete scores the images present; several folders give a line each, in order.
     for script, extra in (("evaluation/fid.py", ["--ref", root / "inputs" / "ref.npz"]), ("evaluation/aesthetic.py", [])):
-        monkeypatch.setattr(sys, "argv", [script, *map(str, calc + extra + ["--allow_incomplete"])])
+        argv = ["calc", "--images", folder, finished, *calc[3:], *extra, "--allow_incomplete"]
+        monkeypatch.setattr(sys, "argv", [script, *map(str, argv)])
         runpy.run_path(str(REPO / script), run_name="__main__")
-    assert [json.loads(line)["count"] for line in (root / "results.jsonl").read_text().splitlines()] == [12, 12]
+    assert [json.loads(line)["count"] for line in (root / "results.jsonl").read_text().splitlines()] == [12, 4, 12, 4]
 
 
 def test_evaluators_refuse_bad_files_and_unwritable_outputs(workspace):
