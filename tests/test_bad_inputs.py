@@ -362,6 +362,7 @@ def test_demos_refuse_bad_input(workspace):
     refused("dice.shapes_world", ["pretrain", "--out", root / "w", "--unet_steps", "-1"], "--unet_steps", "negative")
     refused("dice.demo_eval", ["--exps_root", root / "inputs"], "no demo experiment", "bash launch.sh demo")
     refused("dice.demo_eval", ["--steps", "0"], "--steps")
+    refused("dice.recipes", ["model", "sd14"], "no model named 'sd14'", "dreamshaper")
 
 
 # ---- real processes ------------------------------------------------------------------------------
