@@ -15,6 +15,9 @@
 #   bash launch.sh ref                         FID reference statistics of COCO val2017 (512 px) -> $FID_REF
 #   bash launch.sh figures EXP_ID|toy          every figure of the paper for one experiment -> results/figures/<exp>/
 #                                              (toy: trains and analyses a sharpener of the shapes world, CPU, no downloads)
+#   bash launch.sh rehearse [RECIPE...]        every recipe above on tiny random models of each family, a tiny COCO and
+#                                              smoke-test metrics, on the CPU: what would break on a cluster, in minutes
+#                                              (python -m dice.rehearsal --help)
 # Environment: NGPUS (8), COCO (data/coco2017), FID_REF (data/coco_val2017_512.npz),
 # ACCELERATE_ARGS (extra `accelerate launch` flags, e.g. multi-node: --num_machines 2 --machine_rank 0
 # --main_process_ip HOST), PRECISION (bf16, as the authors), PYTHON (python: one with requirements.txt installed),
@@ -254,11 +257,11 @@ evaluate() {  # sample folders... -> $RESULTS (HPS v2.1 for the HPS / DrawBench 
 }
 
 case "${1:-}" in
-  demo|demo-eval|train|train-variants|sample|eval|table|ref|figures|table1)
+  demo|demo-eval|train|train-variants|sample|eval|table|ref|figures|table1|rehearse)
     check_python
     mkdir -p "${WORKDIR:-$REPO}" && cd "${WORKDIR:-$REPO}" ;;
   *)
-    sed -n '2,26p' "$0"; exit 2 ;;
+    sed -n '2,29p' "$0"; exit 2 ;;
 esac
 
 case "$1" in
@@ -286,4 +289,6 @@ case "$1" in
   table1)
     block=${2:?block: toy, sd15, dreamshaper, sdxl or pixart}
     if [ "$block" = toy ]; then OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 table1 toy; else table1 "$block"; fi ;;
+  rehearse)
+    "$PYTHON" -m dice.rehearsal "${@:2}" ;;
 esac

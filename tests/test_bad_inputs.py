@@ -362,6 +362,8 @@ def test_demos_refuse_bad_input(workspace):
     refused("dice.shapes_world", ["pretrain", "--out", root / "w", "--unet_steps", "-1"], "--unet_steps", "negative")
     refused("dice.demo_eval", ["--exps_root", root / "inputs"], "no demo experiment", "bash launch.sh demo")
     refused("dice.demo_eval", ["--steps", "0"], "--steps")
+    refused("dice.rehearsal", ["train", "cluster"], "no recipe 'cluster' to rehearse", "train-variants")
+    refused("dice.rehearsal", ["--dir", write_file(root / "inputs" / "used" / "a_file").parent], "is not empty")
     refused("dice.recipes", ["model", "sd14"], "no model named 'sd14'", "dreamshaper")
 
 

@@ -1,5 +1,5 @@
-"""launch.sh itself: what a newcomer meets before any model loads, and the order of a recipe's commands (with a
-recording stand-in for Python)."""
+"""launch.sh itself: what a newcomer meets before any model loads, the order of a recipe's commands (with a
+recording stand-in for Python), and the rehearsal's stand-ins. The recipes end to end: tests/test_rehearsal.py."""
 from __future__ import annotations
 
 import json
@@ -27,7 +27,7 @@ def executable(path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("command", [["demo"], ["table1", "toy"]])
+@pytest.mark.parametrize("command", [["demo"], ["table1", "toy"], ["rehearse"]])
 def test_a_python_without_the_requirements_is_one_line(command, tmp_path):
     """`bash launch.sh demo` with the system Python (no torch) once ended in ModuleNotFoundError's traceback."""
     bare = executable(tmp_path / "python", f'#!/bin/sh\nexec "{sys.executable}" -I -S "$@"\n')  # no site-packages: no torch
@@ -41,7 +41,7 @@ def test_a_python_without_the_requirements_is_one_line(command, tmp_path):
 
 def test_no_command_prints_the_usage():
     proc = launch()
-    assert proc.returncode == 2 and "bash launch.sh table1" in proc.stdout and "TRAIN_ARGS" in proc.stdout
+    assert proc.returncode == 2 and "bash launch.sh rehearse" in proc.stdout and "TRAIN_ARGS" in proc.stdout
 
 
 def recorded(tmp_path: Path, *args: str, **env: str) -> list[str]:
@@ -90,3 +90,33 @@ def test_model_ids_come_from_the_presets(tmp_path):
     launch_sh = (REPO / "launch.sh").read_text()
     for hub_id in [path for _, path in MODELS.values()] + list(VAES.values()):
         assert hub_id not in launch_sh, f"{hub_id} is written in launch.sh too"
+
+
+# ---- the rehearsal's stand-ins ------------------------------------------------------------------------
+
+def test_the_stand_in_coco_and_prompt_sets_load_as_the_real_ones(tmp_path, monkeypatch):
+    from dice.data import load_records
+    from dice.prompts import load_prompts
+    from dice.rehearsal import HPS_SETS, write_coco, write_prompt_sets
+
+    coco = write_coco(tmp_path / "coco2017", train_images=4, val_images=2)
+    layout, records = load_records(coco)
+    assert layout == "coco2017" and len(records) == 4 and all(r.path.suffix == ".jpg" and r.path.is_file() and r.captions for r in records)
+    assert len(list((coco / "val2017").glob("*.jpg"))) == 2
+    val = json.loads((coco / "annotations" / "captions_val2017.json").read_text())
+    assert len(val["images"]) == 2 and {a["image_id"] for a in val["annotations"]} == {i["id"] for i in val["images"]}
+    monkeypatch.setenv("DICE_PROMPTS_DIR", str(write_prompt_sets(tmp_path / "prompts")))
+    assert all(len(load_prompts(name)) == 3 for name in HPS_SETS)
+
+
+def test_rehearsal_recipes_bring_what_they_read():
+    from dice.rehearsal import RECIPES, with_prerequisites
+
+    assert with_prerequisites(["table"]) == ["train", "sample", "eval", "table"]
+    assert with_prerequisites(["figures", "train"]) == ["train", "train-variants", "figures"]
+    assert with_prerequisites(list(reversed(RECIPES))) == list(RECIPES)
+
+
+def test_the_readme_shows_the_slurm_job_that_the_rehearsal_runs():
+    job = (REPO / "slurm" / "train_sd15.sbatch").read_text()
+    assert job in (REPO / "README.md").read_text()
