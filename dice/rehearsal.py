@@ -227,7 +227,8 @@ def comparable(table: Path) -> list[tuple]:
 
 PAPER_COLUMNS = ("fid", "clip_score", "aesthetic")
 FIGURES = ("quality_vs_nfe", "alpha_sweep", "dice_cfg_sweep", "training_curve", "sharpener_structure", "transfer_matrix",
-           "semantic_padding", "embedding_pca", "attention_maps", "table")
+           "semantic_padding", "semantic_padding_panel", "embedding_pca", "attention_maps", "attention_trajectory",
+           "prompt_optimisation", "prompt_optimisation_grid", "table")
 
 
 # ---- the recipes ------------------------------------------------------------------------------------

@@ -80,6 +80,13 @@ def test_a_rerun_of_a_block_continues_its_runs(tmp_path):
         assert f"--method={method} --resume_from_checkpoint=latest --experiment=exps/0000{k}-table1-toy-{method}" in call
 
 
+def test_the_demos_reach_their_modules(tmp_path):
+    """`bash launch.sh demo [family] [options]` and `demo-eval`: options pass through (the modules are tested themselves)."""
+    assert recorded(tmp_path, "demo", "sdxl", "--num_prompts", "4") == ["-m dice.demo sdxl --num_prompts 4"]
+    (tmp_path / "eval").mkdir()
+    assert recorded(tmp_path / "eval", "demo-eval", "3", "--steps", "2") == ["-m dice.demo_eval 3 --steps 2"]
+
+
 def test_model_ids_come_from_the_presets(tmp_path):
     from dice.presets import MODELS, VAES
     from dice.recipes import model_id
