@@ -155,23 +155,21 @@ def structure_ablation(driver: Driver, experiments: list[str], steps: int = 20) 
 
 
 def train_structures(base_argv: list[str], structures: list[tuple[int, int]], desc: str) -> list[str]:
-    """Train (or find, when its run folder exists and is complete) one sharpener per (inner_dim, heads)."""
+    """Train one sharpener per (inner_dim, heads); a run folder already there is continued (a finished one has
+    nothing to do), so an interrupted figure run does not count a half-trained sharpener as done."""
     import shlex
     from pathlib import Path
 
-    from ..experiments import latest_checkpoint
+    from ..training import build_parser
     from ..training import main as train_main
 
     runs = []
     for inner_dim, heads in structures:
         argv = base_argv + ["--sharpener_inner_dim", str(inner_dim), "--sharpener_heads", str(heads), "--desc", f"{desc}-{inner_dim}x{heads}"]
-        from ..training import build_parser
-
         root = build_parser("sd15").parse_known_args(argv + ["--pretrained_model_name_or_path", "-", "--train_data_dir", "-"])[0].output_dir
-        done = sorted(Path(root).glob(f"[0-9][0-9][0-9][0-9][0-9]-{desc}-{inner_dim}x{heads}"))
-        if done and latest_checkpoint(done[-1]) is not None:
-            runs.append(str(done[-1]))
-            continue
+        earlier = sorted(Path(root).glob(f"[0-9][0-9][0-9][0-9][0-9]-{desc}-{inner_dim}x{heads}"))
+        if earlier:
+            argv += ["--resume_from_checkpoint", "latest", "--experiment", str(earlier[-1])]
         print(f"$ python train_sd15.py {shlex.join(argv)}", flush=True)
         runs.append(str(train_main("sd15", argv)))
     return runs
