@@ -15,36 +15,62 @@
 #   bash launch.sh ref                         FID reference statistics of COCO val2017 (512 px) -> $FID_REF
 #   bash launch.sh figures EXP_ID|toy          every figure of the paper for one experiment -> results/figures/<exp>/
 #                                              (toy: trains and analyses a sharpener of the shapes world, CPU, no downloads)
+#   bash launch.sh rehearse [RECIPE...]        every recipe above on tiny random models of each family, a tiny COCO and
+#                                              smoke-test metrics, on the CPU: what would break on a cluster, in minutes
+#                                              (python -m dice.rehearsal --help)
 # Environment: NGPUS (8), COCO (data/coco2017), FID_REF (data/coco_val2017_512.npz),
 # ACCELERATE_ARGS (extra `accelerate launch` flags, e.g. multi-node: --num_machines 2 --machine_rank 0
-# --main_process_ip HOST), PRECISION (bf16, as the authors), PYTHON (python),
-# PROMPT_SETS (coco5k; add "hps-anime hps-concept-art hps-paintings hps-photo drawbench" for Table 1's HPS / DrawBench columns).
+# --main_process_ip HOST), PRECISION (bf16, as the authors), PYTHON (python: one with requirements.txt installed),
+# PROMPT_SETS (coco5k; add "hps-anime hps-concept-art hps-paintings hps-photo drawbench" for Table 1's HPS / DrawBench columns),
+# WORKDIR (where exps/, samples/, results/ and data/ are: this folder), TRAIN_ARGS (train_*.py options added last to
+# every training command, e.g. --latent_cache DIR), PROMPT_LIMIT (only the first N prompts of every prompt set; default
+# all, the paper's protocol), SMOKE_TEST (1: the evaluators' random-weight stand-ins, meaningless numbers), MODELS_DIR
+# (a folder with a stand-in for each model name of dice/presets.py, as the rehearsal writes), TOY_PROMPTS (held-out
+# prompts of the toy recipes: 256 for table1, 128 for figures).
 set -euo pipefail
-cd "$(dirname "$0")"
+REPO=$(cd "$(dirname "$0")" && pwd)
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"  # `python -m dice...` from any WORKDIR
 
 NGPUS=${NGPUS:-8}
 COCO=${COCO:-data/coco2017}
 FID_REF=${FID_REF:-data/coco_val2017_512.npz}
 PRECISION=${PRECISION:-bf16}
 PYTHON=${PYTHON:-python}
+# accelerate of $PYTHON itself (not whichever `accelerate` is first on PATH): PYTHON=.venv/bin/python works unactivated.
+# --quiet: a script's one-line error is not followed by the launcher's own traceback.
 # shellcheck disable=SC2206
-LAUNCH=(accelerate launch --num_processes="$NGPUS" --mixed_precision="$PRECISION" ${ACCELERATE_ARGS:-})
+LAUNCH=("$PYTHON" -m accelerate.commands.launch --quiet --num_processes="$NGPUS" --mixed_precision="$PRECISION" ${ACCELERATE_ARGS:-})
+read -r -a TRAIN_EXTRA <<< "${TRAIN_ARGS:-}"
+LIMIT=(${PROMPT_LIMIT:+--num_images="$PROMPT_LIMIT"})
+SMOKE=(${SMOKE_TEST:+--smoke_test})
 
-model_of() {  # family -> the paper's base model
-  case "$1" in
-    sd15) echo stable-diffusion-v1-5/stable-diffusion-v1-5 ;;
-    sdxl) echo stabilityai/stable-diffusion-xl-base-1.0 ;;
-    pixart) echo PixArt-alpha/PixArt-XL-2-512x512 ;;
-    *) echo "unknown family '$1' (sd15, sdxl, pixart)" >&2; exit 2 ;;
-  esac
+check_python() {  # $PYTHON must hold the requirements: one line saying how to get there, not a Python traceback
+  local missing
+  if ! missing=$("$PYTHON" -c 'import importlib.util as u
+print(" ".join(m for m in ("torch", "diffusers", "transformers", "accelerate") if u.find_spec(m) is None))' 2>/dev/null); then
+    echo "error: PYTHON=$PYTHON is not a Python that runs here. Activate the virtual environment (. .venv/bin/activate) or set PYTHON=.venv/bin/python" >&2
+    exit 2
+  fi
+  if [ -n "$missing" ]; then
+    echo "error: $PYTHON has no ${missing// /, } (not the repository's virtual environment). Activate it (. .venv/bin/activate) or set PYTHON=.venv/bin/python; to make it: python3.11 -m venv .venv && .venv/bin/pip install -r requirements.txt" >&2
+    exit 2
+  fi
+}
+
+model_of() {  # model name (dice/presets.py) -> its hub id, or its stand-in under MODELS_DIR
+  if [ -n "${MODELS_DIR:-}" ]; then echo "$MODELS_DIR/$1"; else "$PYTHON" -m dice.recipes model "$1"; fi
 }
 
 train() {  # family [extra training args...]
-  local family=$1; shift
-  local extra=()
-  [ "$family" = sdxl ] && extra=(--pretrained_vae_model_name_or_path=madebyollin/sdxl-vae-fp16-fix)
-  "${LAUNCH[@]}" "train_${family}.py" --pretrained_model_name_or_path="$(model_of "$family")" \
-    --train_data_dir="$COCO" --n_gpus="$NGPUS" "${extra[@]}" "$@"
+  local family=$1 model vae_model extra=(); shift
+  case "$family" in
+    sd15|pixart) ;;
+    sdxl) vae_model=$(model_of sdxl-vae); extra=(--pretrained_vae_model_name_or_path="$vae_model") ;;
+    *) echo "error: unknown family '$family'. Use sd15, sdxl or pixart" >&2; exit 2 ;;
+  esac
+  model=$(model_of "$family")  # assigned, not inline: a failed lookup stops the script
+  "${LAUNCH[@]}" "$REPO/train_${family}.py" --pretrained_model_name_or_path="$model" \
+    --train_data_dir="$COCO" --n_gpus="$NGPUS" "${extra[@]}" "$@" "${TRAIN_EXTRA[@]}"
 }
 
 run_of() {  # desc -> the newest exps/NNNNN-<desc>, or nothing
@@ -54,37 +80,53 @@ run_of() {  # desc -> the newest exps/NNNNN-<desc>, or nothing
 train_once() {  # desc training-command...: train into exps/NNNNN-<desc>; a rerun continues (or keeps) that run
   local desc=$1 run; shift
   run=$(run_of "$desc")
-  if [ -n "$run" ]; then "$@" --resume_from_checkpoint=latest --experiment="$run"; else "$@" --desc="$desc"; fi
+  if [ -n "$run" ]; then
+    "$@" "${TRAIN_EXTRA[@]}" --resume_from_checkpoint=latest --experiment="$run"
+  else
+    "$@" "${TRAIN_EXTRA[@]}" --desc="$desc"
+  fi
+}
+
+train_variants() {  # [extra training args...]
+  # Paper 4.1: "Enhancers for SD15-based variants are trained with negative prompts." u is always one of
+  # them (3.2: they "replace all null text embeddings"); the checkpoint records the list, and `sample`
+  # below draws each image's u from it by default (README "Negative prompts"). A rerun continues them.
+  local name model
+  for name in dreamshaper absolutereality animepasteldream; do
+    model=$(model_of "$name")
+    train_once "variant-$name" "${LAUNCH[@]}" "$REPO/train_sd15.py" --pretrained_model_name_or_path="$model" \
+      --train_data_dir="$COCO" --n_gpus="$NGPUS" --negative_prompts=default "$@"
+  done
 }
 
 table1() {  # block: the six rows of one Table-1 block -> results/table1-<block>.{md,csv,json,png}
   local block=$1 out=samples/table1-$1 results=results/table1-$1.jsonl
-  local family=sd15 model vae=() dice_extra=() methods=(dice gd pnp) train sample base
+  local family=sd15 model vae_model vae=() dice_extra=() methods=(dice gd pnp) train sample base
   case "$block" in
-    toy) model=dice/assets/shapes_world/shapes-world ;;
+    toy) model=$REPO/dice/assets/shapes_world/shapes-world ;;
     sd15) model=$(model_of sd15) ;;
-    dreamshaper) model=Lykon/DreamShaper; dice_extra=(--negative_prompts=default) ;;  # paper 4.1: variants with negatives
-    sdxl) family=sdxl; model=$(model_of sdxl); vae=(--pretrained_vae_model_name_or_path=madebyollin/sdxl-vae-fp16-fix) ;;
+    dreamshaper) model=$(model_of dreamshaper); dice_extra=(--negative_prompts=default) ;;  # paper 4.1: variants with negatives
+    sdxl) family=sdxl; model=$(model_of sdxl); vae_model=$(model_of sdxl-vae); vae=(--pretrained_vae_model_name_or_path="$vae_model") ;;
     pixart) family=pixart; model=$(model_of pixart); methods=(dice gd)
       echo "PixArt-alpha: no PnP row (diffusers has no PixArt ControlNet; README 'Table 1's other rows')" >&2 ;;
     *) echo "error: unknown Table-1 block '$block'. Use toy, sd15, dreamshaper, sdxl or pixart" >&2; exit 2 ;;
   esac
   [ "$block" = toy ] || ensure_ref  # before training: hours of training must not end at a missing reference
   local s  # Scaling's s: the paper's per model (dice/presets.py EMBEDDING_SCALES)
-  s=$("$PYTHON" -c "from dice.presets import EMBEDDING_SCALES; print(EMBEDDING_SCALES['${block/toy/shapes-world}'])")
+  s=$("$PYTHON" -m dice.recipes embedding-scale "${block/toy/shapes-world}")
   if [ "$block" = toy ]; then  # one CPU process, the world's data, held-out prompts and evaluator
     local data=data/shapes_world-train-4000 prompts=data/shapes_world-prompts-256.jsonl
     [ -f "$data/metadata.jsonl" ] || "$PYTHON" -m dice.shapes_world data --out "$data" --num_images 4000
     [ -f "$prompts" ] || "$PYTHON" -m dice.shapes_world prompts --out "$prompts" --num_prompts 256
-    train=("$PYTHON" train_sd15.py --pretrained_model_name_or_path="$model" --train_data_dir="$data" --preset=toy
+    train=("$PYTHON" "$REPO/train_sd15.py" --pretrained_model_name_or_path="$model" --train_data_dir="$data" --preset=toy
            --dataloader_num_workers=0 --validation_prompts "a red circle and a blue square" "a blue cross and a red triangle")
-    sample=("$PYTHON" sample.py --prompts="$prompts" --outdir="$out" --batch_gpu=64)
+    sample=("$PYTHON" "$REPO/sample.py" --prompts="$prompts" --outdir="$out" --batch_gpu=64 ${TOY_PROMPTS:+--num_images="$TOY_PROMPTS"})
     base=(--model_name=shapes-world)
   else
-    train=("${LAUNCH[@]}" "train_$family.py" --pretrained_model_name_or_path="$model" --train_data_dir="$COCO"
+    train=("${LAUNCH[@]}" "$REPO/train_$family.py" --pretrained_model_name_or_path="$model" --train_data_dir="$COCO"
            --n_gpus="$NGPUS" "${vae[@]}")
-    sample=("${LAUNCH[@]}" sample.py --outdir="$out" --batch_gpu=16)
-    base=(--model_name="$block" "${vae[@]}")
+    sample=("${LAUNCH[@]}" "$REPO/sample.py" --outdir="$out" --batch_gpu=16 "${LIMIT[@]}")
+    base=(--pretrained_model_name_or_path="$model" "${vae[@]}")
   fi
   for method in "${methods[@]}"; do
     extra=(); [ "$method" = dice ] && extra=("${dice_extra[@]}")
@@ -107,11 +149,11 @@ table1() {  # block: the six rows of one Table-1 block -> results/table1-<block>
   done
   rm -f "$results"  # this run's folders only (a folder of an earlier experiment stays out of the table)
   if [ "$block" = toy ]; then
-    for folder in "${folders[@]}"; do "$PYTHON" evaluation/shapes_world.py calc --images="$folder" --results="$results"; done
+    for folder in "${folders[@]}"; do "$PYTHON" "$REPO/evaluation/shapes_world.py" calc --images="$folder" --results="$results"; done
   else
     RESULTS=$results evaluate "${folders[@]}"
   fi
-  "$PYTHON" evaluation/results.py --results "$results" --out "results/table1-$block"
+  "$PYTHON" "$REPO/evaluation/results.py" --results "$results" --out "results/table1-$block"
 }
 
 
@@ -119,10 +161,10 @@ sample_all() {  # experiment id: DICE + the two baselines of Table 1 on each of 
   local exp=$1 set
   for set in ${PROMPT_SETS:-coco5k}; do
     # u (negative prompt) defaults to what the sharpener was trained with; the baselines below use "".
-    "${LAUNCH[@]}" sample.py --sharpener_path="$exp" --batch_gpu=16 --prompts="$set"
+    "${LAUNCH[@]}" "$REPO/sample.py" --sharpener_path="$exp" --batch_gpu=16 --prompts="$set" "${LIMIT[@]}"
     # alpha 0 leaves the embedding unchanged: the sharpener's base model itself, labelled unguided / cfg.
-    "${LAUNCH[@]}" sample.py --sharpener_path="$exp" --alpha=0 --batch_gpu=16 --prompts="$set"
-    "${LAUNCH[@]}" sample.py --sharpener_path="$exp" --alpha=0 --cfg_scale=5 --batch_gpu=16 --prompts="$set"
+    "${LAUNCH[@]}" "$REPO/sample.py" --sharpener_path="$exp" --alpha=0 --batch_gpu=16 --prompts="$set" "${LIMIT[@]}"
+    "${LAUNCH[@]}" "$REPO/sample.py" --sharpener_path="$exp" --alpha=0 --cfg_scale=5 --batch_gpu=16 --prompts="$set" "${LIMIT[@]}"
   done
 }
 
@@ -131,7 +173,7 @@ ref() {  # the FID reference statistics, as the authors made them: val2017 centr
     echo "error: $COCO/val2017 not found, so the FID reference $FID_REF cannot be built. Put MS-COCO 2017 under COCO=$COCO, or give FID_REF=<existing .npz>" >&2
     exit 2
   fi
-  "${LAUNCH[@]}" evaluation/fid.py ref --data="$COCO/val2017" --dest="$FID_REF" --center_crop_resize=512
+  "${LAUNCH[@]}" "$REPO/evaluation/fid.py" ref --data="$COCO/val2017" --dest="$FID_REF" --center_crop_resize=512 "${SMOKE[@]}"
 }
 
 ensure_ref() {  # before any training: a missing reference is built (or refused) now, not after hours of training
@@ -140,76 +182,89 @@ ensure_ref() {  # before any training: a missing reference is built (or refused)
 
 figures_toy() {  # the shapes world: train a sharpener (checkpoints every 150 updates) and run every analysis on it
   local data=data/shapes_world-train-4000 prompts=data/shapes_world-prompts-1000.jsonl out=results/figures/toy
-  local model=dice/assets/shapes_world/shapes-world single=data/shapes-world.safetensors
-  local train=(train_sd15.py --pretrained_model_name_or_path="$model" --train_data_dir="$data" --preset=toy --output_dir=exps
+  local model=$REPO/dice/assets/shapes_world/shapes-world single=data/shapes-world.safetensors fig=$REPO/figures
+  local train=("$REPO/train_sd15.py" --pretrained_model_name_or_path="$model" --train_data_dir="$data" --preset=toy --output_dir=exps
                --dataloader_num_workers=0)
   [ -f "$data/metadata.jsonl" ] || "$PYTHON" -m dice.shapes_world data --out "$data" --num_images 4000
   [ -f "$prompts" ] || "$PYTHON" -m dice.shapes_world prompts --out "$prompts" --num_prompts 1000
+  # A rerun continues an unfinished run (a finished one has nothing to do).
+  train_once figures-toy "$PYTHON" "${train[@]}" --checkpointing_steps=150 \
+    --validation_prompts "a red circle and a blue square" "a yellow triangle next to a green cross"
   local run
-  run=$(ls -d exps/[0-9][0-9][0-9][0-9][0-9]-figures-toy 2>/dev/null | tail -n 1)
-  if [ -z "$run" ] || [ ! -d "$run/checkpoint-600" ]; then
-    [ -n "$run" ] && resume=(--resume_from_checkpoint=latest --experiment="$run") || resume=()
-    "$PYTHON" "${train[@]}" --checkpointing_steps=150 --desc=figures-toy "${resume[@]}" \
-      --validation_prompts "a red circle and a blue square" "a yellow triangle next to a green cross"
-    run=$(ls -d exps/[0-9][0-9][0-9][0-9][0-9]-figures-toy | tail -n 1)
-  fi
+  run=$(run_of figures-toy)
   # Sweeps: TOY_PROMPTS held-out prompts (half unseen combinations), scored by the world's evaluator.
   local sweep=(--out="$out" --prompts="$prompts" --num_images="${TOY_PROMPTS:-128}" --metrics=world --batch_gpu=64)
-  "$PYTHON" figures/quality_vs_nfe.py "${sweep[@]}" --sharpener_path="$run" --nfe 4 8 12 20 40
-  "$PYTHON" figures/alpha_sweep.py "${sweep[@]}" --sharpener_path="$run" --alphas 0 0.5 1 1.5 2
-  "$PYTHON" figures/dice_cfg_sweep.py "${sweep[@]}" --sharpener_path="$run" --cfg_scales 1 2 5
-  "$PYTHON" figures/training_curve.py "${sweep[@]}" --experiment="$run"
-  "$PYTHON" figures/sharpener_structure.py "${sweep[@]}" --experiments "$run" --train 64x4 \
-    --train_args="${train[*]:1} --validation_prompts"
+  "$PYTHON" "$fig/quality_vs_nfe.py" "${sweep[@]}" --sharpener_path="$run" --nfe 4 8 12 20 40
+  "$PYTHON" "$fig/alpha_sweep.py" "${sweep[@]}" --sharpener_path="$run" --alphas 0 0.5 1 1.5 2
+  "$PYTHON" "$fig/dice_cfg_sweep.py" "${sweep[@]}" --sharpener_path="$run" --cfg_scales 1 2 5
+  "$PYTHON" "$fig/training_curve.py" "${sweep[@]}" --experiment="$run"
+  "$PYTHON" "$fig/sharpener_structure.py" "${sweep[@]}" --experiments "$run" --train 64x4 \
+    --train_args="${train[*]:1} ${TRAIN_EXTRA[*]} --validation_prompts"
   [ -f "$single" ] || "$PYTHON" -m dice.single_file "$model" "$single"
-  "$PYTHON" figures/transfer_matrix.py "${sweep[@]}" --sharpeners "$run" "$(ls -d exps/[0-9]*-structure-64x4 | tail -n 1)" \
+  "$PYTHON" "$fig/transfer_matrix.py" "${sweep[@]}" --sharpeners "$run" "$(run_of structure-64x4)" \
     --models "$model" "$single" --single_file_config="$model"
   local inside=(--sharpener_path="$run" --out="$out")
-  "$PYTHON" figures/semantic_padding.py "${inside[@]}" --prompts="$prompts" --num_prompts=1000
-  "$PYTHON" figures/embedding_pca.py "${inside[@]}" --prompts="$prompts" --num_prompts=1000
-  "$PYTHON" figures/attention_maps.py "${inside[@]}" --prompt="a red circle and a blue square"
-  "$PYTHON" figures/prompt_optimisation.py --pretrained_model_name_or_path=shapes-world --out="$out" \
+  "$PYTHON" "$fig/semantic_padding.py" "${inside[@]}" --prompts="$prompts" --num_prompts=1000
+  "$PYTHON" "$fig/embedding_pca.py" "${inside[@]}" --prompts="$prompts" --num_prompts=1000
+  "$PYTHON" "$fig/attention_maps.py" "${inside[@]}" --prompt="a red circle and a blue square"
+  "$PYTHON" "$fig/prompt_optimisation.py" --pretrained_model_name_or_path=shapes-world --out="$out" \
     --prompt="a red circle and a blue square" --fit_steps=300
-  "$PYTHON" evaluation/results.py --results "$out/results.jsonl" --out "$out/table"
+  "$PYTHON" "$REPO/evaluation/results.py" --results "$out/results.jsonl" --out "$out/table"
 }
 
 figures() {  # experiment id: the paper's settings (5k COCO prompts, 20 steps, FID/CLIP/AS; 1,000 prompts for the embeddings)
-  local exp=$1 out=results/figures/$1
+  local exp=$1 out=results/figures/$1 fig=$REPO/figures
   ensure_ref
-  local sweep=(--out="$out" --prompts="${PROMPTS:-coco5k}" --metrics=paper --ref="$FID_REF" --batch_gpu=16)
-  "$PYTHON" figures/quality_vs_nfe.py "${sweep[@]}" --sharpener_path="$exp"
-  "$PYTHON" figures/alpha_sweep.py "${sweep[@]}" --sharpener_path="$exp"
-  "$PYTHON" figures/dice_cfg_sweep.py "${sweep[@]}" --sharpener_path="$exp"
-  "$PYTHON" figures/training_curve.py "${sweep[@]}" --experiment="$exp"
+  local sweep=(--out="$out" --prompts="${PROMPTS:-coco5k}" --metrics=paper --ref="$FID_REF" --batch_gpu=16 "${LIMIT[@]}" "${SMOKE[@]}")
+  "$PYTHON" "$fig/quality_vs_nfe.py" "${sweep[@]}" --sharpener_path="$exp"
+  "$PYTHON" "$fig/alpha_sweep.py" "${sweep[@]}" --sharpener_path="$exp"
+  "$PYTHON" "$fig/dice_cfg_sweep.py" "${sweep[@]}" --sharpener_path="$exp"
+  "$PYTHON" "$fig/training_curve.py" "${sweep[@]}" --experiment="$exp"
   # A.1 and Fig. 6 compare several sharpeners: STRUCTURE_EXPS (runs trained with --sharpener_inner_dim/--sharpener_heads),
   # TRANSFER_SHARPENERS and TRANSFER_MODELS (e.g. the three variants' runs and models; single files need SINGLE_FILE_CONFIG).
-  # shellcheck disable=SC2086
-  [ -n "${STRUCTURE_EXPS:-}" ] && "$PYTHON" figures/sharpener_structure.py "${sweep[@]}" --experiments "$exp" $STRUCTURE_EXPS
-  # shellcheck disable=SC2086
-  [ -n "${TRANSFER_MODELS:-}" ] && "$PYTHON" figures/transfer_matrix.py "${sweep[@]}" --sharpeners "$exp" ${TRANSFER_SHARPENERS:-} \
-    --models $TRANSFER_MODELS ${SINGLE_FILE_CONFIG:+--single_file_config="$SINGLE_FILE_CONFIG"}
-  local inside=(--sharpener_path="$exp" --out="$out")
-  "$PYTHON" figures/semantic_padding.py "${inside[@]}" --prompts=coco5k --num_prompts=1000
-  "$PYTHON" figures/embedding_pca.py "${inside[@]}" --prompts=coco5k --num_prompts=1000
-  "$PYTHON" figures/attention_maps.py "${inside[@]}"
-  "$PYTHON" figures/prompt_optimisation.py --sharpener_path="$exp" --out="$out"
-  "$PYTHON" evaluation/results.py --results "$out/results.jsonl" --out "$out/table"
+  if [ -n "${STRUCTURE_EXPS:-}" ]; then
+    # shellcheck disable=SC2086
+    "$PYTHON" "$fig/sharpener_structure.py" "${sweep[@]}" --experiments "$exp" $STRUCTURE_EXPS
+  fi
+  if [ -n "${TRANSFER_MODELS:-}" ]; then
+    # shellcheck disable=SC2086
+    "$PYTHON" "$fig/transfer_matrix.py" "${sweep[@]}" --sharpeners "$exp" ${TRANSFER_SHARPENERS:-} \
+      --models $TRANSFER_MODELS ${SINGLE_FILE_CONFIG:+--single_file_config="$SINGLE_FILE_CONFIG"}
+  fi
+  local inside=(--sharpener_path="$exp" --out="$out") embeddings=(--prompts=coco5k --num_prompts="${PROMPT_LIMIT:-1000}")
+  "$PYTHON" "$fig/semantic_padding.py" "${inside[@]}" "${embeddings[@]}"
+  "$PYTHON" "$fig/embedding_pca.py" "${inside[@]}" "${embeddings[@]}"
+  "$PYTHON" "$fig/attention_maps.py" "${inside[@]}"
+  "$PYTHON" "$fig/prompt_optimisation.py" --sharpener_path="$exp" --out="$out"
+  "$PYTHON" "$REPO/evaluation/results.py" --results "$out/results.jsonl" --out "$out/table"
 }
 
 evaluate() {  # sample folders... -> $RESULTS (HPS v2.1 for the HPS / DrawBench sets, FID / CLIP / AS otherwise)
-  local into=(--results="${RESULTS:-results/results.jsonl}")
+  # One process per metric scores all its folders: each metric network loads once, not once per folder.
+  local into=(--results="${RESULTS:-results/results.jsonl}") hps=() coco=() folder
   for folder in "$@"; do
-    if grep -qE '"prompts": "(hps-|drawbench)' "$folder/sampling_options.json" 2>/dev/null; then
-      "${LAUNCH[@]}" evaluation/hps.py calc --images="$folder" "${into[@]}"
-      continue
-    fi
-    "${LAUNCH[@]}" evaluation/fid.py calc --images="$folder" --ref="$FID_REF" "${into[@]}"
-    "${LAUNCH[@]}" evaluation/clip_score.py calc --images="$folder" "${into[@]}"
-    "${LAUNCH[@]}" evaluation/aesthetic.py calc --images="$folder" "${into[@]}"
+    if grep -qE '"prompts": "(hps-|drawbench)' "$folder/sampling_options.json" 2>/dev/null; then hps+=("$folder"); else coco+=("$folder"); fi
   done
+  if [ ${#hps[@]} -gt 0 ]; then
+    "${LAUNCH[@]}" "$REPO/evaluation/hps.py" calc --images "${hps[@]}" "${into[@]}" "${SMOKE[@]}"
+  fi
+  if [ ${#coco[@]} -gt 0 ]; then
+    ensure_ref
+    "${LAUNCH[@]}" "$REPO/evaluation/fid.py" calc --images "${coco[@]}" --ref="$FID_REF" "${into[@]}" "${SMOKE[@]}"
+    "${LAUNCH[@]}" "$REPO/evaluation/clip_score.py" calc --images "${coco[@]}" "${into[@]}" "${SMOKE[@]}"
+    "${LAUNCH[@]}" "$REPO/evaluation/aesthetic.py" calc --images "${coco[@]}" "${into[@]}" "${SMOKE[@]}"
+  fi
 }
 
 case "${1:-}" in
+  demo|demo-eval|train|train-variants|sample|eval|table|ref|figures|table1|rehearse)
+    check_python
+    mkdir -p "${WORKDIR:-$REPO}" && cd "${WORKDIR:-$REPO}" ;;
+  *)
+    sed -n '2,29p' "$0"; exit 2 ;;
+esac
+
+case "$1" in
   demo)
     # No GPU, no downloads: the shipped shapes-world model (or a tiny random pipeline) on CPU. Options: python -m dice.demo --help
     HF_HUB_OFFLINE=1 "$PYTHON" -m dice.demo "${@:2}" ;;
@@ -220,19 +275,13 @@ case "${1:-}" in
   train)
     train "${2:?family}" "${@:3}" ;;
   train-variants)
-    # Paper 4.1: "Enhancers for SD15-based variants are trained with negative prompts." u is always one of
-    # them (3.2: they "replace all null text embeddings"); the checkpoint records the list, and `sample`
-    # below draws each image's u from it by default (README "Negative prompts").
-    for model in Lykon/DreamShaper digiplay/AbsoluteReality_v1.8.1 Lykon/AnimePastelDream; do
-      "${LAUNCH[@]}" train_sd15.py --pretrained_model_name_or_path="$model" --train_data_dir="$COCO" \
-        --n_gpus="$NGPUS" --negative_prompts=default "${@:2}"
-    done ;;
+    train_variants "${@:2}" ;;
   sample)
     sample_all "${2:?experiment id}" ;;
   eval)
     evaluate "${@:2}" ;;
   table)
-    "$PYTHON" evaluation/results.py --results results/results.jsonl --out results/table ;;
+    "$PYTHON" "$REPO/evaluation/results.py" --results results/results.jsonl --out results/table ;;
   ref)
     ref ;;
   figures)
@@ -240,6 +289,6 @@ case "${1:-}" in
   table1)
     block=${2:?block: toy, sd15, dreamshaper, sdxl or pixart}
     if [ "$block" = toy ]; then OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 table1 toy; else table1 "$block"; fi ;;
-  *)
-    sed -n '2,21p' "$0"; exit 2 ;;
+  rehearse)
+    "$PYTHON" -m dice.rehearsal "${@:2}" ;;
 esac

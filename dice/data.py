@@ -35,7 +35,7 @@ class ImageRecord:
 
 
 def _load_coco(root: Path) -> list[ImageRecord]:
-    annotations = json.loads((root / "annotations" / "captions_train2017.json").read_text())
+    annotations = json.loads(_read_utf8(root / "annotations" / "captions_train2017.json"))
     files = {img["id"]: _text(img["file_name"]) for img in annotations["images"]}
     captions: dict[int, list[str]] = {}
     for ann in annotations["annotations"]:
@@ -49,17 +49,26 @@ def _text(value) -> str:
     return value
 
 
+def _read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataLayoutError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}). Save it as UTF-8") from None
+
+
 def _load_imagefolder(root: Path) -> list[ImageRecord]:
     by_file: dict[str, list[str]] = {}
-    for lineno, line in enumerate((root / "metadata.jsonl").read_text().splitlines(), 1):
+    for lineno, line in enumerate(_read_utf8(root / "metadata.jsonl").splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
             text = row["text"]
             texts = [text] if isinstance(text, str) else list(text)
+            if not texts:  # training draws one caption per image: an empty list has none to draw
+                raise ValueError("\"text\" is an empty list")
             by_file.setdefault(_text(row["file_name"]), []).extend(_text(t) for t in texts)
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError) as err:  # ValueError covers json.JSONDecodeError
             raise DataLayoutError(
                 f"{root / 'metadata.jsonl'} line {lineno} is not a JSON object with \"file_name\" and \"text\" "
                 f"({type(err).__name__}: {err}). {EXPECTED_LAYOUTS}"

@@ -95,6 +95,8 @@ MODELS: dict[str, tuple[str, str]] = {
     # The trained toy model shipped in dice/assets/shapes_world (python -m dice.shapes_world pretrain).
     "shapes-world": ("sd15", str(Path(__file__).parent / "assets" / "shapes_world" / "shapes-world")),
 }
+# The VAE the authors trained and sampled SDXL with (fp16-safe; SPEC section 3), by the name launch.sh uses.
+VAES: dict[str, str] = {"sdxl-vae": "madebyollin/sdxl-vae-fp16-fix"}
 
 
 def model_location(name: str) -> str:

@@ -11,7 +11,16 @@ from pathlib import Path
 
 import torch
 
-from .errors import ArgumentParser, UserError, check_output_dir, finite_float, non_negative_int, positive_float, positive_int
+from .errors import (
+    ArgumentParser,
+    UserError,
+    check_output_dir,
+    finite_float,
+    guidance_scale,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from .experiments import DEFAULT_ROOT
 from .negatives import NegativePrompts
 from .adapters.registry import families
@@ -54,8 +63,8 @@ def build_parser() -> ArgumentParser:
     a("--single_file_config", default=None, help="diffusers folder or hub id with the config of a single-file model")
     a("--pretrained_vae_model_name_or_path", default=None, help="SDXL: replacement VAE (default: the one the sharpener was trained with)")
     a("--alpha", type=finite_float, default=1.0, help="DICE strength (1 = as trained)")
-    a("--cfg_scale", type=finite_float, default=1.0, help="CFG scale; 1 = unguided (one network evaluation per step)")
-    a("--gd_scale", type=finite_float, default=None, help=f"GD / PnP: the guidance scale ω the trained model imitates "
+    a("--cfg_scale", type=guidance_scale, default=1.0, help="CFG scale; 1 = unguided (one network evaluation per step)")
+    a("--gd_scale", type=guidance_scale, default=None, help=f"GD / PnP: the guidance scale ω the trained model imitates "
       f"(default {DEFAULT_SAMPLING_SCALE:g}; no CFG, one denoiser evaluation per step, PnP's guide besides)")
     a("--embedding_scale", type=positive_float, default=1.0, help="Scaling (training-free baseline): multiply the prompt "
       "embedding by s (every token but CLIP's first, which is the same for every prompt; SDXL's pooled vector unchanged). "

@@ -29,9 +29,9 @@ from .errors import (
     ArgumentParser,
     UserError,
     check_output_dir,
-    finite_float,
     fraction,
     give_default_permissions,
+    guidance_scale,
     is_disk_full,
     non_negative_float,
     non_negative_int,
@@ -93,8 +93,8 @@ def build_parser(family: str) -> ArgumentParser:
     a("--adam_beta2", type=fraction, default=0.999)
     a("--adam_weight_decay", type=non_negative_float, default=None, help="AdamW decoupled weight decay (0 = Adam, the paper)")
     a("--adam_epsilon", type=positive_float, default=1e-8)
-    a("--guidance_scale", type=finite_float, default=None, help="CFG scale w of the teacher (gd/pnp: a fixed ω instead of --guidance_scale_range)")
-    a("--guidance_scale_range", type=finite_float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+    a("--guidance_scale", type=guidance_scale, default=None, help="CFG scale w of the teacher (gd/pnp: a fixed ω instead of --guidance_scale_range)")
+    a("--guidance_scale_range", type=guidance_scale, nargs=2, metavar=("LOW", "HIGH"), default=None,
       help="gd/pnp: the teacher's CFG scale ω is drawn per sample uniformly from [LOW, HIGH) and given to the student")
     a("--loss_type", choices=LOSS_TYPES, default=None, help="mse (paper) or l1 (authors' SD1.5 script)")
     a("--loss_reduction", choices=REDUCTIONS, default=None, help="mean (this repo) or sum_per_sample (authors)")
@@ -295,7 +295,7 @@ def _errors_into_log():
         raise
 
 
-def _plan_run(args) -> tuple[Path | None, Path | None]:
+def _plan_run(family: str, args) -> tuple[Path | None, Path | None]:
     """(run folder to continue, checkpoint to resume from), checked before anything is loaded or written."""
     if not args.resume_from_checkpoint:
         check_output_dir(args.output_dir, "--output_dir")
@@ -312,11 +312,40 @@ def _plan_run(args) -> tuple[Path | None, Path | None]:
         run_dir = experiments.resolve_run(args.experiment, args.output_dir) if args.experiment else resume.parent
     check_output_dir(run_dir, "--experiment")
     if resume is not None:
-        saved_decay = read_config(checkpoint_config(resume)).training_options.get("ema_decay")
+        saved = read_config(checkpoint_config(resume))
+        _check_resumable(saved, resume, family, args)
+        saved_decay = saved.training_options.get("ema_decay")
         if saved_decay != args.ema_decay:
             raise UserError(f"'{resume}' was trained with --ema_decay {saved_decay}, this command gives {args.ema_decay}: "
                             "the moving average cannot be continued. Resume with the run's own --ema_decay")
     return run_dir, resume
+
+
+def _check_resumable(saved, resume: Path, family: str, args) -> None:
+    """A checkpoint of another family, method or sharpener shape holds weights of other shapes: refused
+    here, before loading, rather than as a tensor size mismatch inside accelerate."""
+    ours = {"family": family, "method": args.method}
+    theirs = {"family": saved.family, "method": saved.method}
+    if args.method == "dice" and saved.method == "dice":
+        ours.update(sharpener_inner_dim=args.sharpener_inner_dim, sharpener_heads=args.sharpener_heads)
+        theirs.update(sharpener_inner_dim=saved.inner_dim, sharpener_heads=saved.num_heads)
+    differ = [f"{name} {theirs[name]} (this command: {ours[name]})" for name in ours if theirs[name] != ours[name]]
+    if differ:
+        script = f"train_{saved.family}.py"
+        raise UserError(f"--resume_from_checkpoint '{resume}' was trained with {', '.join(differ)}, so this run cannot "
+                        f"continue it. Resume it with {script} and its own options (training_options.json of its run), "
+                        "or start a new run without --resume_from_checkpoint")
+
+
+def _check_resume_width(resume: Path | None, adapter, args) -> None:
+    """The text width is known once the base model is loaded: still before anything is written."""
+    if resume is None:
+        return
+    saved = read_config(checkpoint_config(resume))
+    if saved.dim != adapter.text_dim:
+        raise UserError(f"--resume_from_checkpoint '{resume}' was trained on {saved.dim}-wide text embeddings "
+                        f"({saved.base_model}), but {args.pretrained_model_name_or_path} gives {adapter.text_dim}-wide ones. "
+                        "Resume it with the base model it was trained on, or start a new run without --resume_from_checkpoint")
 
 
 def _create_run_dir(accelerator, args, family: str, run_dir: Path | None) -> Path:
@@ -469,7 +498,7 @@ def train(family: str, args: argparse.Namespace) -> Path:
     from accelerate import Accelerator
 
     # Everything that can be checked before minutes of model loading, and before anything is written.
-    continue_run, resume_from = _plan_run(args)
+    continue_run, resume_from = _plan_run(family, args)
     layout, records = load_records(args.train_data_dir)
     negatives = NegativePrompts(read_negative_prompts(args.negative_prompts), args.negative_prompt_prob if args.negative_prompts else 0.0)
 
@@ -489,6 +518,7 @@ def train(family: str, args: argparse.Namespace) -> Path:
     _log_to_console(accelerator.is_main_process)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     adapter = _load_adapter(family, args, accelerator, weight_dtype)
+    _check_resume_width(resume_from, adapter, args)
     latent_cache = None
     if args.latent_cache:  # before the run folder: a cache of another VAE or resolution is refused first
         from .latent_cache import build_latent_cache

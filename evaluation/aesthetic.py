@@ -12,8 +12,15 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from dice.errors import ArgumentParser, check_output_file  # noqa: E402
-from dice.metrics import Processes, add_calc_arguments, calc_aesthetic, exit_on_user_error, report_result  # noqa: E402
-from dice.metrics.aesthetic import AESTHETIC_WEIGHTS_ENV, CLIP_L_ENV, CLIP_L_MODEL  # noqa: E402
+from dice.metrics import Processes, add_calc_arguments, calc_aesthetic, check_folders, exit_on_user_error, report_result  # noqa: E402
+from dice.metrics.aesthetic import (  # noqa: E402
+    AESTHETIC_WEIGHTS_ENV,
+    CLIP_L_ENV,
+    CLIP_L_MODEL,
+    aesthetic_options,
+    load_aesthetic_head,
+    load_clip_l,
+)
 from dice.metrics.smoke import smoke_aesthetic_models  # noqa: E402
 
 
@@ -27,21 +34,24 @@ def main(argv=None):
     args = parser.parse_args(argv)
     check_output_file(args.results, "--results")  # before the scoring, not after it
 
+    check_folders(args.images, args.allow_incomplete)
     processes = Processes.from_accelerate()
-    injected = {}
     if args.smoke_test:
-        injected = dict(zip(("head", "clip_model", "image_processor"), smoke_aesthetic_models(processes.device)))
-    result = calc_aesthetic(
-        args.images,
-        **injected,
-        aesthetic_weights=args.aesthetic_weights,
-        clip_l_model=args.clip_l_model,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        allow_incomplete=args.allow_incomplete,
-        processes=processes,
-    )
-    report_result(result, args.results, processes, "Aesthetic score", args.smoke_test, args.desc)
+        networks, described = smoke_aesthetic_models(processes.device), None
+    else:
+        networks = (load_aesthetic_head(args.aesthetic_weights), *load_clip_l(args.clip_l_model, processes.device))
+        described = aesthetic_options(args.clip_l_model, head=True, clip=True)
+    for folder in args.images:
+        result = calc_aesthetic(
+            folder,
+            **dict(zip(("head", "clip_model", "image_processor"), networks)),
+            options=described,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            allow_incomplete=args.allow_incomplete,
+            processes=processes,
+        )
+        report_result(result, args.results, processes, "Aesthetic score", args.smoke_test, args.desc)
 
 
 if __name__ == "__main__":

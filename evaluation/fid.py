@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """FID (SPEC §5): Inception-v3 2015-12-05 features, float64 statistics, EDM-format reference .npz.
 
-  python evaluation/fid.py calc --images DIR --ref ref.npz     # appends to results/results.jsonl
+  python evaluation/fid.py calc --images DIR [DIR ...] --ref ref.npz     # appends a line per folder to results/results.jsonl
   python evaluation/fid.py ref --data DIR_OR_ZIP --dest ref.npz [--center_crop_resize 512]
   python evaluation/fid.py dist A.npz B.npz
   --smoke_test (calc, ref): a tiny random conv net instead of Inception; meaningless numbers, plumbing check only.
@@ -19,11 +19,12 @@ from dice.metrics import (  # noqa: E402
     add_calc_arguments,
     build_reference,
     calc_fid,
+    check_folders,
     exit_on_user_error,
     fid_from_files,
     report_result,
 )
-from dice.metrics.fid import INCEPTION_WEIGHTS_ENV  # noqa: E402
+from dice.metrics.fid import INCEPTION_WEIGHTS_ENV, load_inception, load_stats  # noqa: E402
 from dice.metrics.smoke import SMOKE_TEST_HELP, smoke_feature_extractor  # noqa: E402
 
 
@@ -70,8 +71,13 @@ def main(argv=None, feature_extractor=None):
             smoke = " (SMOKE TEST: random-weight features, for --smoke_test calc only)" if args.smoke_test else ""
             print(f"Wrote reference statistics of {count} images to {args.dest}{smoke}")
         return
-    result = calc_fid(args.images, args.ref, allow_incomplete=args.allow_incomplete, **common)
-    report_result(result, args.results, processes, "FID", args.smoke_test, args.desc)
+    load_stats(args.ref)  # a missing reference, like an unfinished folder, is refused before any scoring
+    check_folders(args.images, args.allow_incomplete)
+    if common["feature_extractor"] is None:
+        common["feature_extractor"] = load_inception(args.inception_weights, processes.device)
+    for folder in args.images:
+        result = calc_fid(folder, args.ref, allow_incomplete=args.allow_incomplete, **common)
+        report_result(result, args.results, processes, "FID", args.smoke_test, args.desc)
 
 
 if __name__ == "__main__":

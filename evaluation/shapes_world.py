@@ -22,7 +22,8 @@ def main(argv=None):
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     calc = commands.add_parser("calc", help="prompt accuracy and FD of a sample folder")
-    add_calc_arguments(calc, "sample folder with manifest.jsonl (shapes-world prompts)", batch_size=256, num_workers=0, smoke_test=False)
+    add_calc_arguments(calc, "sample folder with manifest.jsonl (shapes-world prompts)", batch_size=256, num_workers=0, smoke_test=False,
+                       several=False)  # the world's evaluator loads in a moment: one folder per call
     calc.add_argument("--evaluator", default=None, help="evaluator folder (default: the one shipped in dice/assets/shapes_world)")
     args = parser.parse_args(argv)
     check_output_file(args.results, "--results")  # before the scoring, not after it

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from dice.checkpoint import SharpenerConfig, save_sharpener
@@ -41,6 +42,7 @@ accelerate launch --num_processes=1 ./evaluation/eval_aes_score.py calc --images
 """
 
 
+@pytest.mark.slow  # four `accelerate launch` processes (the rehearsal launches sample.py and the evaluators too)
 def test_authors_readme_block_runs_as_written(tiny_model, tmp_path):
     work = tmp_path / "work"
     work.mkdir()

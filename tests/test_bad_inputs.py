@@ -109,6 +109,18 @@ def test_training_refuses_bad_input_before_making_a_run_folder(tiny_model, tiny_
     refused(train, base + ["--train_data_dir", coco], "captions_train2017.json is not a COCO captions file")
     write_file(root / "inputs" / "gone" / "metadata.jsonl", '{"file_name": "missing.png", "text": "a cat"}\n')
     refused(train, base + ["--train_data_dir", root / "inputs" / "gone"], "do not exist", "missing.png")
+    for folder in ("no-caption", "latin-1"):  # readable images: only the captions file is wrong
+        for name in ("a.png", "b.png"):
+            write_file(root / "inputs" / folder / name)
+            PIL.Image.new("RGB", (32, 32), (200, 40, 40)).save(root / "inputs" / folder / name)
+    write_file(root / "inputs" / "no-caption" / "metadata.jsonl", '{"file_name": "a.png", "text": "a cat"}\n{"file_name": "b.png", "text": []}\n')
+    refused(train, base + ["--train_data_dir", root / "inputs" / "no-caption"], "line 2", "empty list")
+    (root / "inputs" / "latin-1" / "metadata.jsonl").write_bytes(b'{"file_name": "a.png", "text": "a caf\xe9"}\n')
+    refused(train, base + ["--train_data_dir", root / "inputs" / "latin-1"], "is not UTF-8 text", "Save it as UTF-8")
+    # A guidance scale below 1 (1 = unguided) is refused everywhere (dice/errors.py guidance_scale says why).
+    refused(train, base + ["--guidance_scale", "-1"], "--guidance_scale", "a guidance scale >= 1")
+    refused(train, base + ["--guidance_scale", "0"], "--guidance_scale", "'0'")
+    refused(train, base + ["--method", "gd", "--guidance_scale_range", "0.5", "3"], "--guidance_scale_range", "'0.5'")
     # Model.
     refused(train, base + ["--pretrained_model_name_or_path", root / "no-such-model"], "does not exist")
     refused(train, base + ["--pretrained_model_name_or_path", "some-org/not-downloaded"], "not in the Hugging Face cache")
@@ -119,6 +131,31 @@ def test_training_refuses_bad_input_before_making_a_run_folder(tiny_model, tiny_
     (root / "exps" / "00001-b").mkdir()
     refused(train, base + ["--resume_from_checkpoint", "latest", "--experiment", "1"], "ambiguous", "00001-a", "00001-b")
     assert sorted(p.name for p in (root / "exps").iterdir()) == ["00001-a", "00001-b"]  # no run folder was made
+
+
+def test_resuming_a_checkpoint_of_another_family_or_shape_is_refused(tiny_model, tiny_dataset, workspace):
+    """Its weights have other shapes (once: `size mismatch for fc2.bias` inside accelerate, after the log was written)."""
+    root, refused = workspace
+    base = ["--pretrained_model_name_or_path", tiny_model("sd15"), "--train_data_dir", tiny_dataset, "--output_dir", "exps",
+            "--preset", "demo", "--max_train_steps", "4", "--validation_prompts", "--dataloader_num_workers", "0"]
+
+    def checkpoint(run: str, **config) -> Path:
+        torch.manual_seed(0)
+        folder = root / "exps" / run / "checkpoint-2"
+        save_sharpener(folder, Sharpener(config.get("dim", 32), inner_dim=64, num_heads=4),
+                       SharpenerConfig(base_model=str(tiny_model(config.get("family", "sd15"))), step=2, inner_dim=64, num_heads=4,
+                                       **{"family": "sd15", "dim": 32, **config}))
+        return folder
+
+    sdxl, wide, small = checkpoint("00000-sdxl", family="sdxl", dim=64), checkpoint("00001-wide", dim=48), checkpoint("00002-small")
+    refused("train_sd15.py", base + ["--resume_from_checkpoint", sdxl], "was trained with family sdxl (this command: sd15)",
+            "Resume it with train_sdxl.py")
+    refused("train_sd15.py", base + ["--resume_from_checkpoint", "latest", "--experiment", "0"], "family sdxl (this command: sd15)")
+    refused("train_sd15.py", base + ["--resume_from_checkpoint", small], "sharpener_inner_dim 64 (this command: 512)",
+            "sharpener_heads 4 (this command: 8)")
+    refused("train_sd15.py", base + ["--resume_from_checkpoint", small, "--method", "gd"], "method dice (this command: gd)")
+    refused("train_sd15.py", base + ["--resume_from_checkpoint", wide, "--sharpener_inner_dim", "64", "--sharpener_heads", "4"],
+            "48-wide text embeddings", "gives 32-wide ones")  # found once the base model is loaded, before anything is written
 
 
 def test_disk_full_during_a_checkpoint_is_one_line_and_logged(tiny_model, tiny_dataset, workspace, monkeypatch, capsys):
@@ -167,6 +204,8 @@ def test_sampling_refuses_bad_input_before_writing(tiny_model, checkpoint, works
     refused("sample.py", base + ["--steps", "0"], "--steps", "'0'")
     refused("sample.py", base + ["--resolution", "0"], "--resolution", "'0'")
     refused("sample.py", base + ["--batch_gpu", "0"], "--batch_gpu")
+    refused("sample.py", base + ["--cfg_scale", "-1"], "--cfg_scale", "a guidance scale >= 1 (1 = unguided)")
+    refused("sample.py", base + ["--cfg_scale", "0.5"], "--cfg_scale", "'0.5'")
     refused("sample.py", base + ["--prompts", write_file(root / "inputs" / "empty.txt", "\n")], "holds no prompts")
     refused("sample.py", base + ["--prompts", write_file(root / "inputs" / "bad.jsonl", '{"caption": 3}\n')], "line 1 is not a prompt")
     refused("sample.py", base + ["--scheduler", "FastestScheduler"], "unknown scheduler")
@@ -242,18 +281,23 @@ def killed_sample_folder(folder: Path, present: int = 12, promised: int = 40) ->
 def test_evaluators_refuse_an_unfinished_sample_folder(workspace, monkeypatch, capsys):
     root, refused = workspace
     folder = killed_sample_folder(root / "inputs" / "killed")
+    finished = killed_sample_folder(root / "inputs" / "finished", present=4, promised=4)
     save_stats(root / "inputs" / "ref.npz", np.zeros(64), np.eye(64))
     calc = ["calc", "--images", folder, "--smoke_test", "--num_workers", "0", "--results", "results.jsonl"]
     for script in ("evaluation/fid.py", "evaluation/clip_score.py", "evaluation/aesthetic.py"):
         extra = ["--ref", root / "inputs" / "ref.npz"] if script.endswith("fid.py") else []
         refused(script, calc + extra, "no manifest.jsonl yet", "12 of the 40 images", "--allow_incomplete")
+    # Several folders in one call are all checked first: a finished one before the unfinished one is not scored either.
+    several = ["calc", "--images", finished, folder, *calc[3:], "--ref", root / "inputs" / "ref.npz"]
+    refused("evaluation/fid.py", several, "no manifest.jsonl yet", "12 of the 40 images")
     # CLIP score needs each image's prompt: without a manifest even --allow_incomplete cannot pair them.
     refused("evaluation/clip_score.py", calc + ["--allow_incomplete"], "has no manifest.jsonl pairing each image with its prompt")
-    # --allow_incomplete scores the images present.
+    # --allow_incomplete scores the images present; several folders give a line each, in order.
     for script, extra in (("evaluation/fid.py", ["--ref", root / "inputs" / "ref.npz"]), ("evaluation/aesthetic.py", [])):
-        monkeypatch.setattr(sys, "argv", [script, *map(str, calc + extra + ["--allow_incomplete"])])
+        argv = ["calc", "--images", folder, finished, *calc[3:], *extra, "--allow_incomplete"]
+        monkeypatch.setattr(sys, "argv", [script, *map(str, argv)])
         runpy.run_path(str(REPO / script), run_name="__main__")
-    assert [json.loads(line)["count"] for line in (root / "results.jsonl").read_text().splitlines()] == [12, 12]
+    assert [json.loads(line)["count"] for line in (root / "results.jsonl").read_text().splitlines()] == [12, 4, 12, 4]
 
 
 def test_evaluators_refuse_bad_files_and_unwritable_outputs(workspace):
@@ -318,6 +362,9 @@ def test_demos_refuse_bad_input(workspace):
     refused("dice.shapes_world", ["pretrain", "--out", root / "w", "--unet_steps", "-1"], "--unet_steps", "negative")
     refused("dice.demo_eval", ["--exps_root", root / "inputs"], "no demo experiment", "bash launch.sh demo")
     refused("dice.demo_eval", ["--steps", "0"], "--steps")
+    refused("dice.rehearsal", ["train", "cluster"], "no recipe 'cluster' to rehearse", "train-variants")
+    refused("dice.rehearsal", ["--dir", write_file(root / "inputs" / "used" / "a_file").parent], "is not empty")
+    refused("dice.recipes", ["model", "sd14"], "no model named 'sd14'", "dreamshaper")
 
 
 # ---- real processes ------------------------------------------------------------------------------

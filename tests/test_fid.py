@@ -352,6 +352,7 @@ cli.main(sys.argv[2:], feature_extractor=pooled_color_features)
 """
 
 
+@pytest.mark.slow  # a two-process launch; the fast tier keeps the two-process training test
 @pytest.mark.skipif(shutil.which("accelerate", path=os.path.dirname(sys.executable)) is None, reason="no accelerate CLI")
 def test_cli_calc_with_two_processes(tmp_path):
     arrays = write_sample_folder(tmp_path / "samples", 9)

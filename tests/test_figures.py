@@ -6,6 +6,7 @@ second run reuses the finished sample folders and scores."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -58,6 +59,10 @@ def test_quality_sweeps_run_and_reuse_their_folders(setup, tiny_dataset):
     structure = sweeps.structure_cli(sweep + ["--experiments", "0", "--train", "16x2", "--train_args", train_args, "--steps", "2"])
     widths = sorted(values["inner_dim"] for _, values in structure["series"]["DICE (inner width / heads)"])
     assert widths == [16, 512]
+    (run,) = (root / "exps").glob("*-structure-16x2")
+    shutil.rmtree(run / "checkpoint-1")  # as if killed before its checkpoint: a rerun continues that run, none new
+    sweeps.structure_cli(sweep + ["--experiments", "0", "--train", "16x2", "--train_args", train_args, "--steps", "2"])
+    assert list((root / "exps").glob("*-structure-16x2")) == [run] and (run / "checkpoint-1").is_dir()
     for name in ("quality_vs_nfe", "alpha_sweep", "dice_cfg_sweep", "training_curve", "sharpener_structure"):
         _read(out, name)
 

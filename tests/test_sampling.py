@@ -60,6 +60,7 @@ def test_dice_with_alpha_zero_equals_unguided(tiny_model, exps):
     assert not torch.allclose(plain, dice) and not torch.allclose(plain, cfg) and not torch.allclose(both, cfg)
 
 
+@pytest.mark.slow  # three sample.py processes, one of them two-process (the fast tier: in-process sampling)
 def test_image_depends_only_on_seed_and_index(tiny_model, exps, tmp_path):
     # No --resolution: the sharpener's training resolution (32) is the default.
     common = ["--sharpener_path", "0", "--exps_root", str(exps), "--steps", "3", "--prompts", str(tmp_path / "p.txt")]
@@ -89,6 +90,7 @@ def test_alpha_zero_samples_the_base_model_as_a_baseline(tiny_model, exps, tmp_p
     assert plan["sharpener"] is None and plan["model"] == str(tiny_model("sd15")) and plan["family"] == "sd15"
 
 
+@pytest.mark.slow  # two sample.py processes; the rehearsal resumes sample folders too
 def test_resume_generates_only_missing_images(tiny_model, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"index": i, "caption": f"a photo of a cat {i}"}) + "\n" for i in range(4)))

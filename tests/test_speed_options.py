@@ -35,6 +35,7 @@ def test_step_log_reads_losses_once_per_window(tmp_path, monkeypatch):
     assert quiet.flush() == [] and quiet.pending == []
 
 
+@pytest.mark.slow  # TorchDynamo tracing: ~10 s on 2 cores for an option used on GPUs
 def test_compiled_channels_last_denoiser_trains(tiny_model, tiny_dataset, tmp_path, monkeypatch):
     """--compile / --channels_last reach the denoiser; a compiled denoiser gives the eager results.
 

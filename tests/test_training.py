@@ -36,6 +36,7 @@ def _weights(ckpt):
     return load_file(str(ckpt / "sharpener.safetensors"))
 
 
+@pytest.mark.slow  # two accelerate launches (the fast tier keeps the two-process one below)
 def test_paper_command_line(tiny_model, tiny_dataset, tmp_path):
     """The README's command, as written, with a tiny model: fp16, xformers requested, n_gpus."""
     out = tmp_path / "exps"
@@ -68,6 +69,7 @@ def test_paper_command_line(tiny_model, tiny_dataset, tmp_path):
     assert sorted(p.name[:5] for p in out.iterdir()) == ["00000", "00001"]
 
 
+@pytest.mark.slow  # three launches; in-process resume is bit-identical in test_sdxl_pixart.py / test_methods.py
 def test_resume_is_bit_identical(tiny_model, tiny_dataset, tmp_path):
     out = tmp_path / "exps"
     model = tiny_model("sd15")

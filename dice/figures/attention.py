@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ArgumentParser, finite_float, positive_int
+from ..errors import ArgumentParser, guidance_scale, positive_int
 from .common import finish, load_model_and_sharpener, model_arguments, pyplot, quiet_threads, save_figure
 
 
@@ -164,7 +164,7 @@ def cli(argv=None):
     p = ArgumentParser(prog="figures/attention_maps.py", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     model_arguments(p)
     p.add_argument("--prompt", default="a photo of an astronaut riding a horse", help="the prompt whose maps are drawn")
-    p.add_argument("--cfg_scale", type=finite_float, default=5.0)
+    p.add_argument("--cfg_scale", type=guidance_scale, default=5.0)
     p.add_argument("--steps", type=positive_int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resolution", type=positive_int, default=None, help="image size (default: the sharpener's training size)")

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ArgumentParser, finite_float, positive_float, positive_int
+from ..errors import ArgumentParser, guidance_scale, positive_float, positive_int
 
 
 class PromptResiduals(nn.Module):
@@ -147,7 +147,7 @@ def cli(argv=None):
     p.add_argument("--exps_root", default="exps", help="where experiment ids are looked up")
     p.add_argument("--prompt", default="a photo of an astronaut riding a horse")
     p.add_argument("--out", default="results/figures")
-    p.add_argument("--guidance_scale", type=finite_float, default=5.0, help="CFG's w, the target")
+    p.add_argument("--guidance_scale", type=guidance_scale, default=5.0, help="CFG's w, the target")
     p.add_argument("--fit_steps", type=positive_int, default=300)
     p.add_argument("--lr", type=positive_float, default=1e-2)
     p.add_argument("--seeds", type=positive_int, default=4, help="images per row")

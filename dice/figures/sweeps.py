@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import UserError, finite_float, positive_int
+from ..errors import UserError, finite_float, guidance_scale, positive_int
 from .common import Driver, finish, parser, plot_series, quiet_threads
 
 
@@ -155,23 +155,21 @@ def structure_ablation(driver: Driver, experiments: list[str], steps: int = 20) 
 
 
 def train_structures(base_argv: list[str], structures: list[tuple[int, int]], desc: str) -> list[str]:
-    """Train (or find, when its run folder exists and is complete) one sharpener per (inner_dim, heads)."""
+    """Train one sharpener per (inner_dim, heads); a run folder already there is continued (a finished one has
+    nothing to do), so an interrupted figure run does not count a half-trained sharpener as done."""
     import shlex
     from pathlib import Path
 
-    from ..experiments import latest_checkpoint
+    from ..training import build_parser
     from ..training import main as train_main
 
     runs = []
     for inner_dim, heads in structures:
         argv = base_argv + ["--sharpener_inner_dim", str(inner_dim), "--sharpener_heads", str(heads), "--desc", f"{desc}-{inner_dim}x{heads}"]
-        from ..training import build_parser
-
         root = build_parser("sd15").parse_known_args(argv + ["--pretrained_model_name_or_path", "-", "--train_data_dir", "-"])[0].output_dir
-        done = sorted(Path(root).glob(f"[0-9][0-9][0-9][0-9][0-9]-{desc}-{inner_dim}x{heads}"))
-        if done and latest_checkpoint(done[-1]) is not None:
-            runs.append(str(done[-1]))
-            continue
+        earlier = sorted(Path(root).glob(f"[0-9][0-9][0-9][0-9][0-9]-{desc}-{inner_dim}x{heads}"))
+        if earlier:
+            argv += ["--resume_from_checkpoint", "latest", "--experiment", str(earlier[-1])]
         print(f"$ python train_sd15.py {shlex.join(argv)}", flush=True)
         runs.append(str(train_main("sd15", argv)))
     return runs
@@ -201,7 +199,7 @@ def nfe_cli(argv=None):
     def add(p):
         p.add_argument("--sharpener_path", required=True, help="experiment id, run or checkpoint folder, or Hub repo id")
         p.add_argument("--nfe", type=positive_int, nargs="+", default=[4, 8, 10, 16, 20, 30, 40], help="NFE budgets")
-        p.add_argument("--cfg_scale", type=finite_float, default=None, help="CFG's w (default: the sharpener's training w)")
+        p.add_argument("--cfg_scale", type=guidance_scale, default=None, help="CFG's w (default: the sharpener's training w)")
     return _run("figures/quality_vs_nfe.py", __doc__, add, lambda d, a: nfe_sweep(d, a.sharpener_path, a.nfe, a.cfg_scale), argv)
 
 
@@ -216,7 +214,7 @@ def alpha_cli(argv=None):
 def dice_cfg_cli(argv=None):
     def add(p):
         p.add_argument("--sharpener_path", required=True)
-        p.add_argument("--cfg_scales", type=finite_float, nargs="+", default=[1, 1.5, 2, 3, 5, 7.5], help="guidance scales w")
+        p.add_argument("--cfg_scales", type=guidance_scale, nargs="+", default=[1, 1.5, 2, 3, 5, 7.5], help="guidance scales w")
         p.add_argument("--steps", type=positive_int, default=20)
     return _run("figures/dice_cfg_sweep.py", __doc__, add, lambda d, a: dice_cfg_sweep(d, a.sharpener_path, a.cfg_scales, a.steps), argv)
 

@@ -24,12 +24,17 @@ from dice.metrics.weights import MissingWeightsError
 
 
 def add_calc_arguments(calc, images_help: str = "sample folder (manifest.jsonl), image folder or zip", *,
-                       batch_size: int = 32, num_workers: int = 2, smoke_test: bool = True) -> None:
-    """The options every evaluator's ``calc`` shares (folder, results file, batching, completeness, label)."""
+                       batch_size: int = 32, num_workers: int = 2, smoke_test: bool = True, several: bool = True) -> None:
+    """The options every evaluator's ``calc`` shares (folder, results file, batching, completeness, label).
+    ``several``: --images takes one or more folders (a list), else exactly one."""
     from dice.errors import non_negative_int, positive_int
     from dice.metrics.smoke import SMOKE_TEST_HELP
 
-    calc.add_argument("--images", required=True, help=images_help)
+    if several:
+        calc.add_argument("--images", nargs="+", required=True, help=images_help + "; several: one result line each, the "
+                          "network loaded once")
+    else:
+        calc.add_argument("--images", required=True, help=images_help)
     calc.add_argument("--results", default="results/results.jsonl", help="results file to append to")
     calc.add_argument("--batch_size", type=positive_int, default=batch_size, help="images per batch and process")
     calc.add_argument("--num_workers", type=non_negative_int, default=num_workers, help="image-loading workers per process")
@@ -37,6 +42,12 @@ def add_calc_arguments(calc, images_help: str = "sample folder (manifest.jsonl),
     calc.add_argument("--desc", default=None, help="a label recorded with the result (the authors' evaluators' --desc)")
     if smoke_test:
         calc.add_argument("--smoke_test", action="store_true", help=SMOKE_TEST_HELP)
+
+
+def check_folders(folders: list[str], allow_incomplete: bool, need_prompts: bool = False) -> None:
+    """Every folder of one evaluator call is checked before its network loads and before a result is written."""
+    for folder in folders:
+        open_image_collection(folder, allow_incomplete=allow_incomplete, need_prompts=need_prompts)
 
 
 def report_result(result: MetricResult, results_path: str, processes: Processes, label: str, smoke_test: bool = False,
@@ -70,6 +81,7 @@ __all__ = [
     "calc_aesthetic",
     "calc_clip_score",
     "calc_fid",
+    "check_folders",
     "clip_scores",
     "compute_feature_stats",
     "exit_on_user_error",

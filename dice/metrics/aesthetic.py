@@ -127,6 +127,14 @@ class _ClipPreprocess:
         return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
 
 
+def aesthetic_options(clip_l_model: str | None = None, *, head: bool = False, clip: bool = False) -> dict:
+    """What a result records about the LAION head and the CLIP ViT-L/14 it was scored with."""
+    options = {"head": os.path.basename(AESTHETIC_URL)} if head else {}
+    if clip:
+        options["clip_model"] = clip_l_model or os.environ.get(CLIP_L_ENV) or CLIP_L_MODEL
+    return options
+
+
 def calc_aesthetic(
     images: str | os.PathLike,
     *,
@@ -140,18 +148,20 @@ def calc_aesthetic(
     num_workers: int = 0,
     allow_incomplete: bool = False,
     processes: Processes | None = None,
+    options: dict | None = None,
 ) -> MetricResult:
-    """Mean aesthetic score of an image folder / sample folder, over all processes."""
+    """Mean aesthetic score of an image folder / sample folder, over all processes. ``options``: what
+    injected networks are, recorded with the result (networks loaded here describe themselves)."""
     started = time.time()
     processes = processes or Processes()
     collection = open_image_collection(images, allow_incomplete=allow_incomplete)
-    options = {}
+    options = dict(options or {})
     if head is None:
         head = load_aesthetic_head(aesthetic_weights, verify_sha256=verify_sha256)
-        options["head"] = os.path.basename(AESTHETIC_URL)
+        options.update(aesthetic_options(clip_l_model, head=True))
     if clip_model is None:
         clip_model, image_processor = load_clip_l(clip_l_model, processes.device)
-        options["clip_model"] = clip_l_model or os.environ.get(CLIP_L_ENV) or CLIP_L_MODEL
+        options.update(aesthetic_options(clip_l_model, clip=True))
     head = head.to(processes.device)
     totals = torch.zeros(2, dtype=torch.float64)  # [sum of scores, count]
     for _, pixels in iterate_batches(

@@ -63,6 +63,11 @@ def clip_scores(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -
     return 100 * (image_embeddings * text_embeddings).sum(dim=-1)
 
 
+def open_clip_options(weights: str | None = None) -> dict:
+    """What a result scored with load_open_clip(weights) records about the network."""
+    return {"model": CLIP_MODEL, "pretrained": weights or os.environ.get(CLIP_WEIGHTS_ENV) or CLIP_PRETRAINED}
+
+
 def calc_clip_score(
     images: str | os.PathLike,
     *,
@@ -89,7 +94,7 @@ def calc_clip_score(
         raise SampleFolderError(f"{collection.path}/manifest.jsonl has entries without a 'prompt'. Run sample.py again into this folder")
     if model is None:
         model, preprocess, tokenizer = load_open_clip(clip_weights, processes.device)
-        options = {"model": CLIP_MODEL, "pretrained": clip_weights or os.environ.get(CLIP_WEIGHTS_ENV) or CLIP_PRETRAINED}
+        options = open_clip_options(clip_weights)
     else:
         options = dict(options or {"model": type(model).__name__})
     totals = torch.zeros(2, dtype=torch.float64)  # [sum of scores, count]

@@ -67,18 +67,25 @@ def load_hps(weights: str | None = None, device: str | torch.device = "cpu"):
     return model.to(device).eval().requires_grad_(False), preprocess, open_clip.get_tokenizer(HPS_MODEL)
 
 
+def hps_options(weights: str | None = None) -> dict:
+    """What a result scored with load_hps(weights) records about the network."""
+    return {"model": f"HPS v2.1 ({HPS_MODEL})", "weights": weights or os.environ.get(HPS_WEIGHTS_ENV) or f"{HPS_REPO}/{HPS_FILE}"}
+
+
 def calc_hps(
     images: str | os.PathLike, *, model=None, preprocess=None, tokenizer=None, hps_weights: str | None = None,
     batch_size: int = 32, num_workers: int = 0, allow_incomplete: bool = False, processes: Processes | None = None,
+    options: dict | None = None,
 ) -> MetricResult:
-    """Mean HPS v2.1 of a sample folder (image i against prompt i of its manifest), over all processes."""
+    """Mean HPS v2.1 of a sample folder (image i against prompt i of its manifest), over all processes.
+    ``options``: what an injected model is, recorded with the result (default: its class name)."""
     processes = processes or Processes()
     if model is None:
         open_image_collection(images, allow_incomplete=allow_incomplete, need_prompts=True)  # refuse before the slow load
         model, preprocess, tokenizer = load_hps(hps_weights, processes.device)
-        options = {"model": f"HPS v2.1 ({HPS_MODEL})", "weights": hps_weights or os.environ.get(HPS_WEIGHTS_ENV) or f"{HPS_REPO}/{HPS_FILE}"}
+        options = hps_options(hps_weights)
     else:
-        options = {"model": type(model).__name__}
+        options = dict(options or {"model": type(model).__name__})
     result = calc_clip_score(images, model=model, preprocess=preprocess, tokenizer=tokenizer, batch_size=batch_size,
                              num_workers=num_workers, allow_incomplete=allow_incomplete, processes=processes,
                              metric="hps", options=options)

@@ -1,0 +1,36 @@
+"""What launch.sh asks Python, so that each paper fact stays in dice/presets.py only.
+
+    python -m dice.recipes model sd15|sdxl|pixart|dreamshaper|...|sdxl-vae   # hub id of a named model
+    python -m dice.recipes embedding-scale sd15|dreamshaper|sdxl|pixart|shapes-world   # Scaling's s (Table 1)
+"""
+from __future__ import annotations
+
+from .errors import ArgumentParser, UserError, exit_on_user_error
+from .presets import EMBEDDING_SCALES, MODELS, VAES
+
+
+def model_id(name: str) -> str:
+    if name in MODELS:
+        return MODELS[name][1]
+    if name in VAES:
+        return VAES[name]
+    raise UserError(f"no model named '{name}'. Use one of {', '.join([*MODELS, *VAES])}")
+
+
+def embedding_scale(name: str) -> float:
+    if name not in EMBEDDING_SCALES:
+        raise UserError(f"no Scaling s for '{name}'. Use one of {', '.join(EMBEDDING_SCALES)}")
+    return EMBEDDING_SCALES[name]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(prog="python -m dice.recipes", description=__doc__)
+    parser.add_argument("fact", choices=["model", "embedding-scale"])
+    parser.add_argument("name")
+    args = parser.parse_args(argv)
+    print(model_id(args.name) if args.fact == "model" else f"{embedding_scale(args.name):g}")
+
+
+if __name__ == "__main__":
+    with exit_on_user_error():
+        main()
