@@ -33,7 +33,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         # The converged sharpener shipped with the shapes world (python -m dice.shapes_world sharpener):
         # chosen on validation prompts of their own seed (docs/shapes_world.md). PLACEHOLDER until the study ends.
         "shapes-world": dict(_COMMON_PAPER, train_batch_size=64, resolution=32, learning_rate=1e-3, ema_decay=0.999,
-                             max_train_steps=3000, checkpointing_steps=250),
+                             max_train_steps=1750, checkpointing_steps=250),
     },
     "sdxl": {
         "paper": dict(_COMMON_PAPER, train_batch_size=16, resolution=1024),

@@ -12,8 +12,8 @@ from dice.shapes_world.scoring import DEFAULT_EVALUATOR, DEFAULT_PIPELINE, DEFAU
 
 ASSETS = DEFAULT_PIPELINE.parent
 # The shipped sharpener gains at least this much accuracy over unguided sampling on the first 64 demo prompts
-# (measured: PLACEHOLDER; CFG w=5: PLACEHOLDER).
-DICE_MARGIN = 0.10
+# (measured: unguided 0.688, DICE 0.969, CFG w=5 0.984): about half its measured lead.
+DICE_MARGIN = 0.15
 
 
 def test_world_is_deterministic_and_renders_identically():
@@ -100,9 +100,14 @@ def test_shipped_sharpener_is_its_recipe():
     assert recipe["command"] == "python -m dice.shapes_world sharpener --out dice/assets/shapes_world"
     sharpener, config = load_sharpener(DEFAULT_SHARPENER, family="sd15")
     assert config.step == recipe["updates"] == recipe["recipe"]["max_train_steps"]  # the whole recipe, not a cut
-    assert config.base_model == "shapes-world" and config.training_options["preset"] == SHIPPED_PRESET
-    assert config.training_options["ema_decay"] == recipe["recipe"].get("ema_decay")
-    assert recipe["training_samples"] == config.step * config.training_options["global_batch_size"]
+    assert config.base_model == "shapes-world"
+    trained = config.training_options
+    # Trained with the preset's values (the schedule is constant: the run's own length does not change them).
+    for key in ("learning_rate", "lr_scheduler", "lr_warmup_steps", "adam_weight_decay", "guidance_scale", "loss_type",
+                "loss_reduction", "shared_timestep", "resolution", "ema_decay", "gradient_accumulation_steps"):
+        assert trained[key] == recipe["recipe"][key], key
+    assert trained["global_batch_size"] == recipe["recipe"]["train_batch_size"] and trained["seed"] == 0
+    assert recipe["training_samples"] == config.step * trained["global_batch_size"]
 
 
 def test_shipped_evaluator_reads_fresh_world_images():
