@@ -2,15 +2,16 @@
 
 ``python -m dice.demo`` (= ``bash launch.sh demo``) runs the paper in miniature on the **shapes world**,
 a trained toy text-to-image model shipped in dice/assets/shapes_world: ``train_sd15.py`` fits a
-sharpener (the paper's recipe, fewer steps and a smaller batch), ``sample.py`` samples held-out
-prompts (half of them attribute combinations never seen in training) unguided, with CFG (w=5) and
-with DICE from identical noise, and ``evaluation/shapes_world.py`` scores them: prompt accuracy (every
+sharpener now (``--preset toy``: 600 updates of 16, lr 1e-3 with a moving average of the weights),
+``sample.py`` samples held-out prompts (half of them attribute combinations never seen in training)
+unguided, with CFG (w=5), with the converged sharpener shipped beside the model and with the one just
+trained, all from identical noise, and ``evaluation/shapes_world.py`` scores them: prompt accuracy (every
 attribute of the prompt right) and a Fréchet distance on the world evaluator's features. It ends
 with the table, a grid PNG, and
 
-    accuracy_unguided=… accuracy_cfg=… accuracy_dice=…
-    cfg_gain_recovered = (accuracy_dice - accuracy_unguided) / (accuracy_cfg - accuracy_unguided)
-    cfg_gap_closed = 1 - mean||z_dice - z_cfg|| / mean||z_uncond - z_cfg||   (final latents)
+    accuracy_unguided=… accuracy_cfg=… accuracy_dice=… (shipped) accuracy_dice_now=… (trained now)
+    cfg_gain_recovered = (accuracy_dice - accuracy_unguided) / (accuracy_cfg - accuracy_unguided)   (and _now)
+    cfg_gap_closed = 1 - mean||z_dice - z_cfg|| / mean||z_uncond - z_cfg||   (final latents, shipped sharpener)
 
 ``python -m dice.demo sd15|sdxl|pixart`` are the random-weight **plumbing** demos: tiny random
 models whose images are noise; they report only cfg_gap_closed, which measures the distillation
