@@ -27,6 +27,7 @@ from .adapters import Adapter, Conditioning, adapter_class, families
 from .adapters.registry import family_of_pipeline_class
 from .checkpoint import SharpenerConfig, check_sharpener_fits, load_sharpener
 from .experiments import DEFAULT_ROOT
+from .presets import model_location
 from .sampling import sharpen_for_pipeline
 from .sharpener import Sharpener
 
@@ -109,7 +110,7 @@ def _family_of(stock_class: type) -> str:
 
 
 def _note_other_base_model(config: SharpenerConfig, model: str | None) -> None:
-    trained_on = str(config.base_model)
+    trained_on = model_location(str(config.base_model))
     if not model:  # a pipeline built in code has no name to compare
         return
     if os.path.exists(trained_on) and os.path.exists(model):

@@ -2,15 +2,16 @@
 
 ``python -m dice.demo`` (= ``bash launch.sh demo``) runs the paper in miniature on the **shapes world**,
 a trained toy text-to-image model shipped in dice/assets/shapes_world: ``train_sd15.py`` fits a
-sharpener (the paper's recipe, fewer steps and a smaller batch), ``sample.py`` samples held-out
-prompts (half of them attribute combinations never seen in training) unguided, with CFG (w=5) and
-with DICE from identical noise, and ``evaluation/shapes_world.py`` scores them: prompt accuracy (every
+sharpener now (``--preset toy``: 600 updates of 16, lr 1e-3 with a moving average of the weights),
+``sample.py`` samples held-out prompts (half of them attribute combinations never seen in training)
+unguided, with CFG (w=5), with the converged sharpener shipped beside the model and with the one just
+trained, all from identical noise, and ``evaluation/shapes_world.py`` scores them: prompt accuracy (every
 attribute of the prompt right) and a Fréchet distance on the world evaluator's features. It ends
 with the table, a grid PNG, and
 
-    accuracy_unguided=… accuracy_cfg=… accuracy_dice=…
-    cfg_gain_recovered = (accuracy_dice - accuracy_unguided) / (accuracy_cfg - accuracy_unguided)
-    cfg_gap_closed = 1 - mean||z_dice - z_cfg|| / mean||z_uncond - z_cfg||   (final latents)
+    accuracy_unguided=… accuracy_cfg=… accuracy_dice=… (shipped) accuracy_dice_now=… (trained now)
+    cfg_gain_recovered = (accuracy_dice - accuracy_unguided) / (accuracy_cfg - accuracy_unguided)   (and _now)
+    cfg_gap_closed = 1 - mean||z_dice - z_cfg|| / mean||z_uncond - z_cfg||   (final latents, shipped sharpener)
 
 ``python -m dice.demo sd15|sdxl|pixart`` are the random-weight **plumbing** demos: tiny random
 models whose images are noise; they report only cfg_gap_closed, which measures the distillation
@@ -128,10 +129,13 @@ TOY_VALIDATION_PROMPTS = [
     "a white square on the left and a purple circle on the right", "a blue cross and a red triangle",
 ]
 TOY_GRID_COLUMNS = 8
-TOY_METHODS = {  # name -> (sample.py options, NFE per step); alpha 0 is the base model itself
-    "unguided": (["--alpha", "0"], 1),
-    "cfg": (["--alpha", "0", "--cfg_scale", "{w}"], 2),
-    "dice": ([], 1),
+# name -> (sample.py options, NFE per step); alpha 0 is the base model itself. {run}: the sharpener trained
+# now; {shipped}: the converged one in dice/assets/shapes_world/sharpener.
+TOY_METHODS = {
+    "unguided": (["--sharpener_path", "{run}", "--alpha", "0"], 1),
+    "cfg": (["--sharpener_path", "{run}", "--alpha", "0", "--cfg_scale", "{w}"], 2),
+    "dice": (["--sharpener_path", "{shipped}"], 1),
+    "dice_now": (["--sharpener_path", "{run}"], 1),
 }
 
 
@@ -147,7 +151,7 @@ def folder_latents(adapter, folder: Path) -> torch.Tensor:
 
 
 def toy_grid(folders: dict[str, Path], labels: list[str], entries: list[dict], path: Path) -> Path:
-    """Rows unguided / CFG / DICE, the same prompts and seeds; half seen, half unseen combinations."""
+    """A row per method, the same prompts and seeds; half seen, half unseen combinations."""
     from PIL import Image
 
     from .sampling import image_grid
@@ -161,15 +165,21 @@ def toy_grid(folders: dict[str, Path], labels: list[str], entries: list[dict], p
     return path
 
 
+def training_samples(config) -> int:
+    """Training samples a sharpener has seen: updates x global batch."""
+    return int(config.step) * int(config.training_options["global_batch_size"])
+
+
 def run_toy(exps_root: str = "exps", max_train_steps: int | None = None, num_prompts: int = 256,
             train_batch_size: int | None = None, grid_out: str | None = None) -> dict:
     """The shapes-world demo; returns what it writes to demo_result.json."""
     from .adapters import adapter_class
+    from .checkpoint import load_sharpener
     from .metrics import append_result
     from .metrics.shapes_world import calc_shapes_world
     from .presets import preset
     from .sample_cli import main as sample_main
-    from .shapes_world import DEFAULT_PIPELINE, evaluation_prompts, write_imagefolder, write_prompt_file
+    from .shapes_world import DEFAULT_PIPELINE, DEFAULT_SHARPENER, evaluation_prompts, write_imagefolder, write_prompt_file
     from .shapes_world.scoring import gain_recovered, gain_recovered_interval
     from .training import main as train_main
 
@@ -190,9 +200,9 @@ def run_toy(exps_root: str = "exps", max_train_steps: int | None = None, num_pro
     run_dir = train_main("sd15", argv)
 
     folders, nfe = {}, {}
-    for name, (extra, evaluations_per_step) in TOY_METHODS.items():
-        sample_argv = ["--sharpener_path", str(run_dir), "--prompts", str(prompt_file), "--outdir", str(run_dir / "samples"),
-                       "--batch_gpu", "64", *(a.format(w=f"{w:g}") for a in extra)]
+    for name, (options, evaluations_per_step) in TOY_METHODS.items():
+        sample_argv = [a.format(w=f"{w:g}", run=run_dir, shipped=DEFAULT_SHARPENER) for a in options]
+        sample_argv += ["--prompts", str(prompt_file), "--outdir", str(run_dir / "samples"), "--batch_gpu", "64"]
         print(f"$ python sample.py {shlex.join(sample_argv)}", flush=True)
         folders[name] = sample_main(sample_argv)
         nfe[name] = 20 * evaluations_per_step
@@ -206,49 +216,61 @@ def run_toy(exps_root: str = "exps", max_train_steps: int | None = None, num_pro
     adapter = adapter_class("sd15").from_pretrained(str(DEFAULT_PIPELINE))
     latents = {name: folder_latents(adapter, folder) for name, folder in folders.items()}
     accuracy = {name: s[0] for name, s in scores.items()}
-    labels = [f"unguided (NFE {nfe['unguided']})", f"CFG w={w:g} (NFE {nfe['cfg']})", f"DICE (NFE {nfe['dice']})"]
-    grid = toy_grid(folders, labels, evaluation_prompts(num_prompts), run_dir / "demo_grid.png")
+    samples = {"dice": training_samples(load_sharpener(DEFAULT_SHARPENER)[1]),
+               "dice_now": training_samples(load_sharpener(run_dir)[1])}
+    labels = {"unguided": "unguided", "cfg": f"CFG w={w:g}", "dice": f"DICE (shipped, {samples['dice']:,} samples)",
+              "dice_now": f"DICE (trained now, {samples['dice_now']:,} samples)"}
+    grid = toy_grid(folders, [f"{labels[m]} (NFE {nfe[m]})" for m in folders], evaluation_prompts(num_prompts),
+                    run_dir / "demo_grid.png")
     if grid_out:  # e.g. the README's copy
         Path(grid_out).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(grid, grid_out)
-    per_image = [accuracy[m].per_image for m in ("unguided", "cfg", "dice")]
+    baseline = [accuracy[m].value for m in ("unguided", "cfg")]
+    per_image = [accuracy[m].per_image for m in ("unguided", "cfg")]
     result = {
         "world": "shapes", "experiment": str(run_dir), "train_steps": max_train_steps or settings["max_train_steps"],
         "train_batch_size": train_batch_size or settings["train_batch_size"],
-        "num_prompts": num_prompts, "guidance_scale": w, "grid": str(grid),
-        "methods": {name: {"nfe": nfe[name], "folder": str(folders[name]), "accuracy": accuracy[name].value,
+        "num_prompts": num_prompts, "guidance_scale": w, "grid": str(grid), "shipped_sharpener": str(DEFAULT_SHARPENER),
+        "methods": {name: {"label": labels[name], "nfe": nfe[name], "folder": str(folders[name]),
+                           "accuracy": accuracy[name].value,
                            **{k: accuracy[name].options[k] for k in ("accuracy_ci95", "accuracy_seen", "accuracy_unseen")},
-                           "fd": scores[name][1].value, "fd_real_vs_real": scores[name][1].options["fd_real_vs_real"]}
+                           "fd": scores[name][1].value, "fd_real_vs_real": scores[name][1].options["fd_real_vs_real"],
+                           **({"training_samples": samples[name]} if name in samples else {})}
                     for name in folders},
-        "cfg_gain_recovered": gain_recovered(*(accuracy[m].value for m in ("unguided", "cfg", "dice"))),
-        "cfg_gain_recovered_ci95": list(gain_recovered_interval(*per_image)),
+        "cfg_gain_recovered": gain_recovered(*baseline, accuracy["dice"].value),
+        "cfg_gain_recovered_ci95": list(gain_recovered_interval(*per_image, accuracy["dice"].per_image)),
+        "cfg_gain_recovered_now": gain_recovered(*baseline, accuracy["dice_now"].value),
+        "cfg_gain_recovered_now_ci95": list(gain_recovered_interval(*per_image, accuracy["dice_now"].per_image)),
         "cfg_gap_closed": cfg_gap_closed(latents["unguided"], latents["cfg"], latents["dice"]),
         "seconds": round(time.time() - start, 1),
     }
     (run_dir / "demo_result.json").write_text(json.dumps(result, indent=2) + "\n")
-    print_toy_report(result, labels)
+    print_toy_report(result)
     return result
 
 
-def print_toy_report(result: dict, labels: list[str]) -> None:
+def print_toy_report(result: dict) -> None:
     methods = result["methods"]
     print(f"\nDemo finished in {result['seconds']} s: {result['experiment']}")
     print(f"Shapes world, {result['num_prompts']} held-out prompts (half unseen combinations), DPM-Solver++ 20 steps, "
           "the same seeds for every method. Prompt accuracy: all four attributes right (world evaluator).\n")
     print(f"| method | NFE | accuracy seen | unseen | pooled [95% CI] | FD (real vs real {methods['cfg']['fd_real_vs_real']:.1f}) |")
     print("|---|---|---|---|---|---|")
-    for label, (name, m) in zip(labels, methods.items()):
+    for m in methods.values():
         lo, hi = m["accuracy_ci95"]
-        print(f"| {label.split(' (')[0]} | {m['nfe']} | {m['accuracy_seen']:.3f} | {m['accuracy_unseen']:.3f} | "
+        print(f"| {m['label']} | {m['nfe']} | {m['accuracy_seen']:.3f} | {m['accuracy_unseen']:.3f} | "
               f"{m['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] | {m['fd']:.1f} |")
-    lo, hi = result["cfg_gain_recovered_ci95"]
-    print(f"\nGrid (rows unguided / CFG / DICE, same prompts and seeds): {result['grid']}")
-    print(f"DICE recovers {result['cfg_gain_recovered']:.0%} of CFG's accuracy gain (paired bootstrap 95% CI "
-          f"{lo:.0%} to {hi:.0%}) at half CFG's network evaluations.")
+    print(f"\nGrid (a row per method, same prompts and seeds): {result['grid']}")
+    for key, which in (("cfg_gain_recovered", "shipped"), ("cfg_gain_recovered_now", "trained now")):
+        lo, hi = result[f"{key}_ci95"]
+        print(f"DICE ({which}) recovers {result[key]:.0%} of CFG's accuracy gain (paired bootstrap 95% CI "
+              f"{lo:.0%} to {hi:.0%}) at half CFG's network evaluations.")
     print(f"accuracy_unguided={methods['unguided']['accuracy']:.3f}")
     print(f"accuracy_cfg={methods['cfg']['accuracy']:.3f}")
     print(f"accuracy_dice={methods['dice']['accuracy']:.3f}")
+    print(f"accuracy_dice_now={methods['dice_now']['accuracy']:.3f}")
     print(f"cfg_gain_recovered={result['cfg_gain_recovered']:.3f}")
+    print(f"cfg_gain_recovered_now={result['cfg_gain_recovered_now']:.3f}")
     print(f"cfg_gap_closed={result['cfg_gap_closed']:.3f}")
 
 

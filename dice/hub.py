@@ -62,7 +62,10 @@ def model_card(config, *, repo_id: str | None = None, has_grid: bool = False, nu
     """The README.md of a sharpener repository: YAML metadata, how to use it, how it was trained."""
     from .adapters import adapter_class
 
+    from .presets import MODELS
+
     on_hub = isinstance(config.base_model, str) and is_repo_id(config.base_model)
+    short_name = config.base_model in MODELS  # a model this repository names (e.g. the shipped shapes world)
     data = ModelCardData(
         library_name="dice", pipeline_tag="text-to-image", tags=[*TAGS, config.family],
         # The Hub accepts only model ids here; a local path is named in the text instead.
@@ -75,7 +78,8 @@ def model_card(config, *, repo_id: str | None = None, has_grid: bool = False, nu
         f"# DICE sharpener for {config.base_model}",
         "",
         f"A [DICE]({PAPER_URL}) sharpener{size} for the {config.family} model `{config.base_model}`"
-        + ("" if on_hub else " (a local path when it was trained)") + ". It rewrites the prompt embedding so that "
+        + ("" if on_hub else " (a model named in `dice.presets.MODELS`)" if short_name else " (a local path when it was trained)")
+        + ". It rewrites the prompt embedding so that "
         "unguided sampling, one network evaluation per step, matches classifier-free guidance (CFG), which takes two.",
         "",
         "## Use it",
@@ -83,8 +87,9 @@ def model_card(config, *, repo_id: str | None = None, has_grid: bool = False, nu
         "```python",
         "import dice",
         f"from diffusers import {pipeline}",
+        *(["from dice.presets import model_location"] if short_name else []),
         "",
-        f'pipe = {pipeline}.from_pretrained("{config.base_model}"'
+        f'pipe = {pipeline}.from_pretrained(' + (f'model_location("{config.base_model}")' if short_name else f'"{config.base_model}"')
         + (f', revision="{config.base_model_revision}")' if config.base_model_revision else ")"),
         f'dice.apply(pipe, "{target}")',
         'image = pipe("a photo of a cat").images[0]',

@@ -25,7 +25,7 @@ from .experiments import DEFAULT_ROOT
 from .negatives import NegativePrompts
 from .adapters.registry import families
 from .methods import DEFAULT_SAMPLING_SCALE
-from .presets import MODELS
+from .presets import MODELS, model_location
 from .runtime import needs_cpu_process_group
 from .sampling import (
     OPTIONS_FILE,
@@ -139,7 +139,7 @@ def resolve(args) -> dict:
                         "trained model (--model_path / --sharpener_path)")
     source = str(trained_folder or weights)
     if config is not None:
-        model = model or config.base_model
+        model = model or model_location(config.base_model)
     if model is None:
         raise UserError("no base model. Give --sharpener_path (a trained sharpener) or --pretrained_model_name_or_path/--model_name")
     model = absolute_if_local(model)

@@ -261,7 +261,9 @@ def load_model_and_sharpener(args):
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = args.mixed_precision or ("fp16" if device.type == "cuda" else "no")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
-    model = args.pretrained_model_name_or_path or config.base_model
+    from ..presets import model_location
+
+    model = model_location(args.pretrained_model_name_or_path or config.base_model)
     adapter = adapter_class(config.family).from_pretrained(model, torch_dtype=dtype, **config.family_options)
     check_sharpener_fits(config, args.sharpener_path, dim=adapter.text_dim)
     adapter.freeze(device, dtype)

@@ -5,7 +5,7 @@
 ``evaluator`` from nothing, and ``scoring`` turns generated images into prompt accuracy and a
 Fréchet distance. The trained model ships in ``dice/assets/shapes_world/``.
 """
-from .scoring import DEFAULT_EVALUATOR, DEFAULT_PIPELINE
+from .scoring import DEFAULT_EVALUATOR, DEFAULT_PIPELINE, DEFAULT_SHARPENER
 from .world import (
     COLOURS,
     SHAPES,
@@ -21,6 +21,6 @@ from .world import (
 )
 
 __all__ = [
-    "COLOURS", "DEFAULT_EVALUATOR", "DEFAULT_PIPELINE", "SHAPES", "TEMPLATES", "Combination", "evaluation_prompts",
+    "COLOURS", "DEFAULT_EVALUATOR", "DEFAULT_PIPELINE", "DEFAULT_SHARPENER", "SHAPES", "TEMPLATES", "Combination", "evaluation_prompts",
     "parse_caption", "render", "scenes", "unseen_combinations", "write_imagefolder", "write_prompt_file",
 ]

@@ -4,6 +4,7 @@
     python -m dice.shapes_world data --out data/shapes_world --num_images 4000   # imagefolder for train_*.py
     python -m dice.shapes_world prompts --out prompts.jsonl --num_prompts 256   # held-out prompts for sample.py
     python -m dice.shapes_world quality                                       # unguided vs CFG accuracy of a model
+    python -m dice.shapes_world sharpener --out dice/assets/shapes_world      # the shipped converged DICE sharpener
 """
 from __future__ import annotations
 
@@ -40,9 +41,13 @@ def main(argv: list[str] | None = None) -> None:
     quality.add_argument("--pipeline", default=None, help="model folder (default: the shipped one)")
     quality.add_argument("--evaluator", default=None, help="evaluator folder (default: the shipped one)")
     quality.add_argument("--num_prompts", type=positive_int, default=256)
+    sharpener = commands.add_parser("sharpener", help="train and export the shipped DICE sharpener (resumes an interrupted run)")
+    sharpener.add_argument("--out", required=True, help="the assets folder: writes sharpener/ and refreshes SHA256SUMS")
+    sharpener.add_argument("--work", default="data/shapes_world-sharpener", help="training images and the run folder")
+    sharpener.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.command in ("pretrain", "data"):
+    if args.command in ("pretrain", "data", "sharpener"):
         check_output_dir(args.out, "--out")
     elif args.command == "prompts":
         check_output_file(args.out, "--out")
@@ -65,6 +70,11 @@ def main(argv: list[str] | None = None) -> None:
         from .world import write_imagefolder
 
         print(write_imagefolder(args.out, args.num_images, args.split, args.seed))
+    elif args.command == "sharpener":
+        from .shipped_sharpener import build
+
+        check_output_dir(args.work, "--work")
+        build(args.out, args.work, args.threads)
     elif args.command == "prompts":
         from .world import write_prompt_file
 

@@ -108,7 +108,7 @@ def cli(argv=None) -> dict:
     import argparse
 
     from ..adapters import adapter_class
-    from ..errors import ArgumentParser, check_output_dir, finite_float, positive_float, positive_int
+    from ..errors import ArgumentParser, check_output_dir, guidance_scale, positive_float, positive_int
     from ..figures.common import prompt_list, quiet_threads
     from .scoring import DEFAULT_PIPELINE
 
@@ -117,7 +117,7 @@ def cli(argv=None) -> dict:
     p.add_argument("--num_prompts", type=positive_int, default=32, help="the first N prompts of the file")
     p.add_argument("--fit_steps", type=positive_int, nargs="+", default=[250, 500, 1000, 2000, 3000], help="fit lengths scored")
     p.add_argument("--seeds_per_prompt", type=positive_int, default=16, help="new seeds sampled per prompt")
-    p.add_argument("--guidance_scale", type=finite_float, default=5.0, help="CFG's w, the target")
+    p.add_argument("--guidance_scale", type=guidance_scale, default=5.0, help="CFG's w, the target")
     p.add_argument("--lr", type=positive_float, default=1e-2, help="Adam's learning rate for the residuals")
     p.add_argument("--pretrained_model_name_or_path", default=str(DEFAULT_PIPELINE), help="the shapes-world model")
     p.add_argument("--out", default="results/figures/toy", help="output folder")

@@ -25,6 +25,7 @@ from .world import ATTRIBUTES, Combination, parse_caption, random_scene, render,
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "shapes_world"
 DEFAULT_PIPELINE = ASSETS / "shapes-world"
 DEFAULT_EVALUATOR = ASSETS / "evaluator"
+DEFAULT_SHARPENER = ASSETS / "sharpener"  # the converged DICE sharpener of the shipped model
 REFERENCE_RENDERS_PER_PROMPT = 4
 
 
