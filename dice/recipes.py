@@ -6,7 +6,8 @@
 from __future__ import annotations
 
 from .errors import ArgumentParser, UserError, exit_on_user_error
-from .presets import EMBEDDING_SCALES, MODELS, VAES
+from .paper import VAES
+from .presets import EMBEDDING_SCALES, MODELS
 
 
 def model_id(name: str) -> str:

@@ -65,7 +65,8 @@ def write_models(folder: Path) -> dict[str, Path]:
     """A tiny pipeline for every hub model launch.sh names (dice/presets.py), each from its own seed."""
     from transformers.utils import logging as transformers_logging
 
-    from .presets import MODELS, VAES
+    from .paper import VAES
+    from .presets import MODELS
     from .tiny import save_tiny_pipeline
 
     transformers_logging.disable_progress_bar()  # a bar per saved text encoder

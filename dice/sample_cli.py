@@ -24,7 +24,7 @@ from .errors import (
 from .experiments import DEFAULT_ROOT
 from .negatives import NegativePrompts
 from .adapters.registry import families
-from .methods import DEFAULT_SAMPLING_SCALE
+from .paper import GUIDANCE_SCALE
 from .presets import MODELS, model_location
 from .runtime import needs_cpu_process_group
 from .sampling import (
@@ -65,7 +65,7 @@ def build_parser() -> ArgumentParser:
     a("--alpha", type=finite_float, default=1.0, help="DICE strength (1 = as trained)")
     a("--cfg_scale", type=guidance_scale, default=1.0, help="CFG scale; 1 = unguided (one network evaluation per step)")
     a("--gd_scale", type=guidance_scale, default=None, help=f"GD / PnP: the guidance scale ω the trained model imitates "
-      f"(default {DEFAULT_SAMPLING_SCALE:g}; no CFG, one denoiser evaluation per step, PnP's guide besides)")
+      f"(default {GUIDANCE_SCALE:g}; no CFG, one denoiser evaluation per step, PnP's guide besides)")
     a("--embedding_scale", type=positive_float, default=1.0, help="Scaling (training-free baseline): multiply the prompt "
       "embedding by s (every token but CLIP's first, which is the same for every prompt; SDXL's pooled vector unchanged). "
       "Paper: SD1.5 1.2, DreamShaper 1.3, SDXL 1.5, PixArt-α 1.2")
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> Path:
         adapter.enable_xformers()
     use_scheduler(adapter, args.scheduler)
 
-    gd_scale = args.gd_scale if args.gd_scale is not None else DEFAULT_SAMPLING_SCALE
+    gd_scale = args.gd_scale if args.gd_scale is not None else GUIDANCE_SCALE
     per_step = trained.method.evaluations_per_step(adapter, trained.module) if trained else 1
     options = {
         "family": plan["family"], "base_model": plan["model"], "family_options": dict(adapter.options),

@@ -25,7 +25,7 @@ import torch
 
 from dice.checkpoint import SharpenerConfig, save_sharpener
 from dice.metrics.fid import save_stats
-from dice.sharpener import Sharpener
+from dice import Sharpener
 
 REPO = Path(__file__).resolve().parents[1]
 PROGRESS_BAR = re.compile(r"\d+%\|")  # model-loading progress bars of diffusers / transformers: not messages

@@ -22,7 +22,7 @@ from dice.metrics.smoke import (
     smoke_clip_score_model,
     smoke_feature_extractor,
 )
-from dice.sharpener import Sharpener
+from dice import Sharpener
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_PROMPTS = 4

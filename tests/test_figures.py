@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dice.checkpoint import SharpenerConfig, save_sharpener
-from dice.sharpener import Sharpener
+from dice import Sharpener
 
 
 @pytest.fixture

@@ -88,7 +88,8 @@ def test_the_demos_reach_their_modules(tmp_path):
 
 
 def test_model_ids_come_from_the_presets(tmp_path):
-    from dice.presets import MODELS, VAES
+    from dice.paper import VAES
+    from dice.presets import MODELS
     from dice.recipes import model_id
 
     proc = subprocess.run([sys.executable, "-m", "dice.recipes", "model", "dreamshaper"], cwd=REPO, capture_output=True, text=True)

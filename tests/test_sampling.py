@@ -12,7 +12,7 @@ import torch
 from dice.adapters import adapter_class
 from dice.checkpoint import SharpenerConfig, load_sharpener, save_sharpener
 from dice.sampling import generate, use_scheduler
-from dice.sharpener import Sharpener
+from dice import Sharpener
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..sharpener import apply_sharpener
+from ..runtime import to_device
 
 logger = logging.getLogger("dice")
 
@@ -51,8 +51,6 @@ class Conditioning:
 
     def to_device(self, device) -> "Conditioning":
         """Host to ``device`` without making the host wait for the GPU (see :func:`dice.runtime.to_device`)."""
-        from ..runtime import to_device
-
         return self._map(lambda x: to_device(x, device))
 
     def select(self, index) -> "Conditioning":
@@ -142,12 +140,9 @@ class Adapter:
     embedding_kwargs: ClassVar[dict[str, tuple[str, str]]] = {"embeds": ("prompt_embeds", "negative_prompt_embeds")}
     # The pipeline component that is the denoiser (a fine-tuned one replaces it: GD).
     denoiser_component: ClassVar[str] = "unet"
-    # The stock diffusers pipeline that runs this family with a ControlNet (PnP's guide network);
-    # None where diffusers has none.
-    controlnet_pipeline_class_name: ClassVar[str | None] = None
-    # For a denoiser without a guidance-scale input (no time_cond_proj_dim): the submodule whose output
-    # is the timestep's sinusoidal features, where GD adds its guidance-scale embedding.
-    timestep_projection_path: ClassVar[str | None] = None
+    # The text encoder starts every prompt with the same begin-of-text token (CLIP's BOS): that position
+    # carries no prompt information. T5 (PixArt) has none: its first token is the first word.
+    first_token_is_bos: ClassVar[bool] = True
     # Class names of the denoiser's repeated blocks, compiled one by one by compile_denoiser("regional").
     repeated_blocks: ClassVar[tuple[str, ...]] = ("BasicTransformerBlock", "ResnetBlock2D")
 
@@ -325,24 +320,6 @@ class Adapter:
         """Before training: a family with a huge text encoder may encode every prompt (captions,
         validation prompts) and negative (u, including "") once and unload the encoder. Default: no-op."""
 
-    @property
-    def keep_first_token(self) -> bool:
-        return True
-
-    def sharpener_context_mask(self, uncond: Conditioning) -> torch.Tensor | None:
-        """Mask of context tokens the sharpener may attend to (None = all)."""
-        return None
-
-    def sharpen(self, sharpener: nn.Module, cond: Conditioning, uncond: Conditioning, alpha: float = 1.0) -> Conditioning:
-        embeds = apply_sharpener(
-            sharpener, cond.embeds, uncond.embeds, alpha,
-            u_mask=self.sharpener_context_mask(uncond), keep_first_token=self.keep_first_token,
-        )
-        return self.sharpened_conditioning(cond, embeds)
-
-    def sharpened_conditioning(self, cond: Conditioning, embeds: torch.Tensor) -> Conditioning:
-        return cond.replace(embeds=embeds)
-
     # ---- image side ------------------------------------------------------------------------
     @property
     def default_resolution(self) -> int:
@@ -404,22 +381,6 @@ class Adapter:
     def noise_of(self, output: torch.Tensor) -> torch.Tensor:
         """The noise prediction within the denoiser's output (PixArt also predicts the variance)."""
         return output
-
-    @torch.no_grad()
-    def teacher_noise(
-        self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, uncond: Conditioning,
-        guidance_scale: float | torch.Tensor, sizes: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The CFG target; conditional and unconditional halves go through one denoiser call.
-
-        ``guidance_scale``: one scale, or one per sample [B] (GD and PnP train over a range of scales).
-        """
-        from ..losses import cfg_combine
-
-        double = lambda x: None if x is None else torch.cat([x, x])  # noqa: E731
-        both = self.predict_noise(double(x_t), double(t), Conditioning.cat([uncond, cond]), double(sizes))
-        eps_uncond, eps_cond = both.chunk(2)
-        return cfg_combine(eps_uncond, eps_cond, guidance_scale)
 
     # ---- back to the stock pipeline --------------------------------------------------------
     def pipeline_kwargs(self, cond: Conditioning, uncond: Conditioning) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..methods.dice import keeps_first_token
 from ..errors import ArgumentParser, guidance_scale, positive_int
 from .common import finish, load_model_and_sharpener, model_arguments, pyplot, quiet_threads, save_figure
 
@@ -88,14 +89,14 @@ def token_labels(adapter, prompt: str) -> tuple[list[str], int]:
 
     end = int(end_of_text_positions(adapter, [prompt])[0])
     ids = adapter.pipe.tokenizer(prompt, truncation=True, max_length=adapter.num_tokens).input_ids
-    first = 1 if adapter.keep_first_token else 0
+    first = 1 if keeps_first_token(adapter) else 0
     tokens = adapter.pipe.tokenizer.convert_ids_to_tokens(ids[first:end])
     return [t.replace("</w>", "") for t in tokens], end
 
 
 def attention_maps(adapter, sharpener, prompt: str, out, cfg_scale: float = 5.0, steps: int = 20, seed: int = 0,
                    resolution: int | None = None, map_size: int | None = None) -> dict:
-    from ..sampling import sharpen_for_pipeline
+    from ..methods.dice import sharpen_for_pipeline
 
     resolution = resolution or adapter.default_resolution
     latent = resolution // adapter.vae_scale_factor
@@ -106,7 +107,7 @@ def attention_maps(adapter, sharpener, prompt: str, out, cfg_scale: float = 5.0,
     sharp, uncond = sharpen_for_pipeline(adapter, cond, uncond, sharpener, 1.0)
     methods = {"unguided": (cond, 1.0), f"CFG w={cfg_scale:g}": (cond, cfg_scale), "DICE": (sharp, 1.0)}
     tokens, end = token_labels(adapter, prompt)
-    first = 1 if adapter.keep_first_token else 0
+    first = 1 if keeps_first_token(adapter) else 0
     rows = {}
     for name, (c, w) in methods.items():
         image, maps = sample_with_maps(adapter, c, uncond, seed, w, steps, resolution, map_size)

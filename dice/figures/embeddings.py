@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from ..methods.dice import keeps_first_token
 from ..errors import ArgumentParser, positive_int
 from .common import finish, load_model_and_sharpener, model_arguments, prompt_list, pyplot, quiet_threads, save_figure
 
@@ -24,7 +25,7 @@ PAPER_PCA = {"original": {"top3": 0.08, "components_80": 300}, "sharpened": {"to
 @torch.no_grad()
 def embeddings(adapter, sharpener, prompts: list[str], batch_size: int = 64):
     """(original, sharpened, end-of-text position) for every prompt, u = the empty prompt, alpha = 1."""
-    from ..sampling import sharpen_for_pipeline
+    from ..methods.dice import sharpen_for_pipeline
 
     originals, sharpened = [], []
     for start in range(0, len(prompts), batch_size):
@@ -66,7 +67,7 @@ def _summary(values: torch.Tensor) -> dict:
 def semantic_padding(adapter, sharpener, prompts: list[str], out, panel_prompts: int = 4, steps: int = 20,
                      resolution: int | None = None) -> dict:
     original, sharpened, end = embeddings(adapter, sharpener, prompts)
-    first = 1 if adapter.keep_first_token else 0  # DICE restores the BOS token: it would count as identical
+    first = 1 if keeps_first_token(adapter) else 0  # DICE restores the BOS token: it would count as identical
     semantic, padding = part_masks(end, original.shape[1], first)
     stats = {"semantic": _summary(part_cosines(original, sharpened, semantic)),
              "padding": _summary(part_cosines(original, sharpened, padding))}
@@ -93,7 +94,8 @@ def semantic_padding(adapter, sharpener, prompts: list[str], out, panel_prompts:
 @torch.no_grad()
 def replacement_panel(adapter, sharpener, prompts: list[str], path, steps: int = 20, resolution: int | None = None):
     """Rows: unguided, original semantic + sharpened padding, sharpened semantic + original padding, DICE."""
-    from ..sampling import generate_from_conditioning, image_grid, sharpen_for_pipeline
+    from ..methods.dice import sharpen_for_pipeline
+    from ..sampling import generate_from_conditioning, image_grid
 
     cond, uncond = adapter.encode_prompts(prompts), adapter.encode_negative([""] * len(prompts))
     sharp, uncond = sharpen_for_pipeline(adapter, cond, uncond, sharpener, 1.0)

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..distillation import cfg_teacher
+from ..methods.dice import sharpen
 from ..errors import ArgumentParser, guidance_scale, positive_float, positive_int
 
 
@@ -63,7 +65,7 @@ def fit_prompt_residuals(adapter, prompts: list[str], train_data_dir: str | Path
     from tqdm.auto import tqdm
 
     from ..data import step_generator
-    from ..losses import distillation_loss
+    from ..distillation import distillation_loss
 
     adapter.freeze(adapter.device, adapter.dtype)  # no gradients into the model, wherever it lives
     device = adapter.device
@@ -78,8 +80,8 @@ def fit_prompt_residuals(adapter, prompts: list[str], train_data_dir: str | Path
         timesteps = torch.randint(0, adapter.num_train_timesteps, (len(prompts),), generator=gen).to(device)
         noise = torch.randn(latents.shape, generator=gen).to(device, latents.dtype)
         x_t = adapter.add_noise(latents, noise, timesteps)
-        teacher = adapter.teacher_noise(x_t, timesteps, cond, uncond, guidance_scale, sizes.to(device))
-        sharpened = adapter.sharpen(residuals, cond.to(dtype=torch.float32), uncond.to(dtype=torch.float32))
+        teacher = cfg_teacher(adapter, x_t, timesteps, cond, uncond, guidance_scale, sizes.to(device))
+        sharpened = sharpen(adapter, residuals, cond.to(dtype=torch.float32), uncond.to(dtype=torch.float32))
         student = adapter.predict_noise(x_t, timesteps, sharpened.to(dtype=adapter.dtype), sizes.to(device))
         loss = distillation_loss(student.float(), teacher.float())
         optimizer.zero_grad()

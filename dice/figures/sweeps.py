@@ -160,7 +160,7 @@ def train_structures(base_argv: list[str], structures: list[tuple[int, int]], de
     import shlex
     from pathlib import Path
 
-    from ..training import build_parser
+    from ..options import build_parser
     from ..training import main as train_main
 
     runs = []
