@@ -143,7 +143,7 @@ def folder_latents(adapter, folder: Path) -> torch.Tensor:
     """The VAE latents (posterior mean) of a sample folder's PNGs, in prompt order."""
     import numpy as np
 
-    from .metrics.images import open_image_collection
+    from evaluation.metrics.images import open_image_collection
 
     collection = open_image_collection(folder)
     pixels = torch.stack([torch.from_numpy(np.array(collection.open_image(r.name))).permute(2, 0, 1) for r in collection.records])
@@ -175,8 +175,8 @@ def run_toy(exps_root: str = "exps", max_train_steps: int | None = None, num_pro
     """The shapes-world demo; returns what it writes to demo_result.json."""
     from .adapters import adapter_class
     from .checkpoint import load_sharpener
-    from .metrics import append_result
-    from .metrics.shapes_world import calc_shapes_world
+    from evaluation.metrics import append_result
+    from .shapes_world.folder_scores import calc_shapes_world
     from .presets import preset
     from .sample_cli import main as sample_main
     from .shapes_world import DEFAULT_PIPELINE, DEFAULT_SHARPENER, evaluation_prompts, write_imagefolder, write_prompt_file

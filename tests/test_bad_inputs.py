@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from dice.checkpoint import SharpenerConfig, save_sharpener
-from dice.metrics.fid import save_stats
+from evaluation.metrics.fid import save_stats
 from dice import Sharpener
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from dice.checkpoint import SharpenerConfig, save_sharpener
-from dice.metrics.smoke import (
+from evaluation.metrics.smoke import (
     SmokeTokenizer,
     smoke_aesthetic_models,
     smoke_clip_score_model,

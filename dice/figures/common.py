@@ -8,6 +8,8 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from evaluation.plotting import pyplot, save_figure, write_json
+
 from ..errors import ArgumentParser, UserError, check_output_dir, non_negative_int, positive_int
 
 logger = logging.getLogger("dice")
@@ -87,7 +89,7 @@ class Driver:
 
     def score(self, folder: Path) -> dict[str, float]:
         """{column: value} of a sample folder; values already in results.jsonl for this folder are reused."""
-        from ..metrics import append_result
+        from evaluation.metrics import append_result
 
         done = self._scored(folder)
         missing = [c for c in self.columns if c not in done]
@@ -95,7 +97,7 @@ class Driver:
             for result in self._calc(folder, missing):
                 if result.metric in missing:
                     if self.smoke_test:
-                        from ..metrics.smoke import mark_smoke_test
+                        from evaluation.metrics.smoke import mark_smoke_test
 
                         mark_smoke_test(result)
                     append_result(self.results, result)
@@ -103,8 +105,8 @@ class Driver:
         return {c: done[c] for c in self.columns}
 
     def _scored(self, folder: Path) -> dict[str, float]:
-        from ..metrics.images import open_image_collection
-        from ..metrics.results import read_results
+        from evaluation.metrics.images import open_image_collection
+        from evaluation.record import read_results
 
         if not self.results.is_file():
             return {}
@@ -118,10 +120,10 @@ class Driver:
 
     def _calc(self, folder: Path, columns: list[str]):
         if self.metrics == "world":
-            from ..metrics.shapes_world import calc_shapes_world
+            from ..shapes_world.folder_scores import calc_shapes_world
 
             return calc_shapes_world(folder, evaluator=self._model("world", _world_evaluator))
-        from ..metrics import calc_aesthetic, calc_clip_score, calc_fid
+        from evaluation.metrics import calc_aesthetic, calc_clip_score, calc_fid
 
         results = []
         if "fid" in columns:
@@ -149,53 +151,25 @@ def _world_evaluator():
 
 
 def _fid_extractor(smoke: bool):
-    from ..metrics.fid import load_inception
-    from ..metrics.smoke import smoke_feature_extractor
+    from evaluation.metrics.fid import load_inception
+    from evaluation.metrics.smoke import smoke_feature_extractor
 
     return smoke_feature_extractor() if smoke else load_inception()
 
 
 def _clip_model(smoke: bool):
-    from ..metrics.smoke import smoke_clip_score_model
+    from evaluation.metrics.smoke import smoke_clip_score_model
 
     return dict(zip(("model", "preprocess", "tokenizer"), smoke_clip_score_model())) if smoke else None
 
 
 def _aesthetic_model(smoke: bool):
-    from ..metrics.smoke import smoke_aesthetic_models
+    from evaluation.metrics.smoke import smoke_aesthetic_models
 
     return dict(zip(("head", "clip_model", "image_processor"), smoke_aesthetic_models())) if smoke else None
 
 
 # ---- output --------------------------------------------------------------------------------------
-
-def write_json(path: Path, data: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    return path
-
-
-def pyplot():
-    """matplotlib's pyplot on the file-only backend (no display on servers and in tests)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, png: Path, title: str | None = None) -> Path:
-    """Lay out, write (small: 90 dpi) and close a matplotlib figure."""
-    plt = pyplot()
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=90)
-    plt.close(fig)
-    return png
-
 
 def plot_series(path: Path, series: dict[str, list[tuple[float, dict]]], columns: tuple[str, ...], xlabel: str,
                 title: str, references: dict[str, dict] | None = None, logx: bool = False) -> Path:

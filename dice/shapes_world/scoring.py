@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..metrics.fid import FeatureStats, frechet_distance
+from evaluation.metrics.fid import FeatureStats, frechet_distance
 from . import evaluator as ev
 from .world import ATTRIBUTES, Combination, parse_caption, random_scene, render, unseen_combinations
 

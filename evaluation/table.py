@@ -1,6 +1,5 @@
-"""results.jsonl (one line per scored folder and metric) and the paper's Table 1 built from it.
+"""The paper's Table 1 built from results.jsonl (evaluation.record), with its plot.
 
-Each line: {"metric", "value", "count", "images", "sampling_options", "options", "time", "seconds"}.
 The table has one row per sampling configuration (every image-defining option but the prompt set):
 FID / CLIP / AS come from its COCO 5k folder, the HPS v2.1 columns from its hps-<style> folders and
 DrawBench from its drawbench folder, each the latest value. A row says what produced it (method,
@@ -19,11 +18,14 @@ import csv
 import io
 import json
 import os
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
-from dice.errors import UserError
+from dice.paper import GUIDANCE_SCALE, SAMPLING_STEPS, SCHEDULER, TABLE1, paper_model
+from dice.presets import MODELS
+from dice.sampling import image_defining
+
+from .plotting import pyplot, save_figure
+from .record import SMOKE_TEST_NOTE, read_results
 
 # Table columns: a metric, or for HPS v2.1 the prompt set it was scored on (Table 1's HPS and DrawBench).
 HPS_COLUMNS = {"hps-anime": "hps_anime", "hps-concept-art": "hps_concept", "hps-paintings": "hps_painting",
@@ -36,144 +38,13 @@ METRIC_TITLES = {"fid": "FID", "clip_score": "CLIP", "aesthetic": "AS", "hps_ani
 LOWER_IS_BETTER = {"fid", "world_fd"}
 TABLE1_PROMPT_SETS = ("coco5k", *HPS_COLUMNS)  # the folders that make up one Table 1 row
 
-# Paper Table 1 (AAAI / arXiv v2; SPEC §6), 20 sampling steps: "w=5" is CFG (NFE 40), "w=1" unguided
-# (NFE 20), "Scaling" the prompt embedding times the model's s (NFE 20), "GD" / "PnP" the trained
-# baselines at ω = 5 (NFE 20 / ≈28-30), "DICE" the sharpened embeddings unguided (NFE 20).
-# HPS v2.1 columns in the order anime, concept-art, painting, photo, then DrawBench.
-_HPS_KEYS = tuple(HPS_COLUMNS.values())
-PAPER_TABLE1 = {
-    "SD1.5": {
-        "w=5": {"fid": 22.04, "clip_score": 30.22, "aesthetic": 5.36, **dict(zip(_HPS_KEYS, (24.29, 23.16, 22.88, 24.62, 23.83)))},
-        "w=1": {"fid": 32.80, "clip_score": 21.99, "aesthetic": 5.03, **dict(zip(_HPS_KEYS, (17.79, 17.69, 17.40, 19.41, 18.43)))},
-        "Scaling": {"fid": 32.54, "clip_score": 22.89, "aesthetic": 5.13, **dict(zip(_HPS_KEYS, (18.11, 17.94, 17.73, 19.57, 18.80)))},
-        "GD": {"fid": 23.54, "clip_score": 28.02, "aesthetic": 5.30, **dict(zip(_HPS_KEYS, (21.84, 20.58, 20.19, 23.48, 21.99)))},
-        "PnP": {"fid": 26.57, "clip_score": 27.72, "aesthetic": 5.39, **dict(zip(_HPS_KEYS, (23.17, 21.72, 22.03, 24.17, 23.12)))},
-        "DICE": {"fid": 22.22, "clip_score": 28.54, "aesthetic": 5.28, **dict(zip(_HPS_KEYS, (22.78, 20.67, 20.71, 24.96, 23.32)))},
-    },
-    "DreamShaper": {
-        "w=5": {"fid": 30.35, "clip_score": 30.50, "aesthetic": 5.87, **dict(zip(_HPS_KEYS, (30.20, 28.92, 28.85, 27.62, 26.84)))},
-        "w=1": {"fid": 24.17, "clip_score": 27.22, "aesthetic": 5.74, **dict(zip(_HPS_KEYS, (24.42, 24.44, 24.61, 23.56, 22.05)))},
-        "Scaling": {"fid": 24.05, "clip_score": 27.74, "aesthetic": 5.73, **dict(zip(_HPS_KEYS, (24.63, 24.44, 24.47, 23.66, 22.19)))},
-        "GD": {"fid": 32.53, "clip_score": 28.48, "aesthetic": 5.86, **dict(zip(_HPS_KEYS, (28.34, 27.50, 27.59, 26.40, 25.27)))},
-        "PnP": {"fid": 35.57, "clip_score": 28.46, "aesthetic": 5.87, **dict(zip(_HPS_KEYS, (29.53, 28.72, 28.80, 27.35, 26.04)))},
-        "DICE": {"fid": 30.36, "clip_score": 29.03, "aesthetic": 5.87, **dict(zip(_HPS_KEYS, (29.17, 28.44, 28.49, 27.27, 25.77)))},
-    },
-    "SDXL": {
-        "w=5": {"fid": 23.95, "clip_score": 32.10, "aesthetic": 5.60, **dict(zip(_HPS_KEYS, (29.67, 28.19, 28.19, 26.51, 26.03)))},
-        "w=1": {"fid": 61.19, "clip_score": 21.92, "aesthetic": 5.59, **dict(zip(_HPS_KEYS, (19.64, 19.23, 19.92, 18.74, 17.65)))},
-        "Scaling": {"fid": 59.14, "clip_score": 23.50, "aesthetic": 5.60, **dict(zip(_HPS_KEYS, (20.33, 20.03, 20.51, 19.07, 17.94)))},
-        "GD": {"fid": 28.88, "clip_score": 30.84, "aesthetic": 5.57, **dict(zip(_HPS_KEYS, (28.83, 27.65, 28.11, 26.39, 25.43)))},
-        "PnP": {"fid": 32.52, "clip_score": 30.31, "aesthetic": 5.76, **dict(zip(_HPS_KEYS, (29.29, 27.59, 28.15, 26.44, 25.35)))},
-        "DICE": {"fid": 28.01, "clip_score": 30.63, "aesthetic": 5.68, **dict(zip(_HPS_KEYS, (29.06, 27.72, 28.10, 26.48, 25.44)))},
-    },
-    "PixArt-α": {
-        "w=5": {"fid": 38.39, "clip_score": 30.67, "aesthetic": 6.03, **dict(zip(_HPS_KEYS, (31.43, 29.97, 29.60, 28.97, 27.95)))},
-        "w=1": {"fid": 41.74, "clip_score": 25.30, "aesthetic": 6.11, **dict(zip(_HPS_KEYS, (26.29, 25.73, 25.90, 23.63, 23.23)))},
-        "Scaling": {"fid": 41.89, "clip_score": 25.79, "aesthetic": 6.10, **dict(zip(_HPS_KEYS, (26.26, 25.60, 25.60, 23.73, 23.25)))},
-        "GD": {"fid": 42.77, "clip_score": 28.52, "aesthetic": 6.06, **dict(zip(_HPS_KEYS, (28.94, 27.09, 27.62, 26.68, 26.04)))},
-        "PnP": {"fid": 40.06, "clip_score": 29.55, "aesthetic": 5.99, **dict(zip(_HPS_KEYS, (29.29, 28.24, 27.96, 26.55, 25.55)))},
-        "DICE": {"fid": 39.80, "clip_score": 29.51, "aesthetic": 6.01, **dict(zip(_HPS_KEYS, (30.10, 28.59, 28.69, 27.91, 26.60)))},
-    },
-}
-# The paper's Scaling s per model (Table 1) and the scale GD / PnP are sampled at.
-PAPER_EMBEDDING_SCALES = {"SD1.5": 1.2, "DreamShaper": 1.3, "SDXL": 1.5, "PixArt-α": 1.2}
-PAPER_GD_SCALE = 5
-PAPER_STEPS = 20
-PAPER_SCHEDULER = "dpmsolver++"
-
-# Hub ids of the paper's base models (compared case-insensitively) -> the resolution the paper sampled them at.
-PAPER_MODEL_IDS = {
-    "SD1.5": {"stable-diffusion-v1-5/stable-diffusion-v1-5": 512, "runwayml/stable-diffusion-v1-5": 512},
-    "DreamShaper": {"Lykon/DreamShaper": 512},
-    "SDXL": {"stabilityai/stable-diffusion-xl-base-1.0": 1024},
-    "PixArt-α": {"PixArt-alpha/PixArt-XL-2-512x512": 512, "PixArt-alpha/PixArt-XL-2-1024-MS": 1024},
-}
 METHOD_ORDER = ("cfg", "unguided", "scaling", "scaling+cfg", "gd", "pnp", "dice", "dice+cfg")
-SMOKE_TEST_NOTE = "smoke test (random weights)"
-
-
-@dataclass
-class MetricResult:
-    metric: str
-    value: float
-    count: int
-    images: str
-    sampling_options: dict | None = None
-    options: dict = field(default_factory=dict)
-    seconds: float = 0.0
-    per_image: list | None = field(default=None, repr=False)  # for paired statistics in-process; not written
-
-    @classmethod
-    def mean_over_processes(cls, metric, totals, processes, collection, options, allow_incomplete, started) -> "MetricResult":
-        """The mean of per-image scores from ``totals`` = [sum, count] summed over all processes."""
-        import time
-
-        score_sum, count = processes.sum(totals).tolist()
-        options.update(num_processes=processes.world_size, allow_incomplete=allow_incomplete)
-        return cls(metric=metric, value=score_sum / count, count=int(count), images=collection.path,
-                   sampling_options=collection.sampling_options, options=options, seconds=time.time() - started)
-
-    def to_record(self) -> dict:
-        return {
-            "metric": self.metric,
-            "value": self.value,
-            "count": self.count,
-            "images": self.images,
-            "sampling_options": self.sampling_options,
-            "options": self.options,
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "seconds": round(self.seconds, 3),
-        }
-
-
-def append_result(results_path: str | os.PathLike, result: MetricResult) -> dict:
-    """Append one JSON line for ``result`` to results.jsonl (created with its folder) and return it."""
-    record = result.to_record()
-    Path(results_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(results_path, "a", encoding="utf-8") as file:
-        file.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return record
-
-
-class ResultsFileError(UserError, ValueError):
-    pass
-
-
-class ResultsNotFound(UserError, FileNotFoundError):
-    pass
-
-
-def read_results(results_path: str | os.PathLike) -> list[dict]:
-    if not Path(results_path).is_file():
-        raise ResultsNotFound(f"Results file not found: {results_path}. The evaluation/*.py calc commands write it; pass its path")
-    records = []
-    for line_number, line in enumerate(Path(results_path).read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict) or not {"images", "metric", "value"} <= record.keys():
-                    raise ValueError('not an object with "images", "metric" and "value"')
-            except ValueError as error:
-                raise ResultsFileError(
-                    f"{results_path} line {line_number} is not a result ({error}). Delete that line (the calc commands append one per score)"
-                ) from None
-            records.append(record)
-    return records
-
-
-def _paper_model(base_model: str | None) -> tuple[str, int] | tuple[None, None]:
-    """('SD1.5', 512), ... for a paper base model's hub id, else (None, None)."""
-    wanted = str(base_model or "").strip().rstrip("/").lower()
-    for name, ids in PAPER_MODEL_IDS.items():
-        for hub_id, resolution in ids.items():
-            if wanted == hub_id.lower():
-                return name, resolution
-    return None, None
 
 
 def paper_model_name(base_model: str | None) -> str | None:
-    """'SD1.5', 'DreamShaper', ... for a paper base model's hub id, else None."""
-    return _paper_model(base_model)[0]
+    """'SD1.5', 'DreamShaper', ... for the hub id of a base model with a Table 1 block, else None."""
+    model = paper_model(base_model)
+    return model.name if model and model.name in TABLE1 else None
 
 
 def paper_row_key(options: dict) -> str | None:
@@ -181,13 +52,13 @@ def paper_row_key(options: dict) -> str | None:
     Table 1 row (the paper's s for Scaling, ω = 5 for GD and PnP)."""
     method, scale, alpha = options.get("method"), options.get("cfg_scale"), options.get("alpha")
     if method == "scaling":
-        s = PAPER_EMBEDDING_SCALES.get(paper_model_name(options.get("base_model")))
-        return "Scaling" if options.get("embedding_scale") == s else None
+        model = paper_model(options.get("base_model"))
+        return "Scaling" if model and options.get("embedding_scale") == model.embedding_scale else None
     if method in ("gd", "pnp"):
-        return {"gd": "GD", "pnp": "PnP"}[method] if options.get("gd_scale") == PAPER_GD_SCALE else None
+        return {"gd": "GD", "pnp": "PnP"}[method] if options.get("gd_scale") == GUIDANCE_SCALE else None
     if options.get("embedding_scale") not in (None, 1):  # the Scaling baseline's rows are not these
         return None
-    if method == "cfg" and scale == 5:
+    if method == "cfg" and scale == GUIDANCE_SCALE:
         return None if options.get("negative_prompt") else "w=5"  # Table 1's CFG uses the empty negative prompt
     if method == "unguided" or (method == "cfg" and scale == 1):
         return "w=1"
@@ -204,15 +75,16 @@ def is_cross_model(options: dict) -> bool:
 
 def protocol_mismatch(options: dict) -> str | None:
     """Why a folder's sampling does not repeat the paper's protocol (None when it does)."""
-    model, resolution = _paper_model(options.get("base_model"))
+    model = paper_model_name(options.get("base_model"))
+    resolution = paper_model(options.get("base_model")).resolution if model else None
     prompts, count = options.get("prompts") or "coco5k", options.get("num_images")
     whole_set = 5000 if prompts == "coco5k" else options.get("prompt_set_size")
     step, final_step = trained_step(options), _first_set(options, "sharpener_max_train_steps", "trained_max_train_steps")
     checks = [
         (model is not None, "not a paper base model"),
         (paper_row_key(options) is not None, "not a Table 1 method/setting"),
-        (options.get("steps") == PAPER_STEPS, f"{options.get('steps')} steps, not {PAPER_STEPS}"),
-        (options.get("scheduler", PAPER_SCHEDULER) == PAPER_SCHEDULER, f"scheduler {options.get('scheduler')}"),
+        (options.get("steps") == SAMPLING_STEPS, f"{options.get('steps')} steps, not {SAMPLING_STEPS}"),
+        (options.get("scheduler", SCHEDULER) == SCHEDULER, f"scheduler {options.get('scheduler')}"),
         (options.get("resolution") == resolution, f"{options.get('resolution')} px, not the paper's {resolution}"),
         (prompts in TABLE1_PROMPT_SETS, f"prompts {prompts}"),
         (count is not None and count == whole_set, f"{count} of the {whole_set or '?'} prompts of {prompts}"),
@@ -236,7 +108,7 @@ def paper_values(options: dict | None) -> dict | None:
     """Table 1's numbers for a folder that repeats the paper's protocol, else None."""
     if not options or protocol_mismatch(options):
         return None
-    return PAPER_TABLE1[paper_model_name(options["base_model"])][paper_row_key(options)]
+    return TABLE1[paper_model_name(options["base_model"])][paper_row_key(options)]
 
 
 def column_of(record: dict) -> str:
@@ -248,8 +120,6 @@ def column_of(record: dict) -> str:
 
 def configuration_key(options: dict | None, folder: str) -> str:
     """Folders of one configuration (all image-defining options but the Table 1 prompt set) share a row."""
-    from dice.sampling import image_defining
-
     if not options:
         return folder
     prompts = options.get("prompts")
@@ -289,8 +159,6 @@ def format_parameters(count: int | None) -> str:
 
 def model_label(base_model: str | None) -> str:
     """The paper's name of a base model, else the short name sample.py knows it by, else as given."""
-    from dice.presets import MODELS
-
     if not base_model:
         return ""
     short = next((name for name, (_, path) in MODELS.items() if path == base_model), None)
@@ -347,7 +215,7 @@ def build_table(records: list[dict]) -> list[dict]:
             "smoke_test": smoke_test,
             "images": folders[0] if len(folders) == 1 else " ".join(folders),
             "_order": (  # paper models in Table 1 order, then other models, then folders without options
-                list(PAPER_MODEL_IDS).index(model) if model else len(PAPER_MODEL_IDS) + (not options),
+                list(TABLE1).index(model) if model else len(TABLE1) + (not options),
                 model or options.get("base_model") or "",
                 METHOD_ORDER.index(options.get("method")) if options.get("method") in METHOD_ORDER else 99,
                 -(options.get("cfg_scale") or 0),
@@ -451,8 +319,6 @@ def row_label(row: dict) -> str:
 def plot_table(rows: list[dict], png: str | os.PathLike) -> Path | None:
     """One bar panel per scored column, a bar per row; the paper's value (where the protocol is the paper's)
     as a black tick on the bar, smoke-test rows grey. None when nothing is scored."""
-    from dice.figures.common import pyplot, save_figure
-
     metrics = [m for m in METRICS if any(m in row["values"] for row in rows)]
     if not metrics:
         return None

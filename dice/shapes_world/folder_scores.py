@@ -12,9 +12,9 @@ import time
 
 import torch
 
-from dice.metrics.fid import FeatureStats
-from dice.metrics.images import Processes, ToUint8Tensor, iterate_batches, open_image_collection
-from dice.metrics.results import MetricResult
+from evaluation.metrics.fid import FeatureStats
+from evaluation.metrics.images import Processes, ToUint8Tensor, iterate_batches, open_image_collection
+from evaluation.record import MetricResult
 
 
 def calc_shapes_world(

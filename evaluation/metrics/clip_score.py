@@ -13,10 +13,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from dice.metrics.images import Processes, SampleFolderError, iterate_batches, open_image_collection
-from dice.metrics.results import MetricResult
+from evaluation.metrics.images import Processes, SampleFolderError, iterate_batches, open_image_collection
+from evaluation.record import MetricResult
 from dice.errors import one_line
-from dice.metrics.weights import MissingWeightsError, is_offline
+from evaluation.metrics.weights import MissingWeightsError, is_offline
 
 CLIP_MODEL = "ViT-g-14"
 CLIP_PRETRAINED = "laion2b_s34b_b88k"

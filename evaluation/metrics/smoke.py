@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dice.metrics.aesthetic import AestheticMLP, _ClipPreprocess, clip_image_features
-from dice.metrics.results import SMOKE_TEST_NOTE, MetricResult
+from evaluation.metrics.aesthetic import AestheticMLP, _ClipPreprocess, clip_image_features
+from evaluation.record import SMOKE_TEST_NOTE, MetricResult
 
 SMOKE_SEED = 0
 SMOKE_TEST_HELP = (

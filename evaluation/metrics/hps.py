@@ -16,10 +16,10 @@ import os
 import torch
 
 from dice.errors import one_line
-from dice.metrics.clip_score import calc_clip_score
-from dice.metrics.images import Processes, open_image_collection
-from dice.metrics.results import MetricResult
-from dice.metrics.weights import MissingWeightsError, WrongWeightsError, is_offline
+from evaluation.metrics.clip_score import calc_clip_score
+from evaluation.metrics.images import Processes, open_image_collection
+from evaluation.record import MetricResult
+from evaluation.metrics.weights import MissingWeightsError, WrongWeightsError, is_offline
 
 HPS_MODEL = "ViT-H-14"
 HPS_REPO = "xswu/HPSv2"

@@ -1,13 +1,13 @@
-"""Evaluation metrics (SPEC §5): FID, CLIP score, aesthetic score, and the results table.
+"""Evaluation metrics (SPEC §5): FID, CLIP score, aesthetic score, HPS v2.1.
 
 Each ``calc_*`` reads an image folder (through sample.py's manifest when present), splits it over
 the processes `accelerate launch` started, reduces float64 sums across them, and returns a
 MetricResult that ``append_result`` writes to results.jsonl.
 """
 from dice.errors import exit_on_user_error  # re-exported: the evaluators' entry points use it
-from dice.metrics.aesthetic import AestheticMLP, aesthetic_scores, calc_aesthetic, load_aesthetic_head, load_clip_l
-from dice.metrics.clip_score import calc_clip_score, clip_scores, load_open_clip
-from dice.metrics.fid import (
+from evaluation.metrics.aesthetic import AestheticMLP, aesthetic_scores, calc_aesthetic, load_aesthetic_head, load_clip_l
+from evaluation.metrics.clip_score import calc_clip_score, clip_scores, load_open_clip
+from evaluation.metrics.fid import (
     FeatureStats,
     build_reference,
     calc_fid,
@@ -18,9 +18,9 @@ from dice.metrics.fid import (
     load_stats,
     save_stats,
 )
-from dice.metrics.images import ImageCollection, ImageRecord, IncompleteSamplesError, Processes, open_image_collection
-from dice.metrics.results import MetricResult, append_result, build_table, read_results, write_table
-from dice.metrics.weights import MissingWeightsError
+from evaluation.metrics.images import ImageCollection, ImageRecord, IncompleteSamplesError, Processes, open_image_collection
+from evaluation.record import MetricResult, append_result, read_results
+from evaluation.metrics.weights import MissingWeightsError
 
 
 def add_calc_arguments(calc, images_help: str = "sample folder (manifest.jsonl), image folder or zip", *,
@@ -28,7 +28,7 @@ def add_calc_arguments(calc, images_help: str = "sample folder (manifest.jsonl),
     """The options every evaluator's ``calc`` shares (folder, results file, batching, completeness, label).
     ``several``: --images takes one or more folders (a list), else exactly one."""
     from dice.errors import non_negative_int, positive_int
-    from dice.metrics.smoke import SMOKE_TEST_HELP
+    from evaluation.metrics.smoke import SMOKE_TEST_HELP
 
     if several:
         calc.add_argument("--images", nargs="+", required=True, help=images_help + "; several: one result line each, the "
@@ -53,7 +53,7 @@ def check_folders(folders: list[str], allow_incomplete: bool, need_prompts: bool
 def report_result(result: MetricResult, results_path: str, processes: Processes, label: str, smoke_test: bool = False,
                   desc: str | None = None) -> None:
     """For the CLIs: flag a smoke-test result, append it to results.jsonl (main process) and print it."""
-    from dice.metrics.smoke import mark_smoke_test
+    from evaluation.metrics.smoke import mark_smoke_test
 
     if smoke_test:
         mark_smoke_test(result)
@@ -77,7 +77,6 @@ __all__ = [
     "aesthetic_scores",
     "append_result",
     "build_reference",
-    "build_table",
     "calc_aesthetic",
     "calc_clip_score",
     "calc_fid",
@@ -96,5 +95,4 @@ __all__ = [
     "open_image_collection",
     "read_results",
     "save_stats",
-    "write_table",
 ]
