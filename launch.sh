@@ -17,7 +17,7 @@
 #                                              (toy: trains and analyses a sharpener of the shapes world, CPU, no downloads)
 #   bash launch.sh rehearse [RECIPE...]        every recipe above on tiny random models of each family, a tiny COCO and
 #                                              smoke-test metrics, on the CPU: what would break on a cluster, in minutes
-#                                              (python -m dice.rehearsal --help)
+#                                              (python -m dice.testkit.rehearsal --help)
 # Environment: NGPUS (8), COCO (data/coco2017), FID_REF (data/coco_val2017_512.npz),
 # ACCELERATE_ARGS (extra `accelerate launch` flags, e.g. multi-node: --num_machines 2 --machine_rank 0
 # --main_process_ip HOST), PRECISION (bf16, as the authors), PYTHON (python: one with requirements.txt installed),
@@ -200,7 +200,7 @@ figures_toy() {  # the shapes world: train a sharpener (checkpoints every 150 up
   "$PYTHON" "$fig/training_curve.py" "${sweep[@]}" --experiment="$run"
   "$PYTHON" "$fig/sharpener_structure.py" "${sweep[@]}" --experiments "$run" --train 64x4 \
     --train_args="${train[*]:1} ${TRAIN_EXTRA[*]} --validation_prompts"
-  [ -f "$single" ] || "$PYTHON" -m dice.single_file "$model" "$single"
+  [ -f "$single" ] || "$PYTHON" -m dice.testkit.single_file "$model" "$single"
   "$PYTHON" "$fig/transfer_matrix.py" "${sweep[@]}" --sharpeners "$run" "$(run_of structure-64x4)" \
     --models "$model" "$single" --single_file_config="$model"
   local inside=(--sharpener_path="$run" --out="$out")
@@ -270,8 +270,8 @@ case "$1" in
     HF_HUB_OFFLINE=1 "$PYTHON" -m dice.demo "${@:2}" ;;
   demo-eval)
     # The latest exps/NNNNN-demo-* (or EXP_ID) end to end, no GPU needed; evaluators with random-weight stand-ins
-    # (--smoke_test: meaningless numbers, plumbing only). Options: python -m dice.demo_eval --help
-    HF_HUB_OFFLINE=1 "$PYTHON" -m dice.demo_eval "${@:2}" ;;
+    # (--smoke_test: meaningless numbers, plumbing only). Options: python -m dice.testkit.demo_eval --help
+    HF_HUB_OFFLINE=1 "$PYTHON" -m dice.testkit.demo_eval "${@:2}" ;;
   train)
     train "${2:?family}" "${@:3}" ;;
   train-variants)
@@ -290,5 +290,5 @@ case "$1" in
     block=${2:?block: toy, sd15, dreamshaper, sdxl or pixart}
     if [ "$block" = toy ]; then OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 table1 toy; else table1 "$block"; fi ;;
   rehearse)
-    "$PYTHON" -m dice.rehearsal "${@:2}" ;;
+    "$PYTHON" -m dice.testkit.rehearsal "${@:2}" ;;
 esac

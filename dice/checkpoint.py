@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
-
 from huggingface_hub import PyTorchModelHubMixin
+from huggingface_hub.constants import is_offline_mode
+from safetensors.torch import load_file, save_file
 
 from .errors import UserError, give_default_permissions, one_line
 from .experiments import DEFAULT_ROOT, ExperimentNotFound, latest_checkpoint, resolve_run, validation_grid_path
@@ -156,7 +156,6 @@ def _download(repo_id: str, revision: str | None) -> Path:
     try:
         return download_sharpener(repo_id, revision=revision)
     except Exception as err:  # noqa: BLE001 - any hub failure: one line with the cause
-        from huggingface_hub.constants import is_offline_mode
 
         hint = (f"HF_HUB_OFFLINE=1 and it is not in the Hugging Face cache: download it first (hf download {repo_id})"
                 if is_offline_mode() else "check the repo id, the revision, your token (hf auth login) and your network")

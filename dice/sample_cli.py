@@ -11,6 +11,10 @@ from pathlib import Path
 
 import torch
 
+from .adapters import adapter_class
+from .adapters.base import absolute_if_local
+from .adapters.registry import detect_family, families
+from .checkpoint import check_sharpener_fits, load_sharpener, read_config, resolve_sharpener_files, resolve_trained_config
 from .errors import (
     ArgumentParser,
     UserError,
@@ -22,10 +26,14 @@ from .errors import (
     positive_int,
 )
 from .experiments import DEFAULT_ROOT
+from .hub import HUB_WEIGHTS_NAME, is_repo_id
+from .methods import method_class
+from .methods.base import TrainedModel, count_parameters
+from .methods.dice import DiceMethod
 from .negatives import NegativePrompts
-from .adapters.registry import families
 from .paper import GUIDANCE_SCALE
 from .presets import MODELS, model_location
+from .prompts import load_prompts
 from .runtime import needs_cpu_process_group
 from .sampling import (
     OPTIONS_FILE,
@@ -91,14 +99,6 @@ def build_parser() -> ArgumentParser:
 def resolve(args) -> dict:
     """Decide family, base model, trained method, negative prompts and prompts from the arguments, and
     check them all; only the trained model's small files are read, the base model is not loaded yet."""
-    from .adapters import adapter_class
-    from .adapters.base import absolute_if_local
-    from .adapters.registry import detect_family
-    from .checkpoint import load_sharpener, read_config, resolve_sharpener_files, resolve_trained_config
-    from .hub import HUB_WEIGHTS_NAME, is_repo_id
-    from .methods import method_class
-    from .prompts import load_prompts
-
     sharpener_spec = args.sharpener_path or args.sharpener_id
     if args.sharpener_path and args.sharpener_id and args.sharpener_path != args.sharpener_id:
         raise UserError("--sharpener_path and --sharpener_id name different sharpeners. Give one of them")
@@ -176,8 +176,6 @@ def resolve(args) -> dict:
 
 def _check_distilled_options(args, config, model: str | None) -> None:
     """GD and PnP replace CFG and DICE's strength; GD replaces the whole denoiser of its base model."""
-    from .adapters.base import absolute_if_local
-
     if args.cfg_scale != 1:
         raise UserError(f"a {config.method} model replaces CFG: its guidance scale is --gd_scale (one denoiser evaluation "
                         "per step). Drop --cfg_scale")
@@ -204,10 +202,6 @@ def negative_prompts(args, config, prompts: list[tuple[int, str]]) -> tuple[dict
 def main(argv: list[str] | None = None) -> Path:
     from accelerate import PartialState
 
-    from .adapters import adapter_class
-    from .checkpoint import check_sharpener_fits
-    from .methods.base import TrainedModel, count_parameters
-    from .methods.dice import DiceMethod
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -225,8 +219,6 @@ def main(argv: list[str] | None = None) -> Path:
 
     family_options = dict(config.family_options) if config else {}
     if args.pretrained_vae_model_name_or_path:
-        from .adapters.base import absolute_if_local
-
         family_options[VAE_OPTION] = absolute_if_local(args.pretrained_vae_model_name_or_path)
     trained_options = config.training_options if config and same_model else {}
     adapter = adapter_class(plan["family"]).from_pretrained(

@@ -13,10 +13,13 @@ import contextlib
 import hashlib
 import json
 import os
+import textwrap
 from pathlib import Path
 
 import torch
+from PIL import Image, ImageDraw
 from torch import nn
+from tqdm.auto import tqdm
 
 from .adapters.base import Adapter, Conditioning
 from .addon import is_applied
@@ -143,10 +146,6 @@ def image_grid(rows: list[list], labels: list[str] | None = None, captions: list
     """Paste equally sized PIL images into a grid: one row per method (``labels`` on the left), one
     column per prompt (``captions`` wrapped under each column). ``scale`` enlarges small images
     (nearest neighbour, so pixels stay pixels)."""
-    import textwrap
-
-    from PIL import Image, ImageDraw
-
     w, h = (side * scale for side in rows[0][0].size)
     draw_probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     char_w = max(1, draw_probe.textlength("M"))
@@ -272,7 +271,6 @@ def sample_prompts(
     missing images before anyone writes. Process 0 rewrites the manifest after each of its batches.
     """
     negatives = negative_prompt if isinstance(negative_prompt, dict) else {i: negative_prompt for i, _ in prompts}
-    from tqdm.auto import tqdm
 
     missing = [(i, p) for i, p in prompts if i not in finished_indices(folder)]
     barrier()

@@ -32,3 +32,13 @@ def write_json(path: Path, data: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     return path
+
+
+def write_figure(out: Path, name: str, data: dict, plot) -> dict:
+    """Write <out>/<name>.json and <out>/<name>.png (``plot(png_path)``); print where."""
+    out.mkdir(parents=True, exist_ok=True)
+    png = plot(out / f"{name}.png")
+    data = {**data, "png": str(png)}
+    write_json(out / f"{name}.json", data)
+    print(f"Wrote {out / f'{name}.json'} and {png}", flush=True)
+    return data

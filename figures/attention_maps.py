@@ -6,7 +6,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from dice.errors import exit_on_user_error  # noqa: E402
-from dice.figures.attention import cli  # noqa: E402
+from figures.attention import cli  # noqa: E402
 
 if __name__ == "__main__":
     with exit_on_user_error():

@@ -6,7 +6,9 @@ import json
 import pytest
 import torch
 
-from dice.demo import cfg_gap_closed, fit_prompt_residuals, held_out_prompts, PromptResiduals
+from dice.residuals import PromptResiduals, fit_prompt_residuals
+from dice.testkit.plumbing_demo import held_out_prompts
+from evaluation.metrics.guidance_gap import cfg_gap_closed
 from dice.methods.dice import sharpen
 from dice.distillation import cfg_teacher
 

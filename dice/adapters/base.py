@@ -8,26 +8,29 @@ loop and the sampling routine talk to adapters only.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from huggingface_hub import try_to_load_from_cache
 from torch import nn
 
-from ..errors import UserError
 from ..runtime import to_device
+from .registry import (
+    ModelLoadError,
+    family_of_pipeline_class,
+    family_of_single_file,
+    is_offline,
+    looks_like_file,
+    read_pipeline_class,
+)
 
 logger = logging.getLogger("dice")
 
 
 COMPILE_CHOICES = ("full", "regional")
-
-
-class ModelLoadError(UserError, RuntimeError):
-    """A base model could not be loaded or is of the wrong family; the message says what to do."""
 
 
 @dataclasses.dataclass
@@ -69,10 +72,6 @@ class Conditioning:
         return self.embeds.shape[0]
 
 
-def _looks_like_file(model: str) -> bool:
-    return model.endswith((".safetensors", ".ckpt", ".pt", ".bin", ".pth"))
-
-
 def absolute_if_local(name_or_path: str) -> str:
     """A local file or folder as an absolute path (found again from any directory); a hub id unchanged."""
     return os.path.abspath(name_or_path) if os.path.exists(name_or_path) else name_or_path
@@ -84,49 +83,11 @@ def hub_revision(model: str, revision: str | None = None) -> str | None:
     if os.path.exists(model):
         return None
     try:
-        from huggingface_hub import try_to_load_from_cache
-
         cached = try_to_load_from_cache(model, "model_index.json", revision=revision)
     except Exception:  # noqa: BLE001 - not a valid hub id: nothing to record beyond what was given
         return revision
     parts = Path(cached).parts if isinstance(cached, str) else ()
     return parts[parts.index("snapshots") + 1] if "snapshots" in parts else revision
-
-
-def read_pipeline_class(model: str, revision: str | None = None) -> str | None:
-    """The ``_class_name`` in a model's ``model_index.json`` (local folder or hub cache), if found."""
-    if not os.path.exists(model) and (os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1):
-        raise ModelLoadError(
-            f"base model '{model}' does not exist. Pass an existing diffusers folder, a .safetensors/.ckpt file, "
-            "or a hub id (organisation/name)"
-        )
-    if os.path.isdir(model):
-        index = Path(model) / "model_index.json"
-        if not index.is_file():
-            raise ModelLoadError(
-                f"'{model}' is a folder but has no model_index.json, so it is not a diffusers pipeline "
-                "folder. Pass the folder that holds model_index.json, a hub id, or a single "
-                ".safetensors/.ckpt file."
-            )
-        return json.loads(index.read_text()).get("_class_name")
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return json.loads(Path(hf_hub_download(model, "model_index.json", revision=revision)).read_text()).get("_class_name")
-    except Exception as err:  # noqa: BLE001 - the real load below reports other failures with their cause
-        from huggingface_hub.errors import LocalEntryNotFoundError
-
-        if isinstance(err, LocalEntryNotFoundError) and is_offline():
-            raise ModelLoadError(
-                f"base model '{model}' is not a local folder or file, and it is not in the Hugging Face cache while "
-                f"HF_HUB_OFFLINE=1. Pass a local diffusers folder or .safetensors file, or download it first "
-                f"(huggingface-cli download {model})"
-            ) from None
-        return None
-
-
-def is_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 class Adapter:
@@ -175,11 +136,9 @@ class Adapter:
 
         ``components`` replaces pipeline parts at load time (e.g. SDXL's fp16-fixed VAE).
         """
-        from .registry import family_of_pipeline_class, family_of_single_file
-
         model = str(model)
         kwargs: dict[str, Any] = {"dtype": torch_dtype, **(components or {})}
-        if os.path.isfile(model) or _looks_like_file(model):
+        if os.path.isfile(model) or looks_like_file(model):
             if not os.path.isfile(model):
                 raise ModelLoadError(f"checkpoint file '{model}' does not exist.")
             found = family_of_single_file(model)

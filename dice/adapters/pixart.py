@@ -22,6 +22,7 @@ import logging
 import torch
 
 from .base import Adapter, Conditioning
+from .text_cache import TextEmbeddingCache
 
 logger = logging.getLogger("dice")
 
@@ -138,7 +139,6 @@ class PixArtAdapter(Adapter):
         """
         if not self.text_cache_dir:
             return
-        from .text_cache import TextEmbeddingCache
 
         def stored_tokens(cond: Conditioning) -> list[int]:
             if self.options["pixart_mask"] == "full":

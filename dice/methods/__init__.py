@@ -10,6 +10,7 @@ import inspect
 import os
 from pathlib import Path
 
+from ..checkpoint import read_config, resolve_trained_config
 from ..errors import UserError
 from .base import Method, TrainedModel
 
@@ -42,8 +43,6 @@ def load_trained(spec: str | int | os.PathLike, root: str | os.PathLike = "exps"
     """A trained DICE, GD or PnP model: an experiment id (its latest checkpoint), a run or checkpoint folder,
     or for DICE also a weights file, a Hub-layout folder or a Hub repo id. GD and PnP modules come in
     ``dtype`` (the pipeline's), a sharpener in fp32 as trained."""
-    from ..checkpoint import read_config, resolve_trained_config
-
     config_path = resolve_trained_config(spec, root, revision)
     config = read_config(config_path)
     method = method_class(config.method)()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,8 +117,6 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def write_config(folder: str | os.PathLike, config: TrainedConfig, name: str = METHOD_CONFIG_NAME) -> None:
-    import json
-
     (Path(folder) / name).write_text(json.dumps(config.__dict__, indent=2, default=str) + "\n")
 
 

@@ -12,6 +12,15 @@ import time
 
 import torch
 
+from dice.shapes_world import evaluator as ev
+from dice.shapes_world.scoring import (
+    DEFAULT_EVALUATOR,
+    prompt_combinations,
+    real_vs_real_fd,
+    reference_statistics,
+    summarise,
+)
+from dice.shapes_world.world import unseen_combinations
 from evaluation.metrics.fid import FeatureStats
 from evaluation.metrics.images import Processes, ToUint8Tensor, iterate_batches, open_image_collection
 from evaluation.record import MetricResult
@@ -28,16 +37,6 @@ def calc_shapes_world(
     processes: Processes | None = None,
 ) -> list[MetricResult]:
     """[prompt accuracy, FD] of a sample folder of shapes-world prompts."""
-    from dice.shapes_world import evaluator as ev
-    from dice.shapes_world.scoring import (
-        DEFAULT_EVALUATOR,
-        prompt_combinations,
-        real_vs_real_fd,
-        reference_statistics,
-        summarise,
-    )
-    from dice.shapes_world.world import unseen_combinations
-
     started = time.time()
     processes = processes or Processes()
     collection = open_image_collection(images, allow_incomplete=allow_incomplete)

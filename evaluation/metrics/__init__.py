@@ -4,7 +4,11 @@ Each ``calc_*`` reads an image folder (through sample.py's manifest when present
 the processes `accelerate launch` started, reduces float64 sums across them, and returns a
 MetricResult that ``append_result`` writes to results.jsonl.
 """
-from dice.errors import exit_on_user_error  # re-exported: the evaluators' entry points use it
+from dice.errors import (
+    exit_on_user_error,  # re-exported: the evaluators' entry points use it
+    non_negative_int,
+    positive_int,
+)
 from evaluation.metrics.aesthetic import AestheticMLP, aesthetic_scores, calc_aesthetic, load_aesthetic_head, load_clip_l
 from evaluation.metrics.clip_score import calc_clip_score, clip_scores, load_open_clip
 from evaluation.metrics.fid import (
@@ -19,17 +23,15 @@ from evaluation.metrics.fid import (
     save_stats,
 )
 from evaluation.metrics.images import ImageCollection, ImageRecord, IncompleteSamplesError, Processes, open_image_collection
-from evaluation.record import MetricResult, append_result, read_results
+from evaluation.metrics.smoke import SMOKE_TEST_HELP, mark_smoke_test
 from evaluation.metrics.weights import MissingWeightsError
+from evaluation.record import MetricResult, append_result, read_results
 
 
 def add_calc_arguments(calc, images_help: str = "sample folder (manifest.jsonl), image folder or zip", *,
                        batch_size: int = 32, num_workers: int = 2, smoke_test: bool = True, several: bool = True) -> None:
     """The options every evaluator's ``calc`` shares (folder, results file, batching, completeness, label).
     ``several``: --images takes one or more folders (a list), else exactly one."""
-    from dice.errors import non_negative_int, positive_int
-    from evaluation.metrics.smoke import SMOKE_TEST_HELP
-
     if several:
         calc.add_argument("--images", nargs="+", required=True, help=images_help + "; several: one result line each, the "
                           "network loaded once")
@@ -53,8 +55,6 @@ def check_folders(folders: list[str], allow_incomplete: bool, need_prompts: bool
 def report_result(result: MetricResult, results_path: str, processes: Processes, label: str, smoke_test: bool = False,
                   desc: str | None = None) -> None:
     """For the CLIs: flag a smoke-test result, append it to results.jsonl (main process) and print it."""
-    from evaluation.metrics.smoke import mark_smoke_test
-
     if smoke_test:
         mark_smoke_test(result)
     if desc is not None:

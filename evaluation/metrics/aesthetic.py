@@ -13,10 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from dice.errors import one_line
-
 from evaluation.metrics.images import Processes, iterate_batches, open_image_collection
-from evaluation.record import MetricResult
 from evaluation.metrics.weights import MissingWeightsError, WrongWeightsError, is_offline, resolve_weights_file, sha256_of_file
+from evaluation.record import MetricResult
 
 AESTHETIC_URL = (
     "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac+logos+ava1-l14-linearMSE.pth"

@@ -12,11 +12,12 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import try_to_load_from_cache
 
-from evaluation.metrics.images import Processes, SampleFolderError, iterate_batches, open_image_collection
-from evaluation.record import MetricResult
 from dice.errors import one_line
+from evaluation.metrics.images import Processes, SampleFolderError, iterate_batches, open_image_collection
 from evaluation.metrics.weights import MissingWeightsError, is_offline
+from evaluation.record import MetricResult
 
 CLIP_MODEL = "ViT-g-14"
 CLIP_PRETRAINED = "laion2b_s34b_b88k"
@@ -51,8 +52,6 @@ def load_open_clip(weights: str | None = None, device: str | torch.device = "cpu
 
 
 def _in_hub_cache() -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
     return any(isinstance(try_to_load_from_cache(CLIP_HUB_REPO, name), str) for name in CLIP_HUB_FILES)
 
 

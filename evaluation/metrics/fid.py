@@ -18,8 +18,8 @@ import torch
 
 from dice.errors import UserError, one_line
 from evaluation.metrics.images import ImageCollection, Processes, ToUint8Tensor, iterate_batches, open_image_collection
-from evaluation.record import MetricResult
 from evaluation.metrics.weights import resolve_weights_file
+from evaluation.record import MetricResult
 
 INCEPTION_WEIGHTS_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"

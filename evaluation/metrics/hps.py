@@ -14,12 +14,13 @@ from __future__ import annotations
 import os
 
 import torch
+from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
 from dice.errors import one_line
 from evaluation.metrics.clip_score import calc_clip_score
 from evaluation.metrics.images import Processes, open_image_collection
-from evaluation.record import MetricResult
 from evaluation.metrics.weights import MissingWeightsError, WrongWeightsError, is_offline
+from evaluation.record import MetricResult
 
 HPS_MODEL = "ViT-H-14"
 HPS_REPO = "xswu/HPSv2"
@@ -36,7 +37,6 @@ def hps_weights_file(weights: str | None = None) -> str:
         if not os.path.isfile(weights):
             raise MissingWeightsError(f"HPS weights file not found: {weights}. {MISSING}")
         return weights
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
     cached = try_to_load_from_cache(HPS_REPO, HPS_FILE)
     if isinstance(cached, str):

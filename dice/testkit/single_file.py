@@ -21,7 +21,7 @@ exactly once, otherwise a ``ValueError`` names the leftovers (no silent drops).
 Test and demo tooling: it makes single files from the tiny pipelines so the single-file loading
 path can be exercised offline. Command line::
 
-    python -m dice.single_file <diffusers_folder> <out.safetensors> [--family sd15|sdxl] [--dtype fp16]
+    python -m dice.testkit.single_file <diffusers_folder> <out.safetensors> [--family sd15|sdxl] [--dtype fp16]
 
 Family inference caveat: diffusers decides a file's model type from fixed tensor names
 (``infer_diffusers_model_type``): SDXL base is recognised by
@@ -38,9 +38,11 @@ import os
 import re
 import sys
 from pathlib import Path
-import torch
 
-from .errors import ArgumentParser, check_output_file, exit_on_user_error, give_default_permissions
+import torch
+from safetensors.torch import save_file
+
+from ..errors import ArgumentParser, check_output_file, exit_on_user_error, give_default_permissions
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -353,8 +355,6 @@ def save_single_file(
     ``dtype`` casts the floating tensors (e.g. ``torch.float16`` to halve a real model's file).
     Returns the written path.
     """
-    from safetensors.torch import save_file
-
     if isinstance(pipe_or_folder, (str, os.PathLike)):
         folder = Path(pipe_or_folder)
         if not (folder / "model_index.json").is_file():
@@ -383,7 +383,7 @@ def save_single_file(
 
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(
-        prog="python -m dice.single_file",
+        prog="python -m dice.testkit.single_file",
         description="Convert a diffusers SD1.5/SDXL folder into one original-layout .safetensors file "
         "(loadable with from_single_file; offline, pass the folder as its config).",
     )

@@ -13,14 +13,22 @@ Each point is one sample folder; unguided and CFG (w of the sharpener's training
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
+from pathlib import Path
 
-from ..errors import UserError, finite_float, guidance_scale, positive_int
-from .common import Driver, finish, parser, plot_series, quiet_threads
+from dice.checkpoint import load_sharpener, read_config, resolve_sharpener_files, resolve_trained_config
+from dice.errors import UserError, finite_float, guidance_scale, positive_int
+from dice.experiments import checkpoint_step, list_checkpoints, resolve_run
+from dice.options import build_parser
+from dice.runtime import quiet_threads
+from dice.training import main as train_main
+from evaluation.plotting import write_figure
+
+from .common import Driver, parser, plot_series
 
 
 def _trained_guidance(sharpener: str, exps_root: str) -> float:
-    from ..checkpoint import read_config, resolve_sharpener_files
-
     config = read_config(resolve_sharpener_files(sharpener, exps_root)[1])
     return float(config.training_options.get("guidance_scale", 5.0))
 
@@ -45,7 +53,7 @@ def nfe_sweep(driver: Driver, sharpener: str, nfes: list[int], cfg_scale: float 
             argv = ["--sharpener_path", sharpener, "--alpha", "0", "--cfg_scale", f"{w:g}", "--steps", str(nfe // 2)]
             series[f"CFG w={w:g} (2 NFE/step)"].append(_point(driver, argv, nfe))
     data = {"figure": "Fig. 5: quality vs NFE", "sharpener": sharpener, "cfg_scale": w, "series": series}
-    return finish(driver.out, "quality_vs_nfe", data, lambda png: plot_series(
+    return write_figure(driver.out, "quality_vs_nfe", data, lambda png: plot_series(
         png, series, driver.columns, "NFE (network evaluations per image)", "DICE vs CFG at equal NFE (paper Fig. 5)"))
 
 
@@ -55,7 +63,7 @@ def alpha_sweep(driver: Driver, sharpener: str, alphas: list[float], steps: int 
                        for a in alphas]}
     references = _references(driver, sharpener, steps, w)
     data = {"figure": "Fig. 8/14: strength alpha", "sharpener": sharpener, "steps": steps, "series": series, "references": references}
-    return finish(driver.out, "alpha_sweep", data, lambda png: plot_series(
+    return write_figure(driver.out, "alpha_sweep", data, lambda png: plot_series(
         png, series, driver.columns, "strength α (1 = as trained; 0 = unguided)", "DICE strength sweep (paper Fig. 8 / 14)", references))
 
 
@@ -66,13 +74,11 @@ def dice_cfg_sweep(driver: Driver, sharpener: str, scales: list[float], steps: i
         series["CFG"].append(_point(driver, base + ["--alpha", "0"], w))
         series["DICE + CFG"].append(_point(driver, base, w))
     data = {"figure": "Fig. 17: DICE combined with CFG", "sharpener": sharpener, "steps": steps, "series": series}
-    return finish(driver.out, "dice_cfg_sweep", data, lambda png: plot_series(
+    return write_figure(driver.out, "dice_cfg_sweep", data, lambda png: plot_series(
         png, series, driver.columns, "guidance scale w (1 = no CFG)", "CFG and DICE + CFG (paper Fig. 17)"))
 
 
 def training_curve(driver: Driver, experiment: str, steps: int = 20) -> dict:
-    from ..experiments import checkpoint_step, list_checkpoints, resolve_run
-
     run = resolve_run(experiment, driver.exps_root)
     checkpoints = list_checkpoints(run)
     if not checkpoints:
@@ -84,7 +90,7 @@ def training_curve(driver: Driver, experiment: str, steps: int = 20) -> dict:
     series = {"DICE": points}
     data = {"figure": "Fig. 16: quality vs training step", "experiment": str(run), "steps": steps, "series": series,
             "references": {k: v for k, v in references.items() if k != "unguided"}}
-    return finish(driver.out, "training_curve", data, lambda png: plot_series(
+    return write_figure(driver.out, "training_curve", data, lambda png: plot_series(
         png, series, driver.columns, "training step (updates)", f"DICE during training of {run.name} (paper Fig. 16)",
         data["references"]))
 
@@ -94,9 +100,6 @@ def samples_curve(driver: Driver, runs: list[str], labels: list[str] | None = No
     """Quality of every checkpoint of several runs (any method) against the training samples it has seen
     (updates x global batch): do methods trained on the same data converge, and how fast? GD and PnP
     are sampled at ω = 5, DICE unguided. ``ceiling``: an embedding_ceiling.json whose best point is drawn."""
-    from ..checkpoint import read_config, resolve_trained_config
-    from ..experiments import checkpoint_step, list_checkpoints, resolve_run
-
     if labels and len(labels) != len(runs):
         raise UserError(f"--labels gives {len(labels)} names for {len(runs)} --runs. Give one per run, or none")
     series, first_checkpoint = {}, None
@@ -114,21 +117,16 @@ def samples_curve(driver: Driver, runs: list[str], labels: list[str] | None = No
     w = _trained_guidance(first_checkpoint, driver.exps_root) if first_checkpoint else 5.0
     references = _references_of_base(driver, first_checkpoint, steps, w)
     if ceiling:
-        import json
-        from pathlib import Path
-
         best = max(json.loads(Path(ceiling).read_text())["points"], key=lambda p: p["accuracy"])
         references["embedding-only ceiling"] = {"world_accuracy": best["accuracy"]}
     data = {"figure": "quality vs training samples", "runs": runs, "steps": steps, "series": series, "references": references}
-    return finish(driver.out, "accuracy_vs_samples", data, lambda png: plot_series(
+    return write_figure(driver.out, "accuracy_vs_samples", data, lambda png: plot_series(
         png, series, driver.columns, "training samples (updates x batch)", "quality vs training samples, same data",
         references, logx=True))
 
 
 def _references_of_base(driver: Driver, checkpoint: str, steps: int, w: float) -> dict[str, dict]:
     """Unguided and CFG sampling of the base model a trained model (any method) was trained on."""
-    from ..checkpoint import read_config, resolve_trained_config
-
     base = read_config(resolve_trained_config(checkpoint, driver.exps_root)).base_model
     argv = ["--pretrained_model_name_or_path", base, "--steps", str(steps)]
     return {"unguided": _point(driver, argv, 0)[1], f"CFG w={w:g}": _point(driver, argv + ["--cfg_scale", f"{w:g}"], 0)[1]}
@@ -136,8 +134,6 @@ def _references_of_base(driver: Driver, checkpoint: str, steps: int, w: float) -
 
 def structure_ablation(driver: Driver, experiments: list[str], steps: int = 20) -> dict:
     """One DICE point per sharpener (experiment), x = its parameter count; labels name width and heads."""
-    from ..checkpoint import load_sharpener
-
     points, labels = [], []
     for experiment in experiments:
         sharpener, config = load_sharpener(experiment, driver.exps_root)
@@ -149,7 +145,7 @@ def structure_ablation(driver: Driver, experiments: list[str], steps: int = 20) 
     references = _references(driver, experiments[0], steps, w)
     series = {"DICE (inner width / heads)": sorted(points, key=lambda p: p[0])}
     data = {"figure": "A.1: sharpener structure", "experiments": experiments, "series": series, "references": references}
-    return finish(driver.out, "sharpener_structure", data, lambda png: plot_series(
+    return write_figure(driver.out, "sharpener_structure", data, lambda png: plot_series(
         png, series, driver.columns, "sharpener parameters", "sharpener structure (paper A.1): " + ", ".join(labels),
         references, logx=True))
 
@@ -157,12 +153,6 @@ def structure_ablation(driver: Driver, experiments: list[str], steps: int = 20) 
 def train_structures(base_argv: list[str], structures: list[tuple[int, int]], desc: str) -> list[str]:
     """Train one sharpener per (inner_dim, heads); a run folder already there is continued (a finished one has
     nothing to do), so an interrupted figure run does not count a half-trained sharpener as done."""
-    import shlex
-    from pathlib import Path
-
-    from ..options import build_parser
-    from ..training import main as train_main
-
     runs = []
     for inner_dim, heads in structures:
         argv = base_argv + ["--sharpener_inner_dim", str(inner_dim), "--sharpener_heads", str(heads), "--desc", f"{desc}-{inner_dim}x{heads}"]
@@ -244,8 +234,6 @@ def structure_cli(argv=None):
         p.add_argument("--steps", type=positive_int, default=20)
 
     def go(driver, args):
-        import shlex
-
         if not args.experiments and not args.train:
             raise UserError("nothing to compare. Give --experiments and/or --train WIDTHxHEADS ... --train_args '...'")
         trained = train_structures(shlex.split(args.train_args), args.train, "structure") if args.train else []

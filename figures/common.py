@@ -1,16 +1,30 @@
 """What the figure drivers share: sampling through sample.py, scoring with reuse, JSON and PNG output."""
 from __future__ import annotations
 
-import json
+import argparse
 import logging
 import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from evaluation.plotting import pyplot, save_figure, write_json
+import torch
 
-from ..errors import ArgumentParser, UserError, check_output_dir, non_negative_int, positive_int
+from dice.adapters import adapter_class
+from dice.checkpoint import check_sharpener_fits, load_sharpener
+from dice.errors import ArgumentParser, UserError, check_output_dir, non_negative_int, positive_int
+from dice.presets import model_location
+from dice.sample_cli import main as sample_main
+from dice.sampling import use_scheduler
+from dice.shapes_world import DEFAULT_EVALUATOR
+from dice.shapes_world.evaluator import load_evaluator
+from dice.shapes_world.folder_scores import calc_shapes_world
+from evaluation.metrics import append_result, calc_aesthetic, calc_clip_score, calc_fid
+from evaluation.metrics.fid import load_inception
+from evaluation.metrics.images import open_image_collection
+from evaluation.metrics.smoke import mark_smoke_test, smoke_aesthetic_models, smoke_clip_score_model, smoke_feature_extractor
+from evaluation.plotting import pyplot, save_figure
+from evaluation.record import read_results
 
 logger = logging.getLogger("dice")
 
@@ -24,8 +38,6 @@ TITLES = {"world_accuracy": "prompt accuracy (world) ↑", "world_fd": "FD (worl
 
 def parser(prog: str, description: str) -> ArgumentParser:
     """A figure CLI's parser with the options every driver over sample.py shares."""
-    import argparse
-
     p = ArgumentParser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="results/figures", help="folder for <name>.json, <name>.png, samples/ and results.jsonl")
     p.add_argument("--exps_root", default="exps", help="where experiment ids are looked up")
@@ -78,8 +90,6 @@ class Driver:
 
     def sample(self, argv: list[str]) -> Path:
         """sample.py with these options on the driver's prompts; an existing folder is only completed."""
-        from ..sample_cli import main as sample_main
-
         full = list(argv) + ["--prompts", self.prompts, "--outdir", str(self.out / "samples"), "--batch_gpu", str(self.batch_gpu),
                              "--seed", str(self.seed), "--exps_root", self.exps_root]
         full += ["--num_images", str(self.num_images)] if self.num_images else []
@@ -89,25 +99,18 @@ class Driver:
 
     def score(self, folder: Path) -> dict[str, float]:
         """{column: value} of a sample folder; values already in results.jsonl for this folder are reused."""
-        from evaluation.metrics import append_result
-
         done = self._scored(folder)
         missing = [c for c in self.columns if c not in done]
         if missing:
             for result in self._calc(folder, missing):
                 if result.metric in missing:
                     if self.smoke_test:
-                        from evaluation.metrics.smoke import mark_smoke_test
-
                         mark_smoke_test(result)
                     append_result(self.results, result)
                     done[result.metric] = result.value
         return {c: done[c] for c in self.columns}
 
     def _scored(self, folder: Path) -> dict[str, float]:
-        from evaluation.metrics.images import open_image_collection
-        from evaluation.record import read_results
-
         if not self.results.is_file():
             return {}
         count = len(open_image_collection(folder).records)
@@ -120,10 +123,7 @@ class Driver:
 
     def _calc(self, folder: Path, columns: list[str]):
         if self.metrics == "world":
-            from ..shapes_world.folder_scores import calc_shapes_world
-
             return calc_shapes_world(folder, evaluator=self._model("world", _world_evaluator))
-        from evaluation.metrics import calc_aesthetic, calc_clip_score, calc_fid
 
         results = []
         if "fid" in columns:
@@ -144,28 +144,18 @@ class Driver:
 
 
 def _world_evaluator():
-    from ..shapes_world import DEFAULT_EVALUATOR
-    from ..shapes_world.evaluator import load_evaluator
-
     return load_evaluator(str(DEFAULT_EVALUATOR), "cpu")
 
 
 def _fid_extractor(smoke: bool):
-    from evaluation.metrics.fid import load_inception
-    from evaluation.metrics.smoke import smoke_feature_extractor
-
     return smoke_feature_extractor() if smoke else load_inception()
 
 
 def _clip_model(smoke: bool):
-    from evaluation.metrics.smoke import smoke_clip_score_model
-
     return dict(zip(("model", "preprocess", "tokenizer"), smoke_clip_score_model())) if smoke else None
 
 
 def _aesthetic_model(smoke: bool):
-    from evaluation.metrics.smoke import smoke_aesthetic_models
-
     return dict(zip(("head", "clip_model", "image_processor"), smoke_aesthetic_models())) if smoke else None
 
 
@@ -192,25 +182,6 @@ def plot_series(path: Path, series: dict[str, list[tuple[float, dict]]], columns
     return save_figure(fig, path, title)
 
 
-def finish(out: Path, name: str, data: dict, plot) -> dict:
-    """Write <out>/<name>.json and <out>/<name>.png (``plot(png_path)``); print where."""
-    out.mkdir(parents=True, exist_ok=True)
-    png = plot(out / f"{name}.png")
-    data = {**data, "png": str(png)}
-    write_json(out / f"{name}.json", data)
-    print(f"Wrote {out / f'{name}.json'} and {png}", flush=True)
-    return data
-
-
-def quiet_threads() -> None:
-    """One intra-op thread unless told otherwise: tiny models gain nothing from more, and on a shared
-    CPU spinning OpenMP threads made every op many times slower (measured)."""
-    import torch
-
-    if "OMP_NUM_THREADS" not in os.environ and not torch.cuda.is_available():
-        torch.set_num_threads(1)
-
-
 # ---- a sharpener and its model, in this process ------------------------------------------------------
 
 def model_arguments(p) -> None:
@@ -225,32 +196,18 @@ def model_arguments(p) -> None:
 
 def load_model_and_sharpener(args):
     """(adapter on its device, sharpener, config) from model_arguments' options; checks before loading."""
-    import torch
-
-    from ..adapters import adapter_class
-    from ..checkpoint import check_sharpener_fits, load_sharpener
-
     check_output_dir(args.out, "--out")
     sharpener, config = load_sharpener(args.sharpener_path, args.exps_root)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = args.mixed_precision or ("fp16" if device.type == "cuda" else "no")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
-    from ..presets import model_location
 
     model = model_location(args.pretrained_model_name_or_path or config.base_model)
     adapter = adapter_class(config.family).from_pretrained(model, torch_dtype=dtype, **config.family_options)
     check_sharpener_fits(config, args.sharpener_path, dim=adapter.text_dim)
     adapter.freeze(device, dtype)
-    from ..sampling import use_scheduler
 
     use_scheduler(adapter, "dpmsolver++")
     return adapter, sharpener.to(device), config
 
 
-def prompt_list(spec: str, count: int | None) -> list[str]:
-    from ..prompts import load_prompts
-
-    prompts = [p for _, p in load_prompts(spec)][:count]
-    if not prompts:
-        raise UserError(f"--prompts '{spec}' holds no prompts. Give a prompt file or set")
-    return prompts

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -185,8 +186,6 @@ BUILDERS = {"sd15": build_sd15, "sdxl": build_sdxl, "pixart": build_pixart}
 
 def build_tiny_pipeline(family: str = "sd15", seed: int = 0, workdir: str | os.PathLike | None = None):
     """A tiny random-weight pipeline of ``family``, reproducible from ``seed``."""
-    import tempfile
-
     if family not in BUILDERS:
         raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
     torch.manual_seed(seed)

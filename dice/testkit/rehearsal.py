@@ -24,6 +24,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -32,9 +33,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .errors import ArgumentParser, UserError, check_output_dir, exit_on_user_error
+from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+from ..errors import ArgumentParser, UserError, check_output_dir, exit_on_user_error
+from ..paper import VAES
+from ..presets import MODELS
+from .data import write_synthetic_dataset
+from .single_file import save_single_file
+from .tiny import save_tiny_pipeline
+
+REPO = Path(__file__).resolve().parents[2]
 PROMPT_LIMIT = 4
 HPS_SETS = ("hps-anime", "hps-concept-art", "hps-paintings", "hps-photo", "drawbench")
 TRAIN_ARGS = ("--resolution=32 --train_batch_size=2 --max_train_steps=4 --checkpointing_steps=2 "
@@ -65,9 +73,6 @@ def write_models(folder: Path) -> dict[str, Path]:
     """A tiny pipeline for every hub model launch.sh names (dice/presets.py), each from its own seed."""
     from transformers.utils import logging as transformers_logging
 
-    from .paper import VAES
-    from .presets import MODELS
-    from .tiny import save_tiny_pipeline
 
     transformers_logging.disable_progress_bar()  # a bar per saved text encoder
     named = {name: family for name, (family, path) in MODELS.items() if not os.path.exists(path)}  # hub ids only
@@ -79,7 +84,6 @@ def write_single_file(model: Path, file: Path) -> Path:
     """A model as one original-layout .safetensors file (paper Fig. 6 loads two variants that way)."""
     from diffusers.utils import logging as diffusers_logging
 
-    from .single_file import save_single_file
 
     diffusers_logging.disable_progress_bar()  # "Loading pipeline components"
     return save_single_file(model, file)
@@ -87,10 +91,6 @@ def write_single_file(model: Path, file: Path) -> Path:
 
 def write_coco(root: Path, train_images: int = 12, val_images: int = 6) -> Path:
     """MS-COCO 2017's layout in miniature: JPEGs of coloured shapes and their captions."""
-    from PIL import Image
-
-    from .data import write_synthetic_dataset
-
     with tempfile.TemporaryDirectory() as tmp:
         synthetic = write_synthetic_dataset(Path(tmp), num_images=train_images + val_images, size=48)
         rows = [json.loads(line) for line in (synthetic / "metadata.jsonl").read_text().splitlines()]
@@ -379,8 +379,6 @@ def rehearse_resume(r: Rehearsal) -> None:
 
 
 def free_port() -> str:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return str(sock.getsockname()[1])

@@ -1,6 +1,6 @@
 """Evaluate the demo experiment end to end: sample.py → FID / CLIP / aesthetic (--smoke_test) → table.
 
-    bash launch.sh demo && bash launch.sh demo-eval        # = python -m dice.demo_eval [EXP]
+    bash launch.sh demo && bash launch.sh demo-eval        # = python -m dice.testkit.demo_eval [EXP]
 
 Takes the latest ``exps/NNNNN-demo-<family>`` (or EXP: an id or a run folder) and, on its tiny
 base model at the demo's resolution:
@@ -25,9 +25,14 @@ from pathlib import Path
 
 import torch
 
-from .errors import ArgumentParser, UserError, check_output_dir, exit_on_user_error, positive_int
+from ..checkpoint import read_config, resolve_sharpener_files
+from ..errors import ArgumentParser, UserError, check_output_dir, exit_on_user_error, positive_int
+from ..experiments import resolve_run
+from ..presets import preset
+from ..sample_cli import main as sample_main
+from .plumbing_demo import held_out_prompts
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO_RUN = re.compile(r"^\d{5}-demo-")
 
 
@@ -59,12 +64,6 @@ def run(
     steps: int = 20,
 ) -> Path:
     """Run the chain; returns the table's Markdown path."""
-    from .checkpoint import read_config, resolve_sharpener_files
-    from .demo import held_out_prompts
-    from .experiments import resolve_run
-    from .presets import preset
-    from .sample_cli import main as sample_main
-
     start = time.time()
     run_dir = resolve_run(experiment, exps_root) if experiment is not None else latest_demo_run(exps_root)
     _, config_path = resolve_sharpener_files(run_dir)
@@ -117,7 +116,7 @@ def run(
 
 
 def cli(argv: list[str] | None = None) -> None:
-    parser = ArgumentParser(prog="python -m dice.demo_eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m dice.testkit.demo_eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", nargs="?", default=None, help="experiment id or run folder (default: the latest NNNNN-demo-*)")
     parser.add_argument("--exps_root", default="exps", help="where experiment ids are looked up")
     parser.add_argument("--out", default=None, help="output folder (default: <run>/demo_eval)")

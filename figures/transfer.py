@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import positive_int
-from .common import TITLES, Driver, finish, parser, pyplot, quiet_threads, save_figure
+from dice.checkpoint import read_config, resolve_sharpener_files
+from dice.errors import positive_int
+from dice.runtime import quiet_threads
+from evaluation.plotting import pyplot, save_figure, write_figure
+
+from .common import TITLES, Driver, parser
 
 
 def transfer_matrix(driver: Driver, sharpeners: list[str], models: list[str], steps: int = 20,
                     single_file_config: str | None = None) -> dict:
-    from ..checkpoint import read_config, resolve_sharpener_files
-
     configs = {s: read_config(resolve_sharpener_files(s, driver.exps_root)[1]) for s in sharpeners}
     extra = ["--single_file_config", single_file_config] if single_file_config else []
     family = next(iter(configs.values())).family
@@ -50,7 +52,7 @@ def transfer_matrix(driver: Driver, sharpeners: list[str], models: list[str], st
             ax.set_yticks(range(len(rows)), list(rows) if column == columns[0] else [""] * len(rows), fontsize=7)
             ax.set_title(TITLES.get(column, column), fontsize=9)
         return save_figure(fig, png, "sharpener (rows) applied to base model (columns), paper Fig. 6")
-    return finish(driver.out, "transfer_matrix", data, plot)
+    return write_figure(driver.out, "transfer_matrix", data, plot)
 
 
 def cli(argv=None):

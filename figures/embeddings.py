@@ -12,11 +12,19 @@
 """
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 import torch
 
-from ..methods.dice import keeps_first_token
-from ..errors import ArgumentParser, positive_int
-from .common import finish, load_model_and_sharpener, model_arguments, prompt_list, pyplot, quiet_threads, save_figure
+from dice.errors import ArgumentParser, positive_int
+from dice.methods.dice import keeps_first_token, sharpen_for_pipeline
+from dice.prompts import prompt_texts
+from dice.runtime import quiet_threads
+from dice.sampling import generate_from_conditioning, image_grid
+from evaluation.plotting import pyplot, save_figure, write_figure
+
+from .common import load_model_and_sharpener, model_arguments
 
 PAPER_COSINE = {"semantic": (0.75, 0.05), "padding": (0.23, 0.02)}
 PAPER_PCA = {"original": {"top3": 0.08, "components_80": 300}, "sharpened": {"top3": 0.34, "components_80": 60}}
@@ -25,8 +33,6 @@ PAPER_PCA = {"original": {"top3": 0.08, "components_80": 300}, "sharpened": {"to
 @torch.no_grad()
 def embeddings(adapter, sharpener, prompts: list[str], batch_size: int = 64):
     """(original, sharpened, end-of-text position) for every prompt, u = the empty prompt, alpha = 1."""
-    from ..methods.dice import sharpen_for_pipeline
-
     originals, sharpened = [], []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
@@ -88,15 +94,12 @@ def semantic_padding(adapter, sharpener, prompts: list[str], out, panel_prompts:
         ax.legend(fontsize=8)
         ax.set_title(f"which part DICE changes ({len(prompts)} prompts)", fontsize=10)
         return save_figure(fig, png)
-    return finish(out, "semantic_padding", data, plot)
+    return write_figure(out, "semantic_padding", data, plot)
 
 
 @torch.no_grad()
 def replacement_panel(adapter, sharpener, prompts: list[str], path, steps: int = 20, resolution: int | None = None):
     """Rows: unguided, original semantic + sharpened padding, sharpened semantic + original padding, DICE."""
-    from ..methods.dice import sharpen_for_pipeline
-    from ..sampling import generate_from_conditioning, image_grid
-
     cond, uncond = adapter.encode_prompts(prompts), adapter.encode_negative([""] * len(prompts))
     sharp, uncond = sharpen_for_pipeline(adapter, cond, uncond, sharpener, 1.0)
     cond = cond.to(sharp.embeds.device, sharp.embeds.dtype)
@@ -144,12 +147,10 @@ def pca(original: torch.Tensor, sharpened: torch.Tensor, out, num_prompts: int) 
         axes[1].set_ylabel("explained variance (cumulative)")
         axes[1].legend(fontsize=8)
         return save_figure(fig, png, f"PCA of {num_prompts} flattened embeddings (paper Fig. 11)")
-    return finish(out, "embedding_pca", data, plot)
+    return write_figure(out, "embedding_pca", data, plot)
 
 
 def _parser(prog: str, description: str) -> ArgumentParser:
-    import argparse
-
     p = ArgumentParser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     model_arguments(p)
     p.add_argument("--prompts", default="coco5k", help="prompt set or file")
@@ -158,26 +159,22 @@ def _parser(prog: str, description: str) -> ArgumentParser:
 
 
 def semantic_padding_cli(argv=None):
-    from pathlib import Path
-
     p = _parser("figures/semantic_padding.py", __doc__)
     p.add_argument("--panel_prompts", type=positive_int, default=4, help="prompts in the image-replacement panel")
     p.add_argument("--steps", type=positive_int, default=20, help="sampling steps of the panel")
     p.add_argument("--resolution", type=positive_int, default=None, help="panel image size (default: the model's)")
     args = p.parse_args(argv)
     quiet_threads()
-    prompts = prompt_list(args.prompts, args.num_prompts)
+    prompts = prompt_texts(args.prompts, args.num_prompts)
     adapter, sharpener, config = load_model_and_sharpener(args)
     resolution = args.resolution or config.training_options.get("resolution")
     return semantic_padding(adapter, sharpener, prompts, Path(args.out), args.panel_prompts, args.steps, resolution)
 
 
 def pca_cli(argv=None):
-    from pathlib import Path
-
     args = _parser("figures/embedding_pca.py", __doc__).parse_args(argv)
     quiet_threads()
-    prompts = prompt_list(args.prompts, args.num_prompts)
+    prompts = prompt_texts(args.prompts, args.num_prompts)
     adapter, sharpener, _ = load_model_and_sharpener(args)
     original, sharpened, _ = embeddings(adapter, sharpener, prompts)
     return pca(original, sharpened, Path(args.out), len(prompts))

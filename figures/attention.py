@@ -10,11 +10,19 @@ map per prompt token, then the mean over the padding tokens (where DICE changes 
 """
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 import torch
 
-from ..methods.dice import keeps_first_token
-from ..errors import ArgumentParser, guidance_scale, positive_int
-from .common import finish, load_model_and_sharpener, model_arguments, pyplot, quiet_threads, save_figure
+from dice.errors import ArgumentParser, guidance_scale, positive_int
+from dice.methods.dice import keeps_first_token, sharpen_for_pipeline
+from dice.runtime import quiet_threads
+from dice.sampling import generate_from_conditioning
+from evaluation.plotting import pyplot, save_figure, write_figure
+
+from .common import load_model_and_sharpener, model_arguments
+from .embeddings import end_of_text_positions
 
 
 class AttentionRecorder:
@@ -68,8 +76,6 @@ def decoder_map_sizes(unet, latent_size: int) -> list[int]:
 
 @torch.no_grad()
 def sample_with_maps(adapter, cond, uncond, seed: int, cfg_scale: float, steps: int, resolution: int, map_size: int):
-    from ..sampling import generate_from_conditioning
-
     unet = adapter.pipe.unet
     saved = unet.attn_processors
     recorder = AttentionRecorder(map_size, conditional_half=cfg_scale > 1)
@@ -85,8 +91,6 @@ def sample_with_maps(adapter, cond, uncond, seed: int, cfg_scale: float, steps: 
 
 def token_labels(adapter, prompt: str) -> tuple[list[str], int]:
     """The prompt's tokens (without BOS/EOS) and the end-of-text position."""
-    from .embeddings import end_of_text_positions
-
     end = int(end_of_text_positions(adapter, [prompt])[0])
     ids = adapter.pipe.tokenizer(prompt, truncation=True, max_length=adapter.num_tokens).input_ids
     first = 1 if keeps_first_token(adapter) else 0
@@ -96,8 +100,6 @@ def token_labels(adapter, prompt: str) -> tuple[list[str], int]:
 
 def attention_maps(adapter, sharpener, prompt: str, out, cfg_scale: float = 5.0, steps: int = 20, seed: int = 0,
                    resolution: int | None = None, map_size: int | None = None) -> dict:
-    from ..methods.dice import sharpen_for_pipeline
-
     resolution = resolution or adapter.default_resolution
     latent = resolution // adapter.vae_scale_factor
     sizes = decoder_map_sizes(adapter.pipe.unet, latent)
@@ -139,7 +141,7 @@ def attention_maps(adapter, sharpener, prompt: str, out, cfg_scale: float = 5.0,
                 ax.set_yticks([])
         trajectory(rows, end, out / "attention_trajectory.png", steps)
         return save_figure(fig, png, f"decoder cross-attention {map_size}×{map_size}, mean over {steps} steps: '{prompt}'")
-    return finish(out, "attention_maps", data, plot)
+    return write_figure(out, "attention_maps", data, plot)
 
 
 def trajectory(rows: dict, end: int, path, steps: int, columns: int = 6):
@@ -159,9 +161,6 @@ def trajectory(rows: dict, end: int, path, steps: int, columns: int = 6):
 
 
 def cli(argv=None):
-    import argparse
-    from pathlib import Path
-
     p = ArgumentParser(prog="figures/attention_maps.py", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     model_arguments(p)
     p.add_argument("--prompt", default="a photo of an astronaut riding a horse", help="the prompt whose maps are drawn")
