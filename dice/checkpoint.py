@@ -1,4 +1,4 @@
-"""One checkpoint format: safetensors + JSON, never pickles.
+"""One checkpoint format: safetensors + JSON. What sampling, export and ``dice.apply`` read is never a pickle.
 
 A DICE sharpener is ``sharpener.safetensors`` + ``sharpener.json``. The JSON records everything needed
 to rebuild and use it: family, base model (an absolute path for a local model; hub id + revision
@@ -7,6 +7,11 @@ u was drawn from in training, and the training options. The same two files under
 (``model.safetensors`` + ``config.json``, see :mod:`dice.hub`) make a folder or Hub repository that
 loads the same way. A GD or PnP model is ``method.json`` (the same record, with the method) beside the
 diffusers model folder(s) it trained (``unet/``, ``controlnet/``, ...; see :mod:`dice.methods`).
+
+A training checkpoint (``exps/NNNNN-*/checkpoint-<step>/``) holds each weight once: those files, plus, for
+resuming one's own run only, accelerate's optimizer moments, lr schedule and RNG states (``optimizer.bin``,
+``scheduler.bin``, ``random_states_<rank>.pkl``: pickles, written and read by torch.save / torch.load) and,
+with ``--ema_decay``, the raw trained weights beside the averaged ones (``model.safetensors``).
 """
 from __future__ import annotations
 

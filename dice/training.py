@@ -121,6 +121,8 @@ def fit(accelerator, adapter, args, family: str, run_dir: Path, resume_from: Pat
     )
     logger.info("method %s: %s trainable parameters", args.method, f"{sum(p.numel() for p in model.parameters()):,}")
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    if ema is None:
+        _store_trained_weights_once(accelerator, method)
 
     options = {k: v for k, v in vars(args).items()}
     options.update(family=family, num_processes=world, mixed_precision=accelerator.mixed_precision,
@@ -348,11 +350,35 @@ def _load_adapter(family: str, args, accelerator, weight_dtype: torch.dtype):
     return adapter
 
 
+def _store_trained_weights_once(accelerator, method) -> None:
+    """Without a moving average the weights sampling uses are the trained weights: the method's own files
+    (safetensors) hold them, and accelerate's state does not store them a second time (no model.safetensors);
+    resuming reads them back from the method's files."""
+
+    def skip_saving(models, weights, output_dir):
+        weights.clear()
+
+    def load_from_method_files(models, input_dir):
+        checkpoint = Path(input_dir)
+        for model in models:
+            trained = accelerator.unwrap_model(model)
+            saved = method.load(checkpoint, read_config(checkpoint_config(checkpoint)), device="cpu", dtype=torch.float32)
+            trained.load_state_dict(saved.state_dict())
+        models.clear()
+
+    accelerator.register_save_state_pre_hook(skip_saving)
+    accelerator.register_load_state_pre_hook(load_from_method_files)
+
+
 def _save_checkpoint(accelerator, run_dir: Path, step: int, method, sampled, config, limit) -> Path:
     """Write into a hidden temporary folder, then rename: a crash never leaves a half checkpoint.
 
-    accelerate's state (the raw trained weights, optimizer, lr schedule) is for resuming; the method's
-    own files hold ``sampled``, the weights sampling uses (the moving average with --ema_decay)."""
+    A checkpoint is the method's own files, safetensors + JSON, holding ``sampled``: the weights sampling and
+    export use (the moving average with --ema_decay, else the trained weights). Beside them, for resuming
+    one's own run only, accelerate's state: the optimizer's moments (``optimizer.bin``), the lr schedule
+    (``scheduler.bin``) and every RNG state (``random_states_<rank>.pkl``), which are **pickles**
+    (torch.save), and with --ema_decay the raw trained weights (``model.safetensors``). Sampling, export and
+    ``dice.apply`` never open the pickles."""
     final = run_dir / f"checkpoint-{step}"
     tmp = run_dir / f".checkpoint-{step}.tmp"
     if accelerator.is_main_process:

@@ -51,6 +51,7 @@ def test_train_resume_and_sample(family, method, tiny_model, tiny_dataset, tmp_p
     assert resumed.name == "00001-cut"
     a, b = (_trained_weights(run / "checkpoint-4", family, method) for run in (straight, resumed))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
+    assert not (straight / "checkpoint-4" / "model.safetensors").exists()  # resumed from the method's own files
     config = json.loads((straight / "checkpoint-4" / "method.json").read_text())
     assert config["method"] == method and config["step"] == 4 and config["training_options"]["learning_rate"] == 5e-5
     assert config["training_options"]["guidance_scale_range"] == [2.0, 14.0]
