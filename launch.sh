@@ -57,7 +57,7 @@ print(" ".join(m for m in ("torch", "diffusers", "transformers", "accelerate") i
   fi
 }
 
-model_of() {  # model name (dice/presets.py) -> its hub id, or its stand-in under MODELS_DIR
+model_of() {  # model name (dice/paper.py) -> its hub id, or its stand-in under MODELS_DIR
   if [ -n "${MODELS_DIR:-}" ]; then echo "$MODELS_DIR/$1"; else "$PYTHON" -m dice.recipes model "$1"; fi
 }
 
@@ -112,8 +112,9 @@ table1() {  # block: the six rows of one Table-1 block -> results/table1-<block>
     *) echo "error: unknown Table-1 block '$block'. Use toy, sd15, dreamshaper, sdxl or pixart" >&2; exit 2 ;;
   esac
   [ "$block" = toy ] || ensure_ref  # before training: hours of training must not end at a missing reference
-  local s  # Scaling's s: the paper's per model (dice/presets.py EMBEDDING_SCALES)
+  local s w  # Scaling's s per model and CFG's w: the paper's (dice/paper.py)
   s=$("$PYTHON" -m dice.recipes embedding-scale "${block/toy/shapes-world}")
+  w=$("$PYTHON" -m dice.recipes guidance-scale)
   if [ "$block" = toy ]; then  # one CPU process, the world's data, held-out prompts and evaluator
     local data=data/shapes_world-train-4000 prompts=data/shapes_world-prompts-256.jsonl
     [ -f "$data/metadata.jsonl" ] || "$PYTHON" -m dice.shapes_world data --out "$data" --num_images 4000
@@ -137,12 +138,12 @@ table1() {  # block: the six rows of one Table-1 block -> results/table1-<block>
   [ "$block" = toy ] && sets=("")  # the world's held-out prompts (in $sample)
   for set in "${sets[@]}"; do
     local on=(); [ -n "$set" ] && on=(--prompts="$set")
-    "${sample[@]}" "${on[@]}" "${base[@]}" --cfg_scale=5
+    "${sample[@]}" "${on[@]}" "${base[@]}" --cfg_scale="$w"
     "${sample[@]}" "${on[@]}" "${base[@]}"
     "${sample[@]}" "${on[@]}" "${base[@]}" --embedding_scale="$s"
     for method in "${methods[@]}"; do "${sample[@]}" "${on[@]}" --model_path="$(run_of "table1-$block-$method")"; done
   done
-  local folders=("$out"/*-cfg-w5-20steps-* "$out"/*-unguided-20steps-* "$out"/*-scaling-s"$s"-20steps-*)
+  local folders=("$out"/*-cfg-w"$w"-20steps-* "$out"/*-unguided-20steps-* "$out"/*-scaling-s"$s"-20steps-*)
   for method in "${methods[@]}"; do
     run=$(run_of "table1-$block-$method")
     folders+=("$out"/*-"$method"-"$(basename "$run" | cut -c1-5)"-*)
@@ -158,13 +159,14 @@ table1() {  # block: the six rows of one Table-1 block -> results/table1-<block>
 
 
 sample_all() {  # experiment id: DICE + the two baselines of Table 1 on each of PROMPT_SETS (default: the 5k COCO prompts)
-  local exp=$1 set
+  local exp=$1 set w
+  w=$("$PYTHON" -m dice.recipes guidance-scale)
   for set in ${PROMPT_SETS:-coco5k}; do
     # u (negative prompt) defaults to what the sharpener was trained with; the baselines below use "".
     "${LAUNCH[@]}" "$REPO/sample.py" --sharpener_path="$exp" --batch_gpu=16 --prompts="$set" "${LIMIT[@]}"
     # alpha 0 leaves the embedding unchanged: the sharpener's base model itself, labelled unguided / cfg.
     "${LAUNCH[@]}" "$REPO/sample.py" --sharpener_path="$exp" --alpha=0 --batch_gpu=16 --prompts="$set" "${LIMIT[@]}"
-    "${LAUNCH[@]}" "$REPO/sample.py" --sharpener_path="$exp" --alpha=0 --cfg_scale=5 --batch_gpu=16 --prompts="$set" "${LIMIT[@]}"
+    "${LAUNCH[@]}" "$REPO/sample.py" --sharpener_path="$exp" --alpha=0 --cfg_scale="$w" --batch_gpu=16 --prompts="$set" "${LIMIT[@]}"
   done
 }
 

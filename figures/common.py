@@ -121,6 +121,11 @@ class Driver:
                 found[record["metric"]] = record["value"]
         return found
 
+    def world_correct(self, folder: Path) -> list[int]:
+        """1/0 per image of a sample folder: all four attributes of its prompt right (the world's evaluator)."""
+        accuracy = calc_shapes_world(folder, evaluator=self._model("world", _world_evaluator))[0]
+        return accuracy.per_image
+
     def _calc(self, folder: Path, columns: list[str]):
         if self.metrics == "world":
             return calc_shapes_world(folder, evaluator=self._model("world", _world_evaluator))

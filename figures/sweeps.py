@@ -23,6 +23,7 @@ from dice.experiments import checkpoint_step, list_checkpoints, resolve_run
 from dice.options import build_parser
 from dice.runtime import quiet_threads
 from dice.training import main as train_main
+from evaluation.metrics.guidance_gap import gain_recovered, gain_recovered_interval
 from evaluation.plotting import write_figure
 
 from .common import Driver, parser, plot_series
@@ -116,6 +117,8 @@ def samples_curve(driver: Driver, runs: list[str], labels: list[str] | None = No
         first_checkpoint = first_checkpoint or str(checkpoints[-1])
     w = _trained_guidance(first_checkpoint, driver.exps_root) if first_checkpoint else 5.0
     references = _references_of_base(driver, first_checkpoint, steps, w)
+    if driver.metrics == "world":
+        _add_gain_recovered(driver, series, references["unguided"], references[f"CFG w={w:g}"])
     if ceiling:
         best = max(json.loads(Path(ceiling).read_text())["points"], key=lambda p: p["accuracy"])
         references["embedding-only ceiling"] = {"world_accuracy": best["accuracy"]}
@@ -123,6 +126,19 @@ def samples_curve(driver: Driver, runs: list[str], labels: list[str] | None = No
     return write_figure(driver.out, "accuracy_vs_samples", data, lambda png: plot_series(
         png, series, driver.columns, "training samples (updates x batch)", "quality vs training samples, same data",
         references, logx=True))
+
+
+def _add_gain_recovered(driver: Driver, series: dict, unguided: dict, cfg: dict) -> None:
+    """Each point's share of CFG's accuracy gain over unguided sampling, with the paired bootstrap 95% interval
+    over prompts (every folder has the same prompts and seeds)."""
+    def correct(values):
+        return driver.world_correct(Path(values["folder"]))
+
+    baseline = [correct(unguided), correct(cfg)]
+    for points in series.values():
+        for _, values in points:
+            values["cfg_gain_recovered"] = gain_recovered(unguided["world_accuracy"], cfg["world_accuracy"], values["world_accuracy"])
+            values["cfg_gain_recovered_ci95"] = list(gain_recovered_interval(*baseline, correct(values)))
 
 
 def _references_of_base(driver: Driver, checkpoint: str, steps: int, w: float) -> dict[str, dict]:
