@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Quality vs training samples for several runs of any method: `python figures/accuracy_vs_samples.py --help`. Library: dice/figures/sweeps.py."""
+"""Quality vs training samples for several runs of any method: `python figures/accuracy_vs_samples.py --help`. Library: figures/sweeps.py."""
 import os
 import sys
 

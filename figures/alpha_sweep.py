@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Paper Fig. 8 / 14, the strength alpha: `python figures/alpha_sweep.py --help`. Library: dice/figures/sweeps.py."""
+"""Paper Fig. 8 / 14, the strength alpha: `python figures/alpha_sweep.py --help`. Library: figures/sweeps.py."""
 import os
 import sys
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Paper Fig. 9 / 20, cross-attention maps: `python figures/attention_maps.py --help`. Library: dice/figures/attention.py."""
+"""Paper Fig. 9 / 20, cross-attention maps: `python figures/attention_maps.py --help`. Library: figures/attention.py."""
 import os
 import sys
 

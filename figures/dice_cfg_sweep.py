@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Paper Fig. 17, DICE combined with CFG: `python figures/dice_cfg_sweep.py --help`. Library: dice/figures/sweeps.py."""
+"""Paper Fig. 17, DICE combined with CFG: `python figures/dice_cfg_sweep.py --help`. Library: figures/sweeps.py."""
 import os
 import sys
 

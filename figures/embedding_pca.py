@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Paper Fig. 11 / A.2, PCA of original and sharpened embeddings: `python figures/embedding_pca.py --help`. Library: dice/figures/embeddings.py."""
+"""Paper Fig. 11 / A.2, PCA of original and sharpened embeddings: `python figures/embedding_pca.py --help`. Library: figures/embeddings.py."""
 import os
 import sys
 

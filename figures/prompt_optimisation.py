@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Paper Fig. 3, one prompt's embedding optimised against CFG: `python figures/prompt_optimisation.py --help`. Library: dice/figures/optimise.py."""
+"""Paper Fig. 3, one prompt's embedding optimised against CFG: `python figures/prompt_optimisation.py --help`. Library: figures/optimise.py."""
 import os
 import sys
 

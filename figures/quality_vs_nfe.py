@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Paper Fig. 5, quality vs NFE (DICE vs CFG at equal NFE): `python figures/quality_vs_nfe.py --help`. Library: dice/figures/sweeps.py."""
+"""Paper Fig. 5, quality vs NFE (DICE vs CFG at equal NFE): `python figures/quality_vs_nfe.py --help`. Library: figures/sweeps.py."""
 import os
 import sys
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Paper Fig. 7 / 4.3, semantic vs padding embedding: `python figures/semantic_padding.py --help`. Library: dice/figures/embeddings.py."""
+"""Paper Fig. 7 / 4.3, semantic vs padding embedding: `python figures/semantic_padding.py --help`. Library: figures/embeddings.py."""
 import os
 import sys
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Paper A.1, the sharpener's structure (width, heads): `python figures/sharpener_structure.py --help`. Library: dice/figures/sweeps.py."""
+"""Paper A.1, the sharpener's structure (width, heads): `python figures/sharpener_structure.py --help`. Library: figures/sweeps.py."""
 import os
 import sys
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Paper Fig. 16, quality vs training step: `python figures/training_curve.py --help`. Library: dice/figures/sweeps.py."""
+"""Paper Fig. 16, quality vs training step: `python figures/training_curve.py --help`. Library: figures/sweeps.py."""
 import os
 import sys
 

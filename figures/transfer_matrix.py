@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Paper Fig. 6, cross-model transfer (sharpeners x base models): `python figures/transfer_matrix.py --help`. Library: dice/figures/transfer.py."""
+"""Paper Fig. 6, cross-model transfer (sharpeners x base models): `python figures/transfer_matrix.py --help`. Library: figures/transfer.py."""
 import os
 import sys
 

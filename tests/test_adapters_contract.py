@@ -14,7 +14,7 @@ from dice.methods.dice import keeps_first_token
 from dice.distillation import cfg_teacher
 
 FAMILIES = ["sd15", "sdxl", "pixart"]
-# (tokens, width) of the sharpened sequence in the tiny configs of dice/tiny.py.
+# (tokens, width) of the sharpened sequence in the tiny configs of dice/testkit/tiny.py.
 TINY_SHAPES = {"sd15": (77, 32), "sdxl": (77, 32 + 32), "pixart": (120, 32)}
 PROMPTS = ["a red ball on a green field", "a photo of a cat"]
 

@@ -2,7 +2,7 @@
 
 A sharpener can only rewrite the prompt embedding. How far can *any* rewrite take unguided sampling
 towards CFG? Fit a free residual per prompt (no sharpener, nothing shared between prompts, no
-generalisation needed) with DICE's loss and guidance scale (:func:`figures.optimise.fit_prompt_residuals`,
+generalisation needed) with DICE's loss and guidance scale (:func:`dice.residuals.fit_prompt_residuals`,
 targets: the prompt's own CFG samples), then sample each prompt on seeds the fit never saw, unguided
 with the fitted embedding, and score prompt accuracy with the world's evaluator. Unguided and CFG
 sampling of the same prompts and seeds are the references. The fit is scored at several lengths, so
