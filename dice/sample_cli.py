@@ -34,7 +34,7 @@ from .negatives import NegativePrompts
 from .paper import GUIDANCE_SCALE
 from .presets import MODELS, model_location
 from .prompts import load_prompts
-from .runtime import needs_cpu_process_group
+from .runtime import needs_cpu_process_group, process_state
 from .sampling import (
     OPTIONS_FILE,
     SCHEDULERS,
@@ -200,9 +200,6 @@ def negative_prompts(args, config, prompts: list[tuple[int, str]]) -> tuple[dict
 
 
 def main(argv: list[str] | None = None) -> Path:
-    from accelerate import PartialState
-
-
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     plan = resolve(args)
@@ -213,7 +210,7 @@ def main(argv: list[str] | None = None) -> Path:
     if (sharpener is not None or distilled) and not same_model:
         logger.info("cross-model: %s was trained on %s and is applied to %s", "the sharpener" if sharpener is not None
                     else f"the {distilled.title} guide", trained_model, plan["model"])
-    state = PartialState(cpu=needs_cpu_process_group())
+    state = process_state(cpu=needs_cpu_process_group())
     precision = args.mixed_precision or ("fp16" if state.device.type == "cuda" else "no")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
 

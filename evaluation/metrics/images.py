@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dice.errors import UserError
+from dice.runtime import process_state
 
 logger = logging.getLogger("dice")
 
@@ -275,9 +276,7 @@ class Processes:
     @classmethod
     def from_accelerate(cls) -> "Processes":
         """Join the processes `accelerate launch` started (a single process when run plainly)."""
-        from accelerate import PartialState
-
-        state = PartialState(cpu=not torch.cuda.is_available())  # without it, CPU processes never join a group
+        state = process_state(cpu=not torch.cuda.is_available())  # without it, CPU processes never join a group
         return cls(rank=state.process_index, world_size=state.num_processes, device=state.device)
 
     def shard(self, records: list) -> list:
