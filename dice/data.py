@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torchvision import transforms
 
 from .errors import UserError
 
@@ -129,6 +128,8 @@ class CaptionedImages(torch.utils.data.Dataset):
     """
 
     def __init__(self, records: list[ImageRecord], resolution: int, max_skip: int = 50, latent_cache=None):
+        from torchvision import transforms
+
         self.records = records
         self.resolution = resolution
         self.max_skip = max_skip

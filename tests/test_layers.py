@@ -26,6 +26,7 @@ LATE_IMPORTS = {
     "open_clip": "the CLIP score's network (~6 s): only its evaluator needs it",
     "hpsv2": "optional, HPS v2.1 only (not in requirements.txt)",
     "torch_fidelity": "FID's Inception network only",
+    "torchvision": "its models pull in torch._dynamo (~1.3 s): only the training images' loader needs it",
     "torch._dynamo": "--compile only",
     "xformers": "optional, --enable_xformers_memory_efficient_attention only",
 }
