@@ -180,8 +180,11 @@ def plot_series(path: Path, series: dict[str, list[tuple[float, dict]]], columns
                 ax.axhline(values[column], linestyle="--", color=f"C{len(series) + k}", label=name)
         ax.set_xlabel(xlabel)
         ax.set_title(TITLES.get(column, column), fontsize=10)
-        if logx:
+        if logx:  # labelled at the data's own x values (16k, 32k, ...), not at log-axis minor ticks that overlap
             ax.set_xscale("log")
+            ticks = sorted({x for points in series.values() for x, _ in points})
+            ax.set_xticks(ticks, [f"{x / 1000:g}k" if x >= 1000 else f"{x:g}" for x in ticks], fontsize=7, rotation=45)
+            ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     return save_figure(fig, path, title)
