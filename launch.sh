@@ -25,7 +25,7 @@
 # WORKDIR (where exps/, samples/, results/ and data/ are: this folder), TRAIN_ARGS (train_*.py options added last to
 # every training command, e.g. --latent_cache DIR), PROMPT_LIMIT (only the first N prompts of every prompt set; default
 # all, the paper's protocol), SMOKE_TEST (1: the evaluators' random-weight stand-ins, meaningless numbers), MODELS_DIR
-# (a folder with a stand-in for each model name of dice/presets.py, as the rehearsal writes), TOY_PROMPTS (held-out
+# (a folder with a stand-in for each model name of dice/paper.py, as the rehearsal writes), TOY_PROMPTS (held-out
 # prompts of the toy recipes: 256 for table1, 128 for figures).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")" && pwd)
