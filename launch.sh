@@ -17,7 +17,7 @@
 #                                              (toy: trains and analyses a sharpener of the shapes world, CPU, no downloads)
 #   bash launch.sh rehearse [RECIPE...]        every recipe above on tiny random models of each family, a tiny COCO and
 #                                              smoke-test metrics, on the CPU: what would break on a cluster, in minutes
-#                                              (python -m dice.rehearsal --help)
+#                                              (python -m dice.testkit.rehearsal --help)
 # Environment: NGPUS (8), COCO (data/coco2017), FID_REF (data/coco_val2017_512.npz),
 # ACCELERATE_ARGS (extra `accelerate launch` flags, e.g. multi-node: --num_machines 2 --machine_rank 0
 # --main_process_ip HOST), PRECISION (bf16, as the authors), PYTHON (python: one with requirements.txt installed),
@@ -25,7 +25,7 @@
 # WORKDIR (where exps/, samples/, results/ and data/ are: this folder), TRAIN_ARGS (train_*.py options added last to
 # every training command, e.g. --latent_cache DIR), PROMPT_LIMIT (only the first N prompts of every prompt set; default
 # all, the paper's protocol), SMOKE_TEST (1: the evaluators' random-weight stand-ins, meaningless numbers), MODELS_DIR
-# (a folder with a stand-in for each model name of dice/presets.py, as the rehearsal writes), TOY_PROMPTS (held-out
+# (a folder with a stand-in for each model name of dice/paper.py, as the rehearsal writes), TOY_PROMPTS (held-out
 # prompts of the toy recipes: 256 for table1, 128 for figures).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")" && pwd)
@@ -57,7 +57,7 @@ print(" ".join(m for m in ("torch", "diffusers", "transformers", "accelerate") i
   fi
 }
 
-model_of() {  # model name (dice/presets.py) -> its hub id, or its stand-in under MODELS_DIR
+model_of() {  # model name (dice/paper.py) -> its hub id, or its stand-in under MODELS_DIR
   if [ -n "${MODELS_DIR:-}" ]; then echo "$MODELS_DIR/$1"; else "$PYTHON" -m dice.recipes model "$1"; fi
 }
 
@@ -112,8 +112,9 @@ table1() {  # block: the six rows of one Table-1 block -> results/table1-<block>
     *) echo "error: unknown Table-1 block '$block'. Use toy, sd15, dreamshaper, sdxl or pixart" >&2; exit 2 ;;
   esac
   [ "$block" = toy ] || ensure_ref  # before training: hours of training must not end at a missing reference
-  local s  # Scaling's s: the paper's per model (dice/presets.py EMBEDDING_SCALES)
+  local s w  # Scaling's s per model and CFG's w: the paper's (dice/paper.py)
   s=$("$PYTHON" -m dice.recipes embedding-scale "${block/toy/shapes-world}")
+  w=$("$PYTHON" -m dice.recipes guidance-scale)
   if [ "$block" = toy ]; then  # one CPU process, the world's data, held-out prompts and evaluator
     local data=data/shapes_world-train-4000 prompts=data/shapes_world-prompts-256.jsonl
     [ -f "$data/metadata.jsonl" ] || "$PYTHON" -m dice.shapes_world data --out "$data" --num_images 4000
@@ -137,12 +138,12 @@ table1() {  # block: the six rows of one Table-1 block -> results/table1-<block>
   [ "$block" = toy ] && sets=("")  # the world's held-out prompts (in $sample)
   for set in "${sets[@]}"; do
     local on=(); [ -n "$set" ] && on=(--prompts="$set")
-    "${sample[@]}" "${on[@]}" "${base[@]}" --cfg_scale=5
+    "${sample[@]}" "${on[@]}" "${base[@]}" --cfg_scale="$w"
     "${sample[@]}" "${on[@]}" "${base[@]}"
     "${sample[@]}" "${on[@]}" "${base[@]}" --embedding_scale="$s"
     for method in "${methods[@]}"; do "${sample[@]}" "${on[@]}" --model_path="$(run_of "table1-$block-$method")"; done
   done
-  local folders=("$out"/*-cfg-w5-20steps-* "$out"/*-unguided-20steps-* "$out"/*-scaling-s"$s"-20steps-*)
+  local folders=("$out"/*-cfg-w"$w"-20steps-* "$out"/*-unguided-20steps-* "$out"/*-scaling-s"$s"-20steps-*)
   for method in "${methods[@]}"; do
     run=$(run_of "table1-$block-$method")
     folders+=("$out"/*-"$method"-"$(basename "$run" | cut -c1-5)"-*)
@@ -158,13 +159,14 @@ table1() {  # block: the six rows of one Table-1 block -> results/table1-<block>
 
 
 sample_all() {  # experiment id: DICE + the two baselines of Table 1 on each of PROMPT_SETS (default: the 5k COCO prompts)
-  local exp=$1 set
+  local exp=$1 set w
+  w=$("$PYTHON" -m dice.recipes guidance-scale)
   for set in ${PROMPT_SETS:-coco5k}; do
     # u (negative prompt) defaults to what the sharpener was trained with; the baselines below use "".
     "${LAUNCH[@]}" "$REPO/sample.py" --sharpener_path="$exp" --batch_gpu=16 --prompts="$set" "${LIMIT[@]}"
     # alpha 0 leaves the embedding unchanged: the sharpener's base model itself, labelled unguided / cfg.
     "${LAUNCH[@]}" "$REPO/sample.py" --sharpener_path="$exp" --alpha=0 --batch_gpu=16 --prompts="$set" "${LIMIT[@]}"
-    "${LAUNCH[@]}" "$REPO/sample.py" --sharpener_path="$exp" --alpha=0 --cfg_scale=5 --batch_gpu=16 --prompts="$set" "${LIMIT[@]}"
+    "${LAUNCH[@]}" "$REPO/sample.py" --sharpener_path="$exp" --alpha=0 --cfg_scale="$w" --batch_gpu=16 --prompts="$set" "${LIMIT[@]}"
   done
 }
 
@@ -200,7 +202,7 @@ figures_toy() {  # the shapes world: train a sharpener (checkpoints every 150 up
   "$PYTHON" "$fig/training_curve.py" "${sweep[@]}" --experiment="$run"
   "$PYTHON" "$fig/sharpener_structure.py" "${sweep[@]}" --experiments "$run" --train 64x4 \
     --train_args="${train[*]:1} ${TRAIN_EXTRA[*]} --validation_prompts"
-  [ -f "$single" ] || "$PYTHON" -m dice.single_file "$model" "$single"
+  [ -f "$single" ] || "$PYTHON" -m dice.testkit.single_file "$model" "$single"
   "$PYTHON" "$fig/transfer_matrix.py" "${sweep[@]}" --sharpeners "$run" "$(run_of structure-64x4)" \
     --models "$model" "$single" --single_file_config="$model"
   local inside=(--sharpener_path="$run" --out="$out")
@@ -270,8 +272,8 @@ case "$1" in
     HF_HUB_OFFLINE=1 "$PYTHON" -m dice.demo "${@:2}" ;;
   demo-eval)
     # The latest exps/NNNNN-demo-* (or EXP_ID) end to end, no GPU needed; evaluators with random-weight stand-ins
-    # (--smoke_test: meaningless numbers, plumbing only). Options: python -m dice.demo_eval --help
-    HF_HUB_OFFLINE=1 "$PYTHON" -m dice.demo_eval "${@:2}" ;;
+    # (--smoke_test: meaningless numbers, plumbing only). Options: python -m dice.testkit.demo_eval --help
+    HF_HUB_OFFLINE=1 "$PYTHON" -m dice.testkit.demo_eval "${@:2}" ;;
   train)
     train "${2:?family}" "${@:3}" ;;
   train-variants)
@@ -290,5 +292,5 @@ case "$1" in
     block=${2:?block: toy, sd15, dreamshaper, sdxl or pixart}
     if [ "$block" = toy ]; then OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 table1 toy; else table1 "$block"; fi ;;
   rehearse)
-    "$PYTHON" -m dice.rehearsal "${@:2}" ;;
+    "$PYTHON" -m dice.testkit.rehearsal "${@:2}" ;;
 esac

@@ -30,6 +30,7 @@ import torch
 
 from dice.adapters.base import Conditioning
 from dice.data import make_loader
+from dice.methods.dice import keeps_first_token
 
 LOSS_BY_FAMILY = {"sd15": "l1", "sdxl": "mse"}  # their SD1.5 and SDXL scripts
 
@@ -73,7 +74,7 @@ class AuthorsStep:
                     eps_uncond, eps_cond = both.chunk(2)
                     target = eps_uncond + 5.0 * (eps_cond - eps_uncond)
             learned = c.embeds + self.sharpener(c.embeds, self.uc.embeds)
-            if adapter.keep_first_token:
+            if keeps_first_token(adapter):
                 learned[:, 0] = c.embeds[:, 0]
             with self.autocast:
                 prediction = adapter.predict_noise(x_t, t, c.replace(embeds=learned), sizes)

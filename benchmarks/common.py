@@ -2,7 +2,7 @@
 
 Setups:
 
-* ``tiny``: :func:`dice.tiny.build_tiny_pipeline` ("sd15"), a few thousand parameters, for a CPU
+* ``tiny``: :func:`dice.testkit.tiny.build_tiny_pipeline` ("sd15"), a few thousand parameters, for a CPU
   smoke-level figure.
 * ``sd15-full``: the real Stable Diffusion 1.5 architecture (UNet 860M, CLIP ViT-L/14 text encoder
   123M, VAE 84M) built from its configs in code with **random weights** (nothing can be downloaded).
@@ -100,7 +100,7 @@ PIXART_SCHEDULER_CONFIG = dict(beta_start=0.0001, beta_end=0.02, beta_schedule="
 def _clip_tokenizer(folder: Path):
     """dice's tiny CLIP BPE tokenizer (``model_max_length`` 77): its content does not change the cost,
     every sequence is padded to 77 tokens."""
-    from dice.tiny import tiny_clip_tokenizer
+    from dice.testkit.tiny import tiny_clip_tokenizer
 
     tokenizer = tiny_clip_tokenizer(folder)
     assert tokenizer.model_max_length == 77 and len(tokenizer) < SD15_TEXT_CONFIG["vocab_size"]
@@ -174,7 +174,7 @@ def build_pixart_full_pipeline(device, text_encoder_dtype: torch.dtype | None = 
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
-    from dice.tiny import tiny_t5_tokenizer
+    from dice.testkit.tiny import tiny_t5_tokenizer
 
     tokenizer = tiny_t5_tokenizer()  # pads every prompt to PixArt's 120 tokens, like the real one
     with torch.device(device):
@@ -198,7 +198,7 @@ def build_adapter(setup: str, device: str | torch.device, dtype: torch.dtype, se
     from dice.adapters import adapter_class
 
     if setup == "tiny":
-        from dice.tiny import build_tiny_pipeline
+        from dice.testkit.tiny import build_tiny_pipeline
 
         pipe = build_tiny_pipeline("sd15", seed=seed)
         pipe.set_progress_bar_config(disable=True)

@@ -57,7 +57,7 @@ def main(argv=None) -> dict:
     from dice.adapters.sd15 import SD15Adapter
     from dice.data import CaptionedImages, load_records, make_loader
     from dice.latent_cache import build_latent_cache
-    from dice.tiny import build_tiny_pipeline
+    from dice.testkit.tiny import build_tiny_pipeline
 
     workdir = Path(tempfile.mkdtemp(prefix="dice-loader-"))
     data = common.write_jpeg_dataset(workdir / "images", args.images)

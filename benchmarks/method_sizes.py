@@ -141,17 +141,17 @@ def measure(family: str) -> dict:
     settings = SETTINGS[family]
     denoiser = meta_denoiser(family)
     adapter = SimpleNamespace(denoiser=denoiser, device=torch.device("meta"), vae_scale_factor=8, model=family,
-                              timestep_projection_path=adapter_class(family).timestep_projection_path)
+                              family=family)
     base = count_parameters(denoiser)
     result = {"base_parameters": base, "dice_parameters": count_parameters(Sharpener(settings["text_dim"]))}
     gd_method = method_class("gd")()
-    gd = gd_method.build(adapter, None)
+    gd = gd_method.build(adapter)
     result["gd_parameters"] = count_parameters(gd)
     result["gd_guidance_embedding_parameters"] = result["gd_parameters"] - base
     result["gd_nfe"] = STEPS * gd_method.evaluations_per_step(adapter, gd)
     if method_class("pnp").unsupported_reason(adapter_class(family)) is None:
         pnp_method = method_class("pnp")()
-        guide = pnp_method.build(adapter, None)
+        guide = pnp_method.build(adapter)
         result["pnp_parameters"] = count_parameters(guide)
         result["pnp_nfe"] = round(STEPS * pnp_method.evaluations_per_step(adapter, guide), 2)
     if family in ("sd15", "sdxl"):
@@ -161,7 +161,7 @@ def measure(family: str) -> dict:
         memory = {"per_gpu_batch": settings["batch"], "resolution": settings["resolution"],
                   "student_weights_grads_adam_gib": states / GiB, "frozen_teacher_text_vae_bf16_gib": frozen / GiB}
         for checkpointing in (False, True):
-            activations = saved_activation_bytes(gd_method.build(adapter, None), family, settings["batch"],
+            activations = saved_activation_bytes(gd_method.build(adapter), family, settings["batch"],
                                                  settings["resolution"], checkpointing)
             key = "with_checkpointing" if checkpointing else "without_checkpointing"
             memory[f"activations_{key}_gib"] = activations / GiB

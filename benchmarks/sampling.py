@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import common  # noqa: E402
+from dice.methods.dice import sharpen
 
 DEFAULTS = {
     "tiny": dict(batch=8, resolution=32, dtype="fp32", warmup=1, repeats=3, device="cpu"),
@@ -127,7 +128,7 @@ def main(argv=None) -> dict:
         return adapter.encode_prompts(prompts), adapter.encode_negative([""] * batch)
 
     def sharpen(cond, uncond):
-        return adapter.sharpen(sharpener, cond.to(dtype=torch.float32), uncond.to(dtype=torch.float32))
+        return sharpen(adapter, sharpener, cond.to(dtype=torch.float32), uncond.to(dtype=torch.float32))
 
     with torch.no_grad():
         cond, uncond = encode()

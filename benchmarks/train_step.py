@@ -69,13 +69,20 @@ class OursStep:
         self.updates = 0
 
     def __call__(self):
+        from dice.data import step_generator
+        from dice.distillation import distillation_step
         from dice.methods.dice import DiceMethod
-        from dice.training import _micro_step
+        from dice.runtime import to_device
 
         batch = next(self.loader)
+        device = self.accelerator.device
+        latents = (to_device(batch["latents"], device, self.adapter.dtype) if "latents" in batch
+                   else self.adapter.encode_images(batch["pixels"]))
         with self.accelerator.accumulate(self.sharpener):
-            loss = _micro_step(self.adapter, DiceMethod(), self.sharpener, self.negative_bank, batch, self.args, self.updates,
-                               0, 0, self.accelerator)
+            loss = distillation_step(self.adapter, DiceMethod(self.args.guidance_scale), self.sharpener, latents,
+                                     batch["captions"], to_device(batch["sizes"], device), self.negative_bank,
+                                     step_generator(self.args.seed, self.updates, 0, 0), None, self.args.loss_type,
+                                     self.args.loss_reduction, self.accelerator.autocast)
             self.accelerator.backward(loss)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)

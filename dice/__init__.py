@@ -5,6 +5,7 @@ sharpener (one network evaluation per step instead of CFG's two); ``dice.remove(
 """
 from .addon import apply, remove
 from .checkpoint import SharpenerConfig, load_sharpener, save_sharpener
-from .sharpener import Sharpener, apply_sharpener
+from .checkpoint import TrainedSharpener as Sharpener  # a trained sharpener: save_pretrained, push_to_hub, from_pretrained
+from .methods.dice import apply_sharpener
 
 __all__ = ["Sharpener", "SharpenerConfig", "apply", "apply_sharpener", "load_sharpener", "remove", "save_sharpener"]

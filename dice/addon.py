@@ -27,8 +27,8 @@ from .adapters import Adapter, Conditioning, adapter_class, families
 from .adapters.registry import family_of_pipeline_class
 from .checkpoint import SharpenerConfig, check_sharpener_fits, load_sharpener
 from .experiments import DEFAULT_ROOT
+from .methods.dice import sharpen_for_pipeline
 from .presets import model_location
-from .sampling import sharpen_for_pipeline
 from .sharpener import Sharpener
 
 logger = logging.getLogger("dice")
@@ -64,7 +64,8 @@ def apply(pipe, sharpener: Sharpener | str | int | os.PathLike, alpha: float = 1
     stock_class = previous.stock_class if previous else type(pipe)
     family = _family_of(stock_class)
     if isinstance(sharpener, Sharpener):
-        config, source = sharpener.config, f"<Sharpener for {getattr(sharpener.config, 'base_model', '?')}>"
+        config = getattr(sharpener, "config", None)
+        source = f"<Sharpener for {getattr(config, 'base_model', '?')}>"
         if not isinstance(config, SharpenerConfig):
             raise ValueError("this Sharpener has no config (family, base model); load it with dice.load_sharpener "
                              "or Sharpener.from_pretrained, or set sharpener.config")

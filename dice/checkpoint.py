@@ -1,4 +1,4 @@
-"""One checkpoint format: safetensors + JSON, never pickles.
+"""One checkpoint format: safetensors + JSON. What sampling, export and ``dice.apply`` read is never a pickle.
 
 A DICE sharpener is ``sharpener.safetensors`` + ``sharpener.json``. The JSON records everything needed
 to rebuild and use it: family, base model (an absolute path for a local model; hub id + revision
@@ -7,6 +7,11 @@ u was drawn from in training, and the training options. The same two files under
 (``model.safetensors`` + ``config.json``, see :mod:`dice.hub`) make a folder or Hub repository that
 loads the same way. A GD or PnP model is ``method.json`` (the same record, with the method) beside the
 diffusers model folder(s) it trained (``unet/``, ``controlnet/``, ...; see :mod:`dice.methods`).
+
+A training checkpoint (``exps/NNNNN-*/checkpoint-<step>/``) holds each weight once: those files, plus, for
+resuming one's own run only, accelerate's optimizer moments, lr schedule and RNG states (``optimizer.bin``,
+``scheduler.bin``, ``random_states_<rank>.pkl``: pickles, written and read by torch.save / torch.load) and,
+with ``--ema_decay``, the raw trained weights beside the averaged ones (``model.safetensors``).
 """
 from __future__ import annotations
 
@@ -18,12 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import PyTorchModelHubMixin
+from huggingface_hub.constants import is_offline_mode
 from safetensors.torch import load_file, save_file
 
 from .errors import UserError, give_default_permissions, one_line
 from .experiments import DEFAULT_ROOT, ExperimentNotFound, latest_checkpoint, resolve_run, validation_grid_path
-from .hub import GRID_NAME, HUB_CONFIG_NAME, HUB_WEIGHTS_NAME, download_sharpener, is_repo_id
-from .sharpener import PAPER_HEADS, PAPER_INNER_DIM, Sharpener
+from .hub import GRID_NAME, HUB_CONFIG_NAME, HUB_WEIGHTS_NAME, download_sharpener, is_repo_id, model_card
+from .paper import SHARPENER_HEADS, SHARPENER_INNER_DIM
+from .sharpener import Sharpener
 
 WEIGHTS_NAME = "sharpener.safetensors"
 CONFIG_NAME = "sharpener.json"
@@ -74,8 +82,44 @@ class TrainedConfig:
 class SharpenerConfig(TrainedConfig):
     """A DICE sharpener's config: the common record plus the sharpener's widths."""
 
-    inner_dim: int = PAPER_INNER_DIM
-    num_heads: int = PAPER_HEADS
+    inner_dim: int = SHARPENER_INNER_DIM
+    num_heads: int = SHARPENER_HEADS
+
+
+class TrainedSharpener(Sharpener, PyTorchModelHubMixin, library_name="dice"):
+    """A sharpener with the config it was trained with (``dice.Sharpener``): what :func:`load_sharpener` returns.
+
+    ``config`` is a :class:`SharpenerConfig` (family, base model, training options); ``validation_grid`` the
+    training run's unguided / CFG / DICE image, if any. As a huggingface_hub ``PyTorchModelHubMixin`` it has
+    ``save_pretrained(folder)``, ``push_to_hub(repo_id)`` and ``TrainedSharpener.from_pretrained(repo_id_or_folder,
+    revision=...)`` in the Hub layout of :mod:`dice.hub`.
+    """
+
+    def __init__(self, dim: int, inner_dim: int = SHARPENER_INNER_DIM, num_heads: int = SHARPENER_HEADS):
+        super().__init__(dim, inner_dim, num_heads)
+        self.config: SharpenerConfig | None = None  # set when loaded (or by the caller before save_pretrained)
+        self.validation_grid: Path | None = None
+
+    # ---- huggingface_hub's PyTorchModelHubMixin hooks -------------------------------------------
+    def _save_pretrained(self, save_directory) -> None:
+        save_pretrained_files(save_directory, self)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id, revision, cache_dir, force_download, local_files_only, token,
+                         map_location: str = "cpu", **_config_values) -> "TrainedSharpener":
+        folder = model_id if os.path.isdir(model_id) else download_sharpener(
+            model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
+            local_files_only=local_files_only, token=token)
+        return load_sharpener(folder, device=map_location)[0]
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Upload as a Hub repository (see ``PyTorchModelHubMixin.push_to_hub``); the card names ``repo_id``."""
+        kwargs["model_card_kwargs"] = {"repo_id": repo_id, **(kwargs.get("model_card_kwargs") or {})}
+        return super().push_to_hub(repo_id, **kwargs)
+
+    def generate_model_card(self, *args, repo_id: str | None = None, **kwargs):
+        return model_card(self.config, repo_id=repo_id, has_grid=self.validation_grid is not None,
+                          num_parameters=sum(p.numel() for p in self.parameters()))
 
 
 def save_sharpener(folder: str | os.PathLike, sharpener: Sharpener, config: SharpenerConfig, *, hub_layout: bool = False) -> None:
@@ -89,7 +133,7 @@ def save_sharpener(folder: str | os.PathLike, sharpener: Sharpener, config: Shar
     (folder / config_name).write_text(json.dumps(config.__dict__, indent=2, default=str) + "\n")
 
 
-def save_pretrained_files(folder: str | os.PathLike, sharpener: Sharpener) -> None:
+def save_pretrained_files(folder: str | os.PathLike, sharpener: TrainedSharpener) -> None:
     """The files of ``Sharpener.save_pretrained`` but the model card: weights, config, validation grid."""
     if sharpener.config is None:
         raise ValueError(
@@ -117,7 +161,6 @@ def _download(repo_id: str, revision: str | None) -> Path:
     try:
         return download_sharpener(repo_id, revision=revision)
     except Exception as err:  # noqa: BLE001 - any hub failure: one line with the cause
-        from huggingface_hub.constants import is_offline_mode
 
         hint = (f"HF_HUB_OFFLINE=1 and it is not in the Hugging Face cache: download it first (hf download {repo_id})"
                 if is_offline_mode() else "check the repo id, the revision, your token (hf auth login) and your network")
@@ -251,7 +294,7 @@ def read_weights(weights: str | os.PathLike, config: SharpenerConfig, config_nam
 def load_sharpener(
     spec: str | int | os.PathLike, root: str | os.PathLike = DEFAULT_ROOT, *, family: str | None = None,
     dim: int | None = None, device: torch.device | str = "cpu", revision: str | None = None,
-) -> tuple[Sharpener, SharpenerConfig]:
+) -> tuple[TrainedSharpener, SharpenerConfig]:
     """Load a trained sharpener; refuse one trained for another family or text width.
 
     ``spec``: an experiment id ("3", under ``root``), a run or checkpoint folder, a weights file, a
@@ -261,7 +304,7 @@ def load_sharpener(
     weights, config_path = resolve_sharpener_files(spec, root, revision)
     config = read_config(config_path)
     check_sharpener_fits(config, str(weights), family, dim)
-    sharpener = Sharpener(config.dim, config.inner_dim, config.num_heads)
+    sharpener = TrainedSharpener(config.dim, config.inner_dim, config.num_heads)
     sharpener.load_state_dict(read_weights(weights, config, config_path.name))
     sharpener.config = config
     grids = [weights.with_name(GRID_NAME)]  # a Hub-layout folder

@@ -1,7 +1,7 @@
 """User errors: a problem the user can fix ends a command with one line, never a traceback.
 
 Every entry point (train_*.py, sample.py, evaluation/*.py, ``python -m dice.demo`` and
-``dice.demo_eval``) runs its ``main`` inside :func:`exit_on_user_error`. Library code raises
+``dice.testkit.demo_eval``) runs its ``main`` inside :func:`exit_on_user_error`. Library code raises
 :class:`UserError` (or a subclass) whose message reads ``<what is wrong>. <how to fix it>``; the
 entry point prints ``error: <message>`` on stderr and exits with status 2. A full disk or a
 read-only / forbidden output is reported the same way. Anything else is a bug and keeps its traceback.

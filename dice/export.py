@@ -15,6 +15,8 @@ import dataclasses
 import os
 from pathlib import Path
 
+from huggingface_hub import HfApi
+
 from .checkpoint import load_sharpener
 from .experiments import DEFAULT_ROOT
 
@@ -37,7 +39,6 @@ def export_sharpener(
     card = {"repo_id": push_to_hub} if push_to_hub else None
     sharpener.save_pretrained(out, model_card_kwargs=card)
     if push_to_hub:  # upload this very folder (a second save_pretrained would not be byte-identical)
-        from huggingface_hub import HfApi
 
         api = HfApi()
         repo_id = api.create_repo(push_to_hub, private=private, exist_ok=True).repo_id

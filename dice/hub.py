@@ -12,7 +12,12 @@ import json
 import os
 from pathlib import Path
 
-from huggingface_hub import ModelCard, ModelCardData, constants
+from huggingface_hub import ModelCard, ModelCardData, constants, hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from .adapters import adapter_class
+from .presets import MODELS
 
 HUB_WEIGHTS_NAME = constants.SAFETENSORS_SINGLE_FILE  # model.safetensors
 HUB_CONFIG_NAME = constants.CONFIG_NAME  # config.json
@@ -30,8 +35,6 @@ CARD_OPTIONS = (
 
 def is_repo_id(text: str) -> bool:
     """True for ``owner/name`` that is no local path: what ``from_pretrained`` would fetch from the Hub."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     if os.path.exists(text) or text.count("/") != 1:
         return False
     try:
@@ -46,9 +49,6 @@ def download_sharpener(repo_id: str, **download_kwargs) -> Path:
 
     ``download_kwargs`` go to ``hf_hub_download`` (revision, cache_dir, token, local_files_only, ...).
     """
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-
     config = hf_hub_download(repo_id, HUB_CONFIG_NAME, **download_kwargs)
     hf_hub_download(repo_id, HUB_WEIGHTS_NAME, **download_kwargs)
     try:
@@ -60,10 +60,6 @@ def download_sharpener(repo_id: str, **download_kwargs) -> Path:
 
 def model_card(config, *, repo_id: str | None = None, has_grid: bool = False, num_parameters: int | None = None) -> ModelCard:
     """The README.md of a sharpener repository: YAML metadata, how to use it, how it was trained."""
-    from .adapters import adapter_class
-
-    from .presets import MODELS
-
     on_hub = isinstance(config.base_model, str) and is_repo_id(config.base_model)
     short_name = config.base_model in MODELS  # a model this repository names (e.g. the shipped shapes world)
     data = ModelCardData(

@@ -31,8 +31,12 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 from .cache_check import refuse_other_writer
+from .data import CaptionedImages
 from .errors import UserError, give_default_permissions
 
 logger = logging.getLogger("dice")
@@ -90,8 +94,6 @@ class LatentCache:
 
     def _shard(self, k: int):
         if k not in self._open:
-            from safetensors import safe_open
-
             handle = safe_open(str(self.folder / _shard_name(k)), framework="pt")
             self._open[k] = (handle, handle.get_tensor("readable"))
         return self._open[k]
@@ -135,11 +137,6 @@ def build_latent_cache(
     accelerator=None, batch_size: int = 16, num_workers: int = 0,
 ) -> LatentCache:
     """Encode every image not yet in ``folder`` (this process's share of the missing shards)."""
-    from safetensors.torch import save_file
-    from tqdm.auto import tqdm
-
-    from .data import CaptionedImages
-
     folder = Path(folder)
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1

@@ -12,6 +12,7 @@ Regenerate it with ``python -m dice.prompts build-coco5k --captions captions_val
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -105,6 +106,14 @@ def load_prompts(spec: str | os.PathLike = COCO5K) -> list[tuple[int, str]]:
     return prompts
 
 
+def prompt_texts(spec: str, count: int | None = None) -> list[str]:
+    """The first ``count`` prompts of a prompt set or file (all when None); none at all is refused."""
+    prompts = [p for _, p in load_prompts(spec)][:count]
+    if not prompts:
+        raise UserError(f"--prompts '{spec}' holds no prompts. Give a prompt file or set")
+    return prompts
+
+
 def _json_or_csv_prompts(path: Path, spec) -> list[str]:
     """A JSON list of strings (the HPS v2 benchmark files), or a CSV's prompt column (the DrawBench sheet)."""
     text = path.read_text(encoding="utf-8-sig")
@@ -116,7 +125,6 @@ def _json_or_csv_prompts(path: Path, spec) -> list[str]:
         if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
             raise PromptListError(f"{spec} is not a JSON list of strings. Give a JSON list of prompt strings")
         return prompts
-    import csv
 
     rows = list(csv.DictReader(text.splitlines()))
     column = next((c for c in CSV_COLUMNS if rows and c in rows[0]), None)

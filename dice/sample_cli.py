@@ -11,6 +11,10 @@ from pathlib import Path
 
 import torch
 
+from .adapters import adapter_class
+from .adapters.base import absolute_if_local
+from .adapters.registry import detect_family, families
+from .checkpoint import check_sharpener_fits, load_sharpener, read_config, resolve_sharpener_files, resolve_trained_config
 from .errors import (
     ArgumentParser,
     UserError,
@@ -22,11 +26,15 @@ from .errors import (
     positive_int,
 )
 from .experiments import DEFAULT_ROOT
+from .hub import HUB_WEIGHTS_NAME, is_repo_id
+from .methods import method_class
+from .methods.base import TrainedModel, count_parameters
+from .methods.dice import DiceMethod
 from .negatives import NegativePrompts
-from .adapters.registry import families
-from .methods import DEFAULT_SAMPLING_SCALE
+from .paper import GUIDANCE_SCALE
 from .presets import MODELS, model_location
-from .runtime import needs_cpu_process_group
+from .prompts import load_prompts
+from .runtime import needs_cpu_process_group, process_state
 from .sampling import (
     OPTIONS_FILE,
     SCHEDULERS,
@@ -65,7 +73,7 @@ def build_parser() -> ArgumentParser:
     a("--alpha", type=finite_float, default=1.0, help="DICE strength (1 = as trained)")
     a("--cfg_scale", type=guidance_scale, default=1.0, help="CFG scale; 1 = unguided (one network evaluation per step)")
     a("--gd_scale", type=guidance_scale, default=None, help=f"GD / PnP: the guidance scale ω the trained model imitates "
-      f"(default {DEFAULT_SAMPLING_SCALE:g}; no CFG, one denoiser evaluation per step, PnP's guide besides)")
+      f"(default {GUIDANCE_SCALE:g}; no CFG, one denoiser evaluation per step, PnP's guide besides)")
     a("--embedding_scale", type=positive_float, default=1.0, help="Scaling (training-free baseline): multiply the prompt "
       "embedding by s (every token but CLIP's first, which is the same for every prompt; SDXL's pooled vector unchanged). "
       "Paper: SD1.5 1.2, DreamShaper 1.3, SDXL 1.5, PixArt-α 1.2")
@@ -91,14 +99,6 @@ def build_parser() -> ArgumentParser:
 def resolve(args) -> dict:
     """Decide family, base model, trained method, negative prompts and prompts from the arguments, and
     check them all; only the trained model's small files are read, the base model is not loaded yet."""
-    from .adapters import adapter_class
-    from .adapters.base import absolute_if_local
-    from .adapters.registry import detect_family
-    from .checkpoint import load_sharpener, read_config, resolve_sharpener_files, resolve_trained_config
-    from .hub import HUB_WEIGHTS_NAME, is_repo_id
-    from .methods import method_class
-    from .prompts import load_prompts
-
     sharpener_spec = args.sharpener_path or args.sharpener_id
     if args.sharpener_path and args.sharpener_id and args.sharpener_path != args.sharpener_id:
         raise UserError("--sharpener_path and --sharpener_id name different sharpeners. Give one of them")
@@ -176,8 +176,6 @@ def resolve(args) -> dict:
 
 def _check_distilled_options(args, config, model: str | None) -> None:
     """GD and PnP replace CFG and DICE's strength; GD replaces the whole denoiser of its base model."""
-    from .adapters.base import absolute_if_local
-
     if args.cfg_scale != 1:
         raise UserError(f"a {config.method} model replaces CFG: its guidance scale is --gd_scale (one denoiser evaluation "
                         "per step). Drop --cfg_scale")
@@ -202,13 +200,6 @@ def negative_prompts(args, config, prompts: list[tuple[int, str]]) -> tuple[dict
 
 
 def main(argv: list[str] | None = None) -> Path:
-    from accelerate import PartialState
-
-    from .adapters import adapter_class
-    from .checkpoint import check_sharpener_fits
-    from .methods.base import TrainedModel, count_parameters
-    from .methods.dice import DiceMethod
-
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     plan = resolve(args)
@@ -219,14 +210,12 @@ def main(argv: list[str] | None = None) -> Path:
     if (sharpener is not None or distilled) and not same_model:
         logger.info("cross-model: %s was trained on %s and is applied to %s", "the sharpener" if sharpener is not None
                     else f"the {distilled.title} guide", trained_model, plan["model"])
-    state = PartialState(cpu=needs_cpu_process_group())
+    state = process_state(cpu=needs_cpu_process_group())
     precision = args.mixed_precision or ("fp16" if state.device.type == "cuda" else "no")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
 
     family_options = dict(config.family_options) if config else {}
     if args.pretrained_vae_model_name_or_path:
-        from .adapters.base import absolute_if_local
-
         family_options[VAE_OPTION] = absolute_if_local(args.pretrained_vae_model_name_or_path)
     trained_options = config.training_options if config and same_model else {}
     adapter = adapter_class(plan["family"]).from_pretrained(
@@ -253,7 +242,7 @@ def main(argv: list[str] | None = None) -> Path:
         adapter.enable_xformers()
     use_scheduler(adapter, args.scheduler)
 
-    gd_scale = args.gd_scale if args.gd_scale is not None else DEFAULT_SAMPLING_SCALE
+    gd_scale = args.gd_scale if args.gd_scale is not None else GUIDANCE_SCALE
     per_step = trained.method.evaluations_per_step(adapter, trained.module) if trained else 1
     options = {
         "family": plan["family"], "base_model": plan["model"], "family_options": dict(adapter.options),

@@ -13,13 +13,21 @@ import contextlib
 import hashlib
 import json
 import os
+import textwrap
 from pathlib import Path
 
 import torch
+from PIL import Image, ImageDraw
 from torch import nn
+from tqdm.auto import tqdm
 
 from .adapters.base import Adapter, Conditioning
+from .addon import is_applied
 from .errors import UserError
+from .methods.base import TrainedModel
+from .methods.dice import DiceMethod
+from .methods.scaling import scale_prompt_embedding
+from .paper import GUIDANCE_SCALE
 
 SCHEDULERS = {
     # name -> (diffusers class, config overrides). DPM-Solver++ 2M is the paper's sampler (SPEC section 5).
@@ -74,25 +82,10 @@ def initial_noise(adapter: Adapter, seeds: list[int], resolution: int) -> torch.
     return torch.stack(noise).to(adapter.device, adapter.dtype)
 
 
-def sharpen_for_pipeline(
-    adapter: Adapter, cond: Conditioning, uncond: Conditioning, sharpener: nn.Module | None = None, alpha: float = 1.0,
-) -> tuple[Conditioning, Conditioning]:
-    """``cond`` sharpened (when a sharpener is given), then both sides in the pipeline's device and dtype.
-
-    The sharpener follows the embeddings' device but keeps its own dtype (fp32 as trained), whatever
-    dtype the pipeline runs in.
-    """
-    if sharpener is not None:
-        dtype = getattr(next(sharpener.parameters(), None), "dtype", torch.float32)
-        sharpener.to(cond.embeds.device)
-        cond = adapter.sharpen(sharpener, cond.to(dtype=dtype), uncond.to(dtype=dtype), alpha)
-    return cond.to(adapter.device, adapter.dtype), uncond.to(adapter.device, adapter.dtype)
-
-
 @torch.no_grad()
 def generate(
     adapter: Adapter, prompts: list[str], seeds: list[int], *, sharpener: nn.Module | None = None,
-    alpha: float = 1.0, trained=None, gd_scale: float = 5.0, embedding_scale: float = 1.0, cfg_scale: float = 1.0,
+    alpha: float = 1.0, trained=None, gd_scale: float = GUIDANCE_SCALE, embedding_scale: float = 1.0, cfg_scale: float = 1.0,
     steps: int = 20, negative_prompt: str | list[str] = "", resolution: int | None = None, output_type: str = "pil",
 ):
     """Generate one image per prompt; returns PIL images, or final latents if ``output_type="latent"``.
@@ -102,9 +95,6 @@ def generate(
     method (a :class:`dice.methods.TrainedModel`), GD and PnP at guidance scale ``gd_scale`` (one network
     evaluation per step, no CFG); ``embedding_scale`` multiplies the prompt embedding (Scaling).
     """
-    from .addon import is_applied
-    from .methods.base import TrainedModel
-
     negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
     if not len(prompts) == len(seeds) == len(negatives):
         raise ValueError("one seed and one negative prompt per prompt")
@@ -113,8 +103,6 @@ def generate(
     if sharpener is not None:
         if trained is not None:
             raise ValueError("give a sharpener or a trained model, not both")
-        from .methods.dice import DiceMethod
-
         trained = TrainedModel(DiceMethod(), sharpener)
     strength = alpha if trained is not None and trained.method.combines_with_cfg else gd_scale
     if trained is not None and cfg_scale != 1 and not trained.method.combines_with_cfg:
@@ -122,8 +110,6 @@ def generate(
     resolution = resolution or adapter.default_resolution
     cond = adapter.encode_prompts(list(prompts))
     if embedding_scale != 1:
-        from .methods.scaling import scale_prompt_embedding
-
         cond = scale_prompt_embedding(adapter, cond, embedding_scale)
     uncond = adapter.encode_negative(negatives)
     if trained is not None:
@@ -160,10 +146,6 @@ def image_grid(rows: list[list], labels: list[str] | None = None, captions: list
     """Paste equally sized PIL images into a grid: one row per method (``labels`` on the left), one
     column per prompt (``captions`` wrapped under each column). ``scale`` enlarges small images
     (nearest neighbour, so pixels stay pixels)."""
-    import textwrap
-
-    from PIL import Image, ImageDraw
-
     w, h = (side * scale for side in rows[0][0].size)
     draw_probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     char_w = max(1, draw_probe.textlength("M"))
@@ -278,7 +260,7 @@ def prepare_folder(outdir: Path, options: dict) -> Path:
 
 def sample_prompts(
     adapter: Adapter, prompts: list[tuple[int, str]], folder: Path, *, sharpener=None, alpha: float = 1.0,
-    trained=None, gd_scale: float = 5.0, embedding_scale: float = 1.0,
+    trained=None, gd_scale: float = GUIDANCE_SCALE, embedding_scale: float = 1.0,
     cfg_scale: float = 1.0, steps: int = 20, negative_prompt: str | dict[int, str] = "", resolution: int | None = None,
     seed: int = 0, batch_size: int = 8, rank: int = 0, world: int = 1, barrier=lambda: None, progress: bool = True,
 ) -> int:
@@ -289,7 +271,6 @@ def sample_prompts(
     missing images before anyone writes. Process 0 rewrites the manifest after each of its batches.
     """
     negatives = negative_prompt if isinstance(negative_prompt, dict) else {i: negative_prompt for i, _ in prompts}
-    from tqdm.auto import tqdm
 
     missing = [(i, p) for i, p in prompts if i not in finished_indices(folder)]
     barrier()

@@ -12,8 +12,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from dice.errors import ArgumentParser, check_output_file  # noqa: E402
-from dice.metrics import Processes, add_calc_arguments, calc_aesthetic, check_folders, exit_on_user_error, report_result  # noqa: E402
-from dice.metrics.aesthetic import (  # noqa: E402
+from evaluation.metrics import Processes, add_calc_arguments, calc_aesthetic, check_folders, exit_on_user_error, report_result  # noqa: E402
+from evaluation.metrics.aesthetic import (  # noqa: E402
     AESTHETIC_WEIGHTS_ENV,
     CLIP_L_ENV,
     CLIP_L_MODEL,
@@ -21,7 +21,7 @@ from dice.metrics.aesthetic import (  # noqa: E402
     load_aesthetic_head,
     load_clip_l,
 )
-from dice.metrics.smoke import smoke_aesthetic_models  # noqa: E402
+from evaluation.metrics.smoke import smoke_aesthetic_models  # noqa: E402
 
 
 def main(argv=None):

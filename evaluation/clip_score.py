@@ -12,9 +12,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from dice.errors import ArgumentParser, check_output_file  # noqa: E402
-from dice.metrics import Processes, add_calc_arguments, calc_clip_score, check_folders, exit_on_user_error, report_result  # noqa: E402
-from dice.metrics.clip_score import CLIP_WEIGHTS_ENV, load_open_clip, open_clip_options  # noqa: E402
-from dice.metrics.smoke import smoke_clip_score_model  # noqa: E402
+from evaluation.metrics import Processes, add_calc_arguments, calc_clip_score, check_folders, exit_on_user_error, report_result  # noqa: E402
+from evaluation.metrics.clip_score import CLIP_WEIGHTS_ENV, load_open_clip, open_clip_options  # noqa: E402
+from evaluation.metrics.smoke import smoke_clip_score_model  # noqa: E402
 
 
 def main(argv=None):

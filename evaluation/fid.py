@@ -14,7 +14,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from dice.errors import ArgumentParser, check_output_file, non_negative_int, positive_int  # noqa: E402
-from dice.metrics import (  # noqa: E402
+from evaluation.metrics import (  # noqa: E402
     Processes,
     add_calc_arguments,
     build_reference,
@@ -24,8 +24,8 @@ from dice.metrics import (  # noqa: E402
     fid_from_files,
     report_result,
 )
-from dice.metrics.fid import INCEPTION_WEIGHTS_ENV, load_inception, load_stats  # noqa: E402
-from dice.metrics.smoke import SMOKE_TEST_HELP, smoke_feature_extractor  # noqa: E402
+from evaluation.metrics.fid import INCEPTION_WEIGHTS_ENV, load_inception, load_stats  # noqa: E402
+from evaluation.metrics.smoke import SMOKE_TEST_HELP, smoke_feature_extractor  # noqa: E402
 
 
 def main(argv=None, feature_extractor=None):

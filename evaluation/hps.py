@@ -13,9 +13,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from dice.errors import ArgumentParser, check_output_file  # noqa: E402
-from dice.metrics import Processes, add_calc_arguments, check_folders, exit_on_user_error, report_result  # noqa: E402
-from dice.metrics.hps import HPS_WEIGHTS_ENV, calc_hps, hps_options, load_hps  # noqa: E402
-from dice.metrics.smoke import smoke_clip_score_model  # noqa: E402
+from evaluation.metrics import Processes, add_calc_arguments, check_folders, exit_on_user_error, report_result  # noqa: E402
+from evaluation.metrics.hps import HPS_WEIGHTS_ENV, calc_hps, hps_options, load_hps  # noqa: E402
+from evaluation.metrics.smoke import smoke_clip_score_model  # noqa: E402
 
 
 def main(argv=None):

@@ -10,8 +10,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from dice.errors import ArgumentParser, check_output_file  # noqa: E402
-from dice.metrics import exit_on_user_error  # noqa: E402
-from dice.metrics.results import write_table  # noqa: E402
+from evaluation.metrics import exit_on_user_error  # noqa: E402
+from evaluation.table import write_table  # noqa: E402
 
 
 def main(argv=None):

@@ -14,8 +14,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from dice.errors import ArgumentParser, check_output_file  # noqa: E402
-from dice.metrics import Processes, add_calc_arguments, exit_on_user_error, report_result  # noqa: E402
-from dice.metrics.shapes_world import calc_shapes_world  # noqa: E402
+from dice.shapes_world.folder_scores import calc_shapes_world  # noqa: E402
+from evaluation.metrics import Processes, add_calc_arguments, exit_on_user_error, report_result  # noqa: E402
 
 
 def main(argv=None):

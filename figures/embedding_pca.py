@@ -1,12 +1,12 @@
 #!/usr/bin/env python
-"""Paper Fig. 11 / A.2, PCA of original and sharpened embeddings: `python figures/embedding_pca.py --help`. Library: dice/figures/embeddings.py."""
+"""Paper Fig. 11 / A.2, PCA of original and sharpened embeddings: `python figures/embedding_pca.py --help`. Library: figures/embeddings.py."""
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from dice.errors import exit_on_user_error  # noqa: E402
-from dice.figures.embeddings import pca_cli  # noqa: E402
+from figures.embeddings import pca_cli  # noqa: E402
 
 if __name__ == "__main__":
     with exit_on_user_error():

@@ -1,12 +1,12 @@
 #!/usr/bin/env python
-"""Paper Fig. 16, quality vs training step: `python figures/training_curve.py --help`. Library: dice/figures/sweeps.py."""
+"""Paper Fig. 16, quality vs training step: `python figures/training_curve.py --help`. Library: figures/sweeps.py."""
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from dice.errors import exit_on_user_error  # noqa: E402
-from dice.figures.sweeps import training_cli  # noqa: E402
+from figures.sweeps import training_cli  # noqa: E402
 
 if __name__ == "__main__":
     with exit_on_user_error():

@@ -33,7 +33,7 @@ def _restore_dice_logger():
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """``tiny_model("sd15")`` -> path of a saved tiny diffusers pipeline of that family."""
-    from dice.tiny import save_tiny_pipeline
+    from dice.testkit.tiny import save_tiny_pipeline
 
     root = tmp_path_factory.mktemp("tiny_models")
     cache: dict[str, Path] = {}
@@ -49,7 +49,7 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """A small captioned image folder (imagefolder layout)."""
-    from dice.data import write_synthetic_dataset
+    from dice.testkit.data import write_synthetic_dataset
 
     return write_synthetic_dataset(tmp_path_factory.mktemp("data") / "synthetic", num_images=24, size=40)
 

@@ -8,10 +8,13 @@ from torch import nn
 from dice.adapters import Conditioning, ModelLoadError, adapter_class
 from dice.checkpoint import SharpenerConfig, load_sharpener, save_sharpener
 from dice.sampling import generate
-from dice.sharpener import Sharpener
+from dice import Sharpener
+from dice.methods.dice import sharpen
+from dice.methods.dice import keeps_first_token
+from dice.distillation import cfg_teacher
 
 FAMILIES = ["sd15", "sdxl", "pixart"]
-# (tokens, width) of the sharpened sequence in the tiny configs of dice/tiny.py.
+# (tokens, width) of the sharpened sequence in the tiny configs of dice/testkit/tiny.py.
 TINY_SHAPES = {"sd15": (77, 32), "sdxl": (77, 32 + 32), "pixart": (120, 32)}
 PROMPTS = ["a red ball on a green field", "a photo of a cat"]
 
@@ -75,7 +78,7 @@ def test_teacher_is_one_batched_cfg_call(family_adapter):
     calls = []
     hook = adapter.denoiser.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
     try:
-        teacher = adapter.teacher_noise(x_t, t, cond, uncond, 5.0, sizes)
+        teacher = cfg_teacher(adapter, x_t, t, cond, uncond, 5.0, sizes)
     finally:
         hook.remove()
     assert calls == [4]  # one denoiser call with the doubled batch
@@ -88,12 +91,12 @@ def test_student_and_apply_rule(family_adapter):
     family, adapter = family_adapter
     cond, uncond = adapter.encode_prompts(PROMPTS), adapter.encode_negative(["", ""])
     sharpener = random_sharpener(adapter.text_dim)
-    sharpened = adapter.sharpen(sharpener, cond, uncond)
+    sharpened = sharpen(adapter, sharpener, cond, uncond)
     assert sharpened.embeds.shape == cond.embeds.shape
     assert not torch.allclose(sharpened.embeds[:, 1:], cond.embeds[:, 1:])
     first_kept = torch.equal(sharpened.embeds[:, 0], cond.embeds[:, 0])
-    assert first_kept == adapter.keep_first_token == (family != "pixart")  # T5 has no BOS token
-    assert torch.equal(adapter.sharpen(sharpener, cond, uncond, alpha=0.0).embeds, cond.embeds)
+    assert first_kept == keeps_first_token(adapter) == (family != "pixart")  # T5 has no BOS token
+    assert torch.equal(sharpen(adapter, sharpener, cond, uncond, alpha=0.0).embeds, cond.embeds)
     x_t, t, sizes = noisy_inputs(adapter)
     assert adapter.predict_noise(x_t, t, sharpened, sizes).shape == x_t.shape
 

@@ -10,7 +10,7 @@ import dice
 from dice.adapters import adapter_class
 from dice.checkpoint import SharpenerConfig
 from dice.sampling import generate, initial_noise
-from dice.sharpener import Sharpener
+from dice import Sharpener
 
 PROMPTS = ["a red cat", "a dog under a tree"]
 SEEDS = [3, 4]

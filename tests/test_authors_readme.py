@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from dice.checkpoint import SharpenerConfig, save_sharpener
-from dice.metrics.fid import save_stats
-from dice.sharpener import Sharpener
+from evaluation.metrics.fid import save_stats
+from dice import Sharpener
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -24,8 +24,8 @@ import pytest
 import torch
 
 from dice.checkpoint import SharpenerConfig, save_sharpener
-from dice.metrics.fid import save_stats
-from dice.sharpener import Sharpener
+from evaluation.metrics.fid import save_stats
+from dice import Sharpener
 
 REPO = Path(__file__).resolve().parents[1]
 PROGRESS_BAR = re.compile(r"\d+%\|")  # model-loading progress bars of diffusers / transformers: not messages
@@ -360,10 +360,10 @@ def test_demos_refuse_bad_input(workspace):
     refused("dice.demo", ["--grid_out", root / "inputs"], "--grid_out", "is a folder")
     refused("dice.shapes_world", ["prompts", "--out", root / "inputs", "--num_prompts", "4"], "--out", "is a folder")
     refused("dice.shapes_world", ["pretrain", "--out", root / "w", "--unet_steps", "-1"], "--unet_steps", "negative")
-    refused("dice.demo_eval", ["--exps_root", root / "inputs"], "no demo experiment", "bash launch.sh demo")
-    refused("dice.demo_eval", ["--steps", "0"], "--steps")
-    refused("dice.rehearsal", ["train", "cluster"], "no recipe 'cluster' to rehearse", "train-variants")
-    refused("dice.rehearsal", ["--dir", write_file(root / "inputs" / "used" / "a_file").parent], "is not empty")
+    refused("dice.testkit.demo_eval", ["--exps_root", root / "inputs"], "no demo experiment", "bash launch.sh demo")
+    refused("dice.testkit.demo_eval", ["--steps", "0"], "--steps")
+    refused("dice.testkit.rehearsal", ["train", "cluster"], "no recipe 'cluster' to rehearse", "train-variants")
+    refused("dice.testkit.rehearsal", ["--dir", write_file(root / "inputs" / "used" / "a_file").parent], "is not empty")
     refused("dice.recipes", ["model", "sd14"], "no model named 'sd14'", "dreamshaper")
 
 

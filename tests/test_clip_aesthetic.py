@@ -11,7 +11,7 @@ import PIL.Image
 import pytest
 import torch
 
-from dice.metrics.aesthetic import (
+from evaluation.metrics.aesthetic import (
     AESTHETIC_URL,
     AestheticMLP,
     aesthetic_scores,
@@ -20,10 +20,10 @@ from dice.metrics.aesthetic import (
     load_aesthetic_head,
     load_clip_l,
 )
-from dice.metrics.clip_score import CLIP_HUB_REPO, calc_clip_score, clip_scores, load_open_clip
-from dice.metrics.images import Processes
-from dice.metrics.smoke import save_tiny_clip
-from dice.metrics.weights import MissingWeightsError
+from evaluation.metrics.clip_score import CLIP_HUB_REPO, calc_clip_score, clip_scores, load_open_clip
+from evaluation.metrics.images import Processes
+from evaluation.metrics.smoke import save_tiny_clip
+from evaluation.metrics.weights import MissingWeightsError
 
 COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200), (200, 30, 200), (90, 90, 90)]
 

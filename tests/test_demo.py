@@ -6,7 +6,11 @@ import json
 import pytest
 import torch
 
-from dice.demo import cfg_gap_closed, fit_prompt_residuals, held_out_prompts, PromptResiduals
+from dice.residuals import PromptResiduals, fit_prompt_residuals
+from dice.testkit.plumbing_demo import held_out_prompts
+from evaluation.metrics.guidance_gap import cfg_gap_closed
+from dice.methods.dice import sharpen
+from dice.distillation import cfg_teacher
 
 
 def test_cfg_gap_closed_measures_the_share_of_the_distance():
@@ -27,7 +31,7 @@ def test_prompt_residuals_refuse_other_prompt_batches():
 def test_fitted_residuals_lower_the_dice_loss(tiny_model, tiny_dataset):
     from dice.adapters import adapter_class
     from dice.data import load_records, make_loader
-    from dice.losses import distillation_loss
+    from dice.distillation import distillation_loss
 
     adapter = adapter_class("sd15").from_pretrained(str(tiny_model("sd15")))
     prompts = held_out_prompts(4)
@@ -45,9 +49,9 @@ def test_fitted_residuals_lower_the_dice_loss(tiny_model, tiny_dataset):
         for _ in range(4):
             t = torch.randint(0, adapter.num_train_timesteps, (4,), generator=gen)
             x_t = adapter.add_noise(latents, torch.randn(latents.shape, generator=gen), t)
-            teacher = adapter.teacher_noise(x_t, t, cond, uncond, 5.0)
+            teacher = cfg_teacher(adapter, x_t, t, cond, uncond, 5.0)
             losses["zero"].append(distillation_loss(adapter.predict_noise(x_t, t, cond), teacher).item())
-            fitted = adapter.predict_noise(x_t, t, adapter.sharpen(residuals, cond, uncond))
+            fitted = adapter.predict_noise(x_t, t, sharpen(adapter, residuals, cond, uncond))
             losses["fitted"].append(distillation_loss(fitted, teacher).item())
     assert sum(losses["fitted"]) < 0.9 * sum(losses["zero"])
 

@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from dice.checkpoint import SharpenerConfig, save_sharpener
-from dice.metrics.smoke import (
+from evaluation.metrics.smoke import (
     SmokeTokenizer,
     smoke_aesthetic_models,
     smoke_clip_score_model,
     smoke_feature_extractor,
 )
-from dice.sharpener import Sharpener
+from dice import Sharpener
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_PROMPTS = 4

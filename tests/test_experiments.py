@@ -3,7 +3,7 @@ import torch
 
 from dice import experiments
 from dice.checkpoint import SharpenerConfig, load_sharpener, resolve_sharpener_files, save_sharpener
-from dice.sharpener import Sharpener
+from dice import Sharpener
 
 
 def test_run_folders_are_numbered_after_the_highest(tmp_path):

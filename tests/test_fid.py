@@ -18,9 +18,9 @@ from conftest import free_port
 import scipy.linalg
 import torch
 
-from dice.metrics import exit_on_user_error
-from dice.metrics import fid as fid_module
-from dice.metrics.fid import (
+from evaluation.metrics import exit_on_user_error
+from evaluation.metrics import fid as fid_module
+from evaluation.metrics.fid import (
     FeatureStats,
     build_reference,
     calc_fid,
@@ -31,9 +31,9 @@ from dice.metrics.fid import (
     load_stats,
     save_stats,
 )
-from dice.metrics.images import IncompleteSamplesError, Processes, open_image_collection
-from dice.metrics.smoke import pooled_color_features as tiny_features  # uint8 images -> 12 features (2×2 grid means)
-from dice.metrics.weights import MissingWeightsError
+from evaluation.metrics.images import IncompleteSamplesError, Processes, open_image_collection
+from evaluation.metrics.smoke import pooled_color_features as tiny_features  # uint8 images -> 12 features (2×2 grid means)
+from evaluation.metrics.weights import MissingWeightsError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -344,7 +344,7 @@ def test_inception_wrapper_with_random_weights(tmp_path, monkeypatch):
 
 LAUNCHER = """
 import importlib.util, sys
-from dice.metrics.smoke import pooled_color_features
+from evaluation.metrics.smoke import pooled_color_features
 spec = importlib.util.spec_from_file_location("fid_cli", sys.argv[1])
 cli = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(cli)

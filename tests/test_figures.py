@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dice.checkpoint import SharpenerConfig, save_sharpener
-from dice.sharpener import Sharpener
+from dice import Sharpener
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def _read(out, name):
 
 
 def test_quality_sweeps_run_and_reuse_their_folders(setup, tiny_dataset):
-    from dice.figures import sweeps
+    from figures import sweeps
 
     root, _, sweep = setup
     out = root / "fig"
@@ -72,7 +72,7 @@ def _base_model(root):
 
 
 def test_transfer_matrix(setup):
-    from dice.figures.transfer import cli
+    from figures.transfer import cli
 
     root, _, sweep = setup
     data = cli(sweep + ["--sharpeners", "0", str(root / "exps" / "00000-tiny" / "checkpoint-1"), "--models", _base_model(root),
@@ -82,7 +82,7 @@ def test_transfer_matrix(setup):
 
 
 def test_embedding_analyses_attention_and_prompt_optimisation(setup):
-    from dice.figures import attention, embeddings, optimise
+    from figures import attention, embeddings, optimise
 
     root, common, _ = setup
     out = root / "fig"
@@ -102,7 +102,7 @@ def test_embedding_analyses_attention_and_prompt_optimisation(setup):
 
 
 def test_end_of_text_split():
-    from dice.figures.embeddings import part_cosines, part_masks
+    from figures.embeddings import part_cosines, part_masks
 
     semantic, padding = part_masks(torch.tensor([3, 1]), 5, first_semantic=1)
     assert semantic.tolist() == [[False, True, True, False, False], [False] * 5]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dice.metrics.results import build_table, read_results
+from evaluation.record import read_results
+from evaluation.table import build_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,8 +42,8 @@ def test_drawbench_folder_scored_into_its_column(tiny_model, tmp_path, monkeypat
 
 
 def test_missing_or_wrong_hps_weights_are_one_line(tmp_path, monkeypatch):
-    from dice.metrics.hps import load_hps
-    from dice.metrics.weights import MissingWeightsError, WrongWeightsError
+    from evaluation.metrics.hps import load_hps
+    from evaluation.metrics.weights import MissingWeightsError, WrongWeightsError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))

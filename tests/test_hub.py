@@ -18,7 +18,7 @@ from huggingface_hub import constants
 import dice
 from dice.checkpoint import CONFIG_NAME, SharpenerConfig, load_sharpener, save_sharpener
 from dice.experiments import ExperimentNotFound, validation_grid_path
-from dice.sharpener import Sharpener
+from dice import Sharpener
 
 REPO = Path(__file__).resolve().parents[1]
 REPO_ID = "someone/dice-tiny-sd15"

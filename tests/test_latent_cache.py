@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from dice import latent_cache
 from dice.adapters import adapter_class
-from dice.data import CaptionedImages, load_records, write_synthetic_dataset
+from dice.data import CaptionedImages, load_records
+from dice.testkit.data import write_synthetic_dataset
 from dice.latent_cache import LatentCacheError, build_latent_cache
 
 

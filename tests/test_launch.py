@@ -60,7 +60,7 @@ def test_figures_toy_on_a_clean_checkout_trains_then_runs_every_figure(tmp_path)
     calls = recorded(tmp_path, "figures", "toy", TRAIN_ARGS="--max_train_steps=40 --checkpointing_steps=10", TOY_PROMPTS="8")
     scripts = [re.match(r"(-m \S+|\S+)", call).group(1) for call in calls]
     assert scripts == ["-m dice.shapes_world", "-m dice.shapes_world", "train_sd15.py", *(f"figures/{name}.py" for name in (
-        "quality_vs_nfe", "alpha_sweep", "dice_cfg_sweep", "training_curve", "sharpener_structure")), "-m dice.single_file",
+        "quality_vs_nfe", "alpha_sweep", "dice_cfg_sweep", "training_curve", "sharpener_structure")), "-m dice.testkit.single_file",
         *(f"figures/{name}.py" for name in ("transfer_matrix", "semantic_padding", "embedding_pca", "attention_maps",
                                             "prompt_optimisation")), "evaluation/results.py"]
     train = calls[2]
@@ -84,11 +84,12 @@ def test_the_demos_reach_their_modules(tmp_path):
     """`bash launch.sh demo [family] [options]` and `demo-eval`: options pass through (the modules are tested themselves)."""
     assert recorded(tmp_path, "demo", "sdxl", "--num_prompts", "4") == ["-m dice.demo sdxl --num_prompts 4"]
     (tmp_path / "eval").mkdir()
-    assert recorded(tmp_path / "eval", "demo-eval", "3", "--steps", "2") == ["-m dice.demo_eval 3 --steps 2"]
+    assert recorded(tmp_path / "eval", "demo-eval", "3", "--steps", "2") == ["-m dice.testkit.demo_eval 3 --steps 2"]
 
 
 def test_model_ids_come_from_the_presets(tmp_path):
-    from dice.presets import MODELS, VAES
+    from dice.paper import VAES
+    from dice.presets import MODELS
     from dice.recipes import model_id
 
     proc = subprocess.run([sys.executable, "-m", "dice.recipes", "model", "dreamshaper"], cwd=REPO, capture_output=True, text=True)
@@ -104,7 +105,7 @@ def test_model_ids_come_from_the_presets(tmp_path):
 def test_the_stand_in_coco_and_prompt_sets_load_as_the_real_ones(tmp_path, monkeypatch):
     from dice.data import load_records
     from dice.prompts import load_prompts
-    from dice.rehearsal import HPS_SETS, write_coco, write_prompt_sets
+    from dice.testkit.rehearsal import HPS_SETS, write_coco, write_prompt_sets
 
     coco = write_coco(tmp_path / "coco2017", train_images=4, val_images=2)
     layout, records = load_records(coco)
@@ -117,13 +118,13 @@ def test_the_stand_in_coco_and_prompt_sets_load_as_the_real_ones(tmp_path, monke
 
 
 def test_rehearsal_recipes_bring_what_they_read():
-    from dice.rehearsal import RECIPES, with_prerequisites
+    from dice.testkit.rehearsal import RECIPES, with_prerequisites
 
     assert with_prerequisites(["table"]) == ["train", "sample", "eval", "table"]
     assert with_prerequisites(["figures", "train"]) == ["train", "train-variants", "figures"]
     assert with_prerequisites(list(reversed(RECIPES))) == list(RECIPES)
 
 
-def test_the_readme_shows_the_slurm_job_that_the_rehearsal_runs():
+def test_the_docs_show_the_slurm_job_that_the_rehearsal_runs():
     job = (REPO / "slurm" / "train_sd15.sbatch").read_text()
-    assert job in (REPO / "README.md").read_text()
+    assert job in (REPO / "docs" / "cluster.md").read_text()

@@ -11,12 +11,15 @@ from safetensors.torch import load_file
 
 from dice.adapters import adapter_class
 from dice.data import load_records, make_loader, step_generator
-from dice.losses import distillation_loss
-from dice.methods import load_trained, method_class
+from dice.distillation import distillation_loss
+from dice.methods import build_method, load_trained, method_class
 from dice.methods.base import count_parameters
 from dice.methods.gd import GUIDANCE_EMBEDDING_DIM, guidance_embedding
 from dice.sampling import generate
-from dice.training import build_parser, main, resolve_options
+from dice.options import build_parser, resolve_options
+from dice.training import main
+from dice.methods.gd import timestep_projection_path
+from dice.distillation import cfg_teacher
 
 COMBINATIONS = [("sd15", "gd"), ("sd15", "pnp"), ("sdxl", "gd"), ("sdxl", "pnp"), ("pixart", "gd")]
 WEIGHTS = {"gd": {"sd15": "unet", "sdxl": "unet", "pixart": "transformer"}, "pnp": {"sd15": "controlnet", "sdxl": "controlnet"}}
@@ -48,6 +51,7 @@ def test_train_resume_and_sample(family, method, tiny_model, tiny_dataset, tmp_p
     assert resumed.name == "00001-cut"
     a, b = (_trained_weights(run / "checkpoint-4", family, method) for run in (straight, resumed))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
+    assert not (straight / "checkpoint-4" / "model.safetensors").exists()  # resumed from the method's own files
     config = json.loads((straight / "checkpoint-4" / "method.json").read_text())
     assert config["method"] == method and config["step"] == 4 and config["training_options"]["learning_rate"] == 5e-5
     assert config["training_options"]["guidance_scale_range"] == [2.0, 14.0]
@@ -75,7 +79,7 @@ def _fixed_batches(adapter, data, count=2, batch_size=8, seed=123):
         x_t = adapter.add_noise(latents, torch.randn(latents.shape, generator=gen), t)
         cond, uncond = adapter.encode_prompts(batch["captions"]), adapter.encode_negative([""] * batch_size)
         omega = 2 + 12 * torch.rand(batch_size, generator=gen)
-        batches.append((x_t, t, cond, uncond, omega, adapter.teacher_noise(x_t, t, cond, uncond, omega)))
+        batches.append((x_t, t, cond, uncond, omega, cfg_teacher(adapter, x_t, t, cond, uncond, omega)))
     return batches
 
 
@@ -85,10 +89,10 @@ def test_starts_as_the_base_model_and_the_loss_goes_down(method, tiny_model, tin
     a short run lowers the distillation loss on a fixed evaluation set."""
     adapter = adapter_class("sd15").from_pretrained(str(tiny_model("sd15"))).freeze("cpu", torch.float32)
     batches = _fixed_batches(adapter, tiny_dataset)
-    impl = method_class(method)()
     args = resolve_options("sd15", build_parser("sd15").parse_args(_args(tiny_model("sd15"), tiny_dataset, tmp_path, 1, "--method", method)))
+    impl = build_method(method, **vars(args))
     torch.manual_seed(0)
-    initial = impl.build(adapter, args)
+    initial = impl.build(adapter)
 
     def loss(module):
         with torch.no_grad():
@@ -113,16 +117,16 @@ def test_trainable_parameters_are_the_papers(tiny_model, tiny_dataset, tmp_path)
         adapter = adapter_class(family).from_pretrained(str(tiny_model(family))).freeze("cpu", torch.float32)
         args = resolve_options(family, build_parser(family).parse_args(_args(tiny_model(family), tiny_dataset, tmp_path, 1)))
         base = count_parameters(adapter.denoiser)
-        gd = method_class("gd")().build(adapter, args)
+        gd = build_method("gd", **vars(args)).build(adapter)
         # Width of the timestep's sinusoidal features, to which the ω-map adds.
-        features = adapter.denoiser.get_submodule(adapter.timestep_projection_path or "time_proj").num_channels
+        features = adapter.denoiser.get_submodule(timestep_projection_path(adapter.denoiser) or "time_proj").num_channels
         assert count_parameters(gd) == base + GUIDANCE_EMBEDDING_DIM * features
         counts[family] = (base, count_parameters(gd))
         if family == "pixart":
             with pytest.raises(Exception, match="not available for pixart"):
                 method_class("pnp").check_family(type(adapter))
             continue
-        unet, guide = adapter.denoiser, method_class("pnp")().build(adapter, args)
+        unet, guide = adapter.denoiser, build_method("pnp", **vars(args)).build(adapter)
         copied = [unet.conv_in, unet.time_embedding, unet.down_blocks, unet.mid_block] + ([unet.add_embedding] if family == "sdxl" else [])
         own = [guide.controlnet_cond_embedding, guide.controlnet_down_blocks, guide.controlnet_mid_block]
         assert count_parameters(guide) == sum(map(count_parameters, copied + own))

@@ -10,16 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from dice.metrics.results import (
-    MetricResult,
-    append_result,
-    build_table,
-    format_csv,
-    format_markdown,
-    paper_values,
-    protocol_mismatch,
-    read_results,
-)
+from evaluation.record import MetricResult, append_result, read_results
+from evaluation.table import build_table, format_csv, format_markdown, paper_values, protocol_mismatch
 
 REPO = Path(__file__).resolve().parents[1]
 

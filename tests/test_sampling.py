@@ -12,7 +12,7 @@ import torch
 from dice.adapters import adapter_class
 from dice.checkpoint import SharpenerConfig, load_sharpener, save_sharpener
 from dice.sampling import generate, use_scheduler
-from dice.sharpener import Sharpener
+from dice import Sharpener
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -171,7 +171,7 @@ def test_base_model_found_from_another_directory_and_cross_model_recorded(tiny_m
     import shutil
 
     from dice.sample_cli import main as sample_main
-    from dice.tiny import save_tiny_pipeline
+    from dice.testkit.tiny import save_tiny_pipeline
     from dice.training import main as train_main
 
     (tmp_path / "a").mkdir()

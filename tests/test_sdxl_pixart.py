@@ -11,9 +11,12 @@ from safetensors.torch import load_file
 from dice.adapters import adapter_class
 from dice.adapters.text_cache import TextCacheError
 from dice.checkpoint import load_sharpener
-from dice.losses import distillation_loss
+from dice.distillation import distillation_loss
 from dice.sampling import generate, initial_noise
-from dice.sharpener import Sharpener
+from dice import Sharpener
+from dice.methods.dice import sharpen
+from dice.methods.dice import context_mask
+from dice.distillation import cfg_teacher
 
 PROMPTS = ["a red ball on a green field", "a photo of a cat"]
 
@@ -52,7 +55,7 @@ def test_sdxl_empty_prompt_zeros_vs_encoded(tiny_model):
 
 
 def test_sdxl_empty_prompt_option_reaches_checkpoint_and_sampler(tiny_model, tiny_dataset, tmp_path):
-    from dice.training import build_parser, resolve_options
+    from dice.options import build_parser, resolve_options
 
     argv = ["--pretrained_model_name_or_path", str(tiny_model("sdxl")), "--train_data_dir", str(tiny_dataset),
             "--empty_prompt", "zeros"]
@@ -67,7 +70,7 @@ def test_sdxl_empty_prompt_option_reaches_checkpoint_and_sampler(tiny_model, tin
 def test_sdxl_pooled_and_time_ids_pass_through(tiny_model):
     adapter = load(tiny_model, "sdxl")
     cond, uncond = adapter.encode_prompts(PROMPTS), adapter.encode_negative(["", "blurry"])
-    sharpened = adapter.sharpen(sharpener_for(adapter), cond, uncond)
+    sharpened = sharpen(adapter, sharpener_for(adapter), cond, uncond)
     assert torch.equal(sharpened.pooled, cond.pooled) and not torch.equal(sharpened.embeds, cond.embeds)
     seen = []
     hook = adapter.denoiser.register_forward_hook(
@@ -75,7 +78,7 @@ def test_sdxl_pooled_and_time_ids_pass_through(tiny_model):
     x_t = torch.randn(2, 4, 8, 8)
     sizes = torch.tensor([[48, 40, 3, 0], [40, 64, 0, 5]])
     try:
-        adapter.teacher_noise(x_t, torch.tensor([5, 900]), cond, uncond, 5.0, sizes)
+        cfg_teacher(adapter, x_t, torch.tensor([5, 900]), cond, uncond, 5.0, sizes)
         adapter.predict_noise(x_t, torch.tensor([5, 900]), cond)
     finally:
         hook.remove()
@@ -126,7 +129,7 @@ def test_pixart_defaults_and_pipeline_kwargs(tiny_model):
     assert adapter.options == {"pixart_mask": "prompt", "keep_first_token": False, "pixart_context_mask": "all"}
     cond, uncond = adapter.encode_prompts(PROMPTS), adapter.encode_negative(["", ""])
     assert cond.mask.dtype == torch.long and cond.mask[0].sum() < adapter.num_tokens
-    sharpened = adapter.sharpen(sharpener_for(adapter), cond, uncond)
+    sharpened = sharpen(adapter, sharpener_for(adapter), cond, uncond)
     assert torch.equal(sharpened.mask, cond.mask)  # prompt mask: padding stays invisible
     kwargs = adapter.pipeline_kwargs(sharpened, uncond)
     assert torch.equal(kwargs["prompt_attention_mask"], cond.mask)
@@ -137,7 +140,7 @@ def test_pixart_defaults_and_pipeline_kwargs(tiny_model):
 def test_pixart_full_mask_and_first_token(tiny_model):
     adapter = load(tiny_model, "pixart", pixart_mask="full", keep_first_token=True)
     cond, uncond = adapter.encode_prompts(PROMPTS), adapter.encode_negative(["", ""])
-    sharpened = adapter.sharpen(sharpener_for(adapter), cond, uncond)
+    sharpened = sharpen(adapter, sharpener_for(adapter), cond, uncond)
     assert torch.equal(sharpened.mask, torch.ones_like(cond.mask))  # sharpened padding becomes visible
     assert torch.equal(sharpened.embeds[:, 0], cond.embeds[:, 0])
     # The teacher still sees each prompt's own mask.
@@ -145,7 +148,7 @@ def test_pixart_full_mask_and_first_token(tiny_model):
     hook = adapter.denoiser.register_forward_hook(
         lambda module, args, kwargs, out: seen.append(kwargs["encoder_attention_mask"]), with_kwargs=True)
     try:
-        adapter.teacher_noise(torch.randn(2, 4, 8, 8), torch.tensor([3, 700]), cond, uncond, 5.0)
+        cfg_teacher(adapter, torch.randn(2, 4, 8, 8), torch.tensor([3, 700]), cond, uncond, 5.0)
     finally:
         hook.remove()
     assert torch.equal(seen[0], torch.cat([uncond.mask, cond.mask]))
@@ -159,8 +162,8 @@ def test_pixart_context_mask(tiny_model):
     for context in ("prompt", "all"):
         adapter = load(tiny_model, "pixart", pixart_context_mask=context)
         cond, uncond = adapter.encode_prompts(PROMPTS), adapter.encode_negative(["", ""])
-        assert (adapter.sharpener_context_mask(uncond) is None) == (context == "all")
-        residual = (adapter.sharpen(sharpener_for(adapter), cond, uncond).embeds - cond.embeds).flatten(0, 1)
+        assert (context_mask(adapter, uncond) is None) == (context == "all")
+        residual = (sharpen(adapter, sharpener_for(adapter), cond, uncond).embeds - cond.embeds).flatten(0, 1)
         spread[context] = (residual - residual[:1]).abs().max().item()
     assert spread["prompt"] < 1e-6 < 1e-5 < spread["all"]
 
@@ -205,8 +208,8 @@ def test_pixart_text_cache_matches_live_encoding(tiny_model, tmp_path):
     sharpener = sharpener_for(live)
     losses = []
     for adapter, cond, uncond in ((live, c_live, u_live), (cached, c_cached, u_cached)):
-        teacher = adapter.teacher_noise(x_t, t, cond, uncond, 5.0)
-        student = adapter.predict_noise(x_t, t, adapter.sharpen(sharpener, cond, uncond))
+        teacher = cfg_teacher(adapter, x_t, t, cond, uncond, 5.0)
+        student = adapter.predict_noise(x_t, t, sharpen(adapter, sharpener, cond, uncond))
         losses.append(distillation_loss(student, teacher, "mse", "mean"))
     assert torch.equal(losses[0], losses[1])
 

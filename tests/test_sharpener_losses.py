@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from dice.losses import cfg_combine, distillation_loss
-from dice.sharpener import Sharpener, apply_sharpener
+from dice.distillation import cfg_combine, distillation_loss
+from dice import Sharpener, apply_sharpener
 
 
 @pytest.mark.parametrize("dim,expected", [(768, 1_836_800), (2048, 3_148_800), (4096, 5_248_000)])

@@ -1,4 +1,4 @@
-"""Single-file (original LDM layout) checkpoints: dice.single_file writes them, diffusers and the
+"""Single-file (original LDM layout) checkpoints: dice.testkit.single_file writes them, diffusers and the
 adapters read them back bit for bit, and the adapters' single-file checks say what went wrong.
 
 Tiny-model caveat, checked below rather than hidden: diffusers recognises an SDXL single file by the
@@ -46,7 +46,7 @@ def _save_single_file_ready_sdxl(stock_folder, out):
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModelWithProjection
 
-    from dice.single_file import single_file_family_warnings
+    from dice.testkit.single_file import single_file_family_warnings
 
     pipe = StableDiffusionXLPipeline.from_pretrained(stock_folder)
     if not single_file_family_warnings(pipe, "sdxl"):
@@ -66,8 +66,8 @@ def _save_single_file_ready_sdxl(stock_folder, out):
 @pytest.fixture(scope="module")
 def files(tiny_model, tmp_path_factory):
     """family -> (diffusers folder, single file written from it). "sdxl" is single-file ready;
-    "sdxl_stock" is the stock tiny SDXL as written by dice.tiny."""
-    from dice.single_file import save_single_file
+    "sdxl_stock" is the stock tiny SDXL as written by dice.testkit.tiny."""
+    from dice.testkit.single_file import save_single_file
 
     root = tmp_path_factory.mktemp("single_file")
     folders = {
@@ -192,7 +192,7 @@ def test_real_block_structure(family):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
-    from dice.single_file import unet_to_ldm, vae_to_ldm
+    from dice.testkit.single_file import unet_to_ldm, vae_to_ldm
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(sample_size=16, norm_num_groups=2, **REAL_UNETS[family])
@@ -339,7 +339,7 @@ def test_wrong_single_file_config_is_named(files):
 def test_cli_writes_the_same_file(files, tmp_path, capsys):
     from safetensors import safe_open
 
-    from dice.single_file import main
+    from dice.testkit.single_file import main
 
     folder, reference = files["sd15"]
     out = tmp_path / "cli.safetensors"
@@ -358,7 +358,7 @@ def test_cli_writes_the_same_file(files, tmp_path, capsys):
 
 
 def test_cli_warns_about_unrecognisable_tiny_sdxl(files, tmp_path, capsys):
-    from dice.single_file import main
+    from dice.testkit.single_file import main
 
     folder, _ = files["sdxl_stock"]
     stock_ready = folder == files["sdxl"][0]
@@ -368,7 +368,7 @@ def test_cli_warns_about_unrecognisable_tiny_sdxl(files, tmp_path, capsys):
 
 
 def test_refuses_other_families(tmp_path):
-    from dice.single_file import save_single_file
+    from dice.testkit.single_file import save_single_file
 
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "PixArtAlphaPipeline"}))
     with pytest.raises(ValueError, match="SD1.5 and SDXL"):

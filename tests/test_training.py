@@ -82,6 +82,7 @@ def test_resume_is_bit_identical(tiny_model, tiny_dataset, tmp_path):
     a, b = _weights(straight / "checkpoint-6"), _weights(resumed / "checkpoint-6")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     assert not all((a[k] == _weights(resumed / "checkpoint-3")[k]).all() for k in a)  # it did train on
+    assert not (straight / "checkpoint-6" / "model.safetensors").exists()  # each weight once: no second copy without EMA
     steps = [json.loads(x)["step"] for x in (resumed / "stats.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
 

@@ -8,26 +8,29 @@ loop and the sampling routine talk to adapters only.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from huggingface_hub import try_to_load_from_cache
 from torch import nn
 
-from ..errors import UserError
-from ..sharpener import apply_sharpener
+from ..runtime import to_device
+from .registry import (
+    ModelLoadError,
+    family_of_pipeline_class,
+    family_of_single_file,
+    is_offline,
+    looks_like_file,
+    read_pipeline_class,
+)
 
 logger = logging.getLogger("dice")
 
 
 COMPILE_CHOICES = ("full", "regional")
-
-
-class ModelLoadError(UserError, RuntimeError):
-    """A base model could not be loaded or is of the wrong family; the message says what to do."""
 
 
 @dataclasses.dataclass
@@ -51,8 +54,6 @@ class Conditioning:
 
     def to_device(self, device) -> "Conditioning":
         """Host to ``device`` without making the host wait for the GPU (see :func:`dice.runtime.to_device`)."""
-        from ..runtime import to_device
-
         return self._map(lambda x: to_device(x, device))
 
     def select(self, index) -> "Conditioning":
@@ -71,10 +72,6 @@ class Conditioning:
         return self.embeds.shape[0]
 
 
-def _looks_like_file(model: str) -> bool:
-    return model.endswith((".safetensors", ".ckpt", ".pt", ".bin", ".pth"))
-
-
 def absolute_if_local(name_or_path: str) -> str:
     """A local file or folder as an absolute path (found again from any directory); a hub id unchanged."""
     return os.path.abspath(name_or_path) if os.path.exists(name_or_path) else name_or_path
@@ -86,49 +83,11 @@ def hub_revision(model: str, revision: str | None = None) -> str | None:
     if os.path.exists(model):
         return None
     try:
-        from huggingface_hub import try_to_load_from_cache
-
         cached = try_to_load_from_cache(model, "model_index.json", revision=revision)
     except Exception:  # noqa: BLE001 - not a valid hub id: nothing to record beyond what was given
         return revision
     parts = Path(cached).parts if isinstance(cached, str) else ()
     return parts[parts.index("snapshots") + 1] if "snapshots" in parts else revision
-
-
-def read_pipeline_class(model: str, revision: str | None = None) -> str | None:
-    """The ``_class_name`` in a model's ``model_index.json`` (local folder or hub cache), if found."""
-    if not os.path.exists(model) and (os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1):
-        raise ModelLoadError(
-            f"base model '{model}' does not exist. Pass an existing diffusers folder, a .safetensors/.ckpt file, "
-            "or a hub id (organisation/name)"
-        )
-    if os.path.isdir(model):
-        index = Path(model) / "model_index.json"
-        if not index.is_file():
-            raise ModelLoadError(
-                f"'{model}' is a folder but has no model_index.json, so it is not a diffusers pipeline "
-                "folder. Pass the folder that holds model_index.json, a hub id, or a single "
-                ".safetensors/.ckpt file."
-            )
-        return json.loads(index.read_text()).get("_class_name")
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return json.loads(Path(hf_hub_download(model, "model_index.json", revision=revision)).read_text()).get("_class_name")
-    except Exception as err:  # noqa: BLE001 - the real load below reports other failures with their cause
-        from huggingface_hub.errors import LocalEntryNotFoundError
-
-        if isinstance(err, LocalEntryNotFoundError) and is_offline():
-            raise ModelLoadError(
-                f"base model '{model}' is not a local folder or file, and it is not in the Hugging Face cache while "
-                f"HF_HUB_OFFLINE=1. Pass a local diffusers folder or .safetensors file, or download it first "
-                f"(huggingface-cli download {model})"
-            ) from None
-        return None
-
-
-def is_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 class Adapter:
@@ -142,12 +101,9 @@ class Adapter:
     embedding_kwargs: ClassVar[dict[str, tuple[str, str]]] = {"embeds": ("prompt_embeds", "negative_prompt_embeds")}
     # The pipeline component that is the denoiser (a fine-tuned one replaces it: GD).
     denoiser_component: ClassVar[str] = "unet"
-    # The stock diffusers pipeline that runs this family with a ControlNet (PnP's guide network);
-    # None where diffusers has none.
-    controlnet_pipeline_class_name: ClassVar[str | None] = None
-    # For a denoiser without a guidance-scale input (no time_cond_proj_dim): the submodule whose output
-    # is the timestep's sinusoidal features, where GD adds its guidance-scale embedding.
-    timestep_projection_path: ClassVar[str | None] = None
+    # The text encoder starts every prompt with the same begin-of-text token (CLIP's BOS): that position
+    # carries no prompt information. T5 (PixArt) has none: its first token is the first word.
+    first_token_is_bos: ClassVar[bool] = True
     # Class names of the denoiser's repeated blocks, compiled one by one by compile_denoiser("regional").
     repeated_blocks: ClassVar[tuple[str, ...]] = ("BasicTransformerBlock", "ResnetBlock2D")
 
@@ -180,11 +136,9 @@ class Adapter:
 
         ``components`` replaces pipeline parts at load time (e.g. SDXL's fp16-fixed VAE).
         """
-        from .registry import family_of_pipeline_class, family_of_single_file
-
         model = str(model)
         kwargs: dict[str, Any] = {"dtype": torch_dtype, **(components or {})}
-        if os.path.isfile(model) or _looks_like_file(model):
+        if os.path.isfile(model) or looks_like_file(model):
             if not os.path.isfile(model):
                 raise ModelLoadError(f"checkpoint file '{model}' does not exist.")
             found = family_of_single_file(model)
@@ -325,24 +279,6 @@ class Adapter:
         """Before training: a family with a huge text encoder may encode every prompt (captions,
         validation prompts) and negative (u, including "") once and unload the encoder. Default: no-op."""
 
-    @property
-    def keep_first_token(self) -> bool:
-        return True
-
-    def sharpener_context_mask(self, uncond: Conditioning) -> torch.Tensor | None:
-        """Mask of context tokens the sharpener may attend to (None = all)."""
-        return None
-
-    def sharpen(self, sharpener: nn.Module, cond: Conditioning, uncond: Conditioning, alpha: float = 1.0) -> Conditioning:
-        embeds = apply_sharpener(
-            sharpener, cond.embeds, uncond.embeds, alpha,
-            u_mask=self.sharpener_context_mask(uncond), keep_first_token=self.keep_first_token,
-        )
-        return self.sharpened_conditioning(cond, embeds)
-
-    def sharpened_conditioning(self, cond: Conditioning, embeds: torch.Tensor) -> Conditioning:
-        return cond.replace(embeds=embeds)
-
     # ---- image side ------------------------------------------------------------------------
     @property
     def default_resolution(self) -> int:
@@ -404,22 +340,6 @@ class Adapter:
     def noise_of(self, output: torch.Tensor) -> torch.Tensor:
         """The noise prediction within the denoiser's output (PixArt also predicts the variance)."""
         return output
-
-    @torch.no_grad()
-    def teacher_noise(
-        self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, uncond: Conditioning,
-        guidance_scale: float | torch.Tensor, sizes: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The CFG target; conditional and unconditional halves go through one denoiser call.
-
-        ``guidance_scale``: one scale, or one per sample [B] (GD and PnP train over a range of scales).
-        """
-        from ..losses import cfg_combine
-
-        double = lambda x: None if x is None else torch.cat([x, x])  # noqa: E731
-        both = self.predict_noise(double(x_t), double(t), Conditioning.cat([uncond, cond]), double(sizes))
-        eps_uncond, eps_cond = both.chunk(2)
-        return cfg_combine(eps_uncond, eps_cond, guidance_scale)
 
     # ---- back to the stock pipeline --------------------------------------------------------
     def pipeline_kwargs(self, cond: Conditioning, uncond: Conditioning) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """PixArt-alpha: Flan-T5-XXL, 120 tokens x 4096, with an attention mask; a DiT with learned sigma.
 
-The authors released no PixArt code, so three choices are ours and are options recorded in the
-checkpoint (README "PixArt-α: design decisions" gives the reasons for the defaults):
+The authors released no PixArt code, so three choices of how DICE meets T5's masked embeddings are ours;
+they are options recorded in the checkpoint with the family (README "PixArt-α: design decisions" gives the
+reasons for the defaults) and applied by :mod:`dice.methods.dice`:
 
 - ``pixart_mask``: the attention mask of the *sharpened* prompt at the denoiser. "prompt" (default):
   the T5 mask, padding invisible, so only real tokens can be sharpened and a zero residual is exactly
@@ -21,6 +22,7 @@ import logging
 import torch
 
 from .base import Adapter, Conditioning
+from .text_cache import TextEmbeddingCache
 
 logger = logging.getLogger("dice")
 
@@ -34,9 +36,8 @@ class PixArtAdapter(Adapter):
     family = "pixart"
     pipeline_class_name = "PixArtAlphaPipeline"
     denoiser_component = "transformer"
-    # Where the timestep's sinusoidal features are made: GD adds its guidance-scale embedding there.
-    timestep_projection_path = "adaln_single.emb.time_proj"
-    # diffusers 0.42.1 has no PixArt ControlNet (only a research example outside the package): no PnP.
+    first_token_is_bos = False
+    # The three choices DICE makes for T5's masked embeddings (module docstring; applied by dice.methods.dice).
     option_defaults = {"pixart_mask": "prompt", "keep_first_token": False, "pixart_context_mask": "all"}
     embedding_kwargs = {
         "embeds": ("prompt_embeds", "negative_prompt_embeds"),
@@ -129,18 +130,6 @@ class PixArtAdapter(Adapter):
             return self.text_cache.lookup(list(prompts), need_padding=True).to_device(self.device)
         return self._encode_live(prompts)
 
-    @property
-    def keep_first_token(self) -> bool:
-        return bool(self.options["keep_first_token"])
-
-    def sharpener_context_mask(self, uncond: Conditioning) -> torch.Tensor | None:
-        return uncond.mask if self.options["pixart_context_mask"] == "prompt" else None
-
-    def sharpened_conditioning(self, cond: Conditioning, embeds: torch.Tensor) -> Conditioning:
-        if self.options["pixart_mask"] == "full":
-            return cond.replace(embeds=embeds, mask=torch.ones_like(cond.mask))
-        return cond.replace(embeds=embeds)
-
     # ---- text embedding cache --------------------------------------------------------------
     def prepare_text_cache(self, prompts: list[str], negatives: list[str], accelerator=None) -> None:
         """With ``--text_embedding_cache DIR``: encode all prompts once, then drop T5 from the GPU.
@@ -150,7 +139,6 @@ class PixArtAdapter(Adapter):
         """
         if not self.text_cache_dir:
             return
-        from .text_cache import TextEmbeddingCache
 
         def stored_tokens(cond: Conditioning) -> list[int]:
             if self.options["pixart_mask"] == "full":

@@ -2,6 +2,14 @@
 from __future__ import annotations
 
 import importlib
+import json
+import os
+from pathlib import Path
+
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import LocalEntryNotFoundError
+
+from ..errors import UserError
 
 # family -> (module, class); imported lazily so one family's extra needs don't burden another.
 _ADAPTERS = {
@@ -71,11 +79,48 @@ def load_adapter(family: str, model: str, **kwargs):
 
 def detect_family(model: str, revision: str | None = None) -> str | None:
     """The family of a hub id, diffusers folder or single file, if it can be told before loading."""
-    import os
-
-    from .base import _looks_like_file, read_pipeline_class
-
-    if os.path.isfile(model) or _looks_like_file(model):
+    if os.path.isfile(model) or looks_like_file(model):
         return family_of_single_file(model) if os.path.isfile(model) else None
     class_name = read_pipeline_class(model, revision)
     return family_of_pipeline_class(class_name) if class_name else None
+
+
+class ModelLoadError(UserError, RuntimeError):
+    """A base model could not be loaded or is of the wrong family; the message says what to do."""
+
+
+def looks_like_file(model: str) -> bool:
+    return model.endswith((".safetensors", ".ckpt", ".pt", ".bin", ".pth"))
+
+
+def read_pipeline_class(model: str, revision: str | None = None) -> str | None:
+    """The ``_class_name`` in a model's ``model_index.json`` (local folder or hub cache), if found."""
+    if not os.path.exists(model) and (os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1):
+        raise ModelLoadError(
+            f"base model '{model}' does not exist. Pass an existing diffusers folder, a .safetensors/.ckpt file, "
+            "or a hub id (organisation/name)"
+        )
+    if os.path.isdir(model):
+        index = Path(model) / "model_index.json"
+        if not index.is_file():
+            raise ModelLoadError(
+                f"'{model}' is a folder but has no model_index.json, so it is not a diffusers pipeline "
+                "folder. Pass the folder that holds model_index.json, a hub id, or a single "
+                ".safetensors/.ckpt file."
+            )
+        return json.loads(index.read_text()).get("_class_name")
+    try:
+        return json.loads(Path(hf_hub_download(model, "model_index.json", revision=revision)).read_text()).get("_class_name")
+    except Exception as err:  # noqa: BLE001 - the real load below reports other failures with their cause
+
+        if isinstance(err, LocalEntryNotFoundError) and is_offline():
+            raise ModelLoadError(
+                f"base model '{model}' is not a local folder or file, and it is not in the Hugging Face cache while "
+                f"HF_HUB_OFFLINE=1. Pass a local diffusers folder or .safetensors file, or download it first "
+                f"(huggingface-cli download {model})"
+            ) from None
+        return None
+
+
+def is_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")

@@ -9,7 +9,6 @@ from .base import Adapter, Conditioning
 class SD15Adapter(Adapter):
     family = "sd15"
     pipeline_class_name = "StableDiffusionPipeline"
-    controlnet_pipeline_class_name = "StableDiffusionControlNetPipeline"
 
     @property
     def text_dim(self) -> int:

@@ -18,7 +18,6 @@ EMPTY_PROMPT_CHOICES = ("encoded", "zeros")
 class SDXLAdapter(Adapter):
     family = "sdxl"
     pipeline_class_name = "StableDiffusionXLPipeline"
-    controlnet_pipeline_class_name = "StableDiffusionXLControlNetPipeline"
     option_defaults = {
         # The null embedding u of the empty prompt: "encoded" = the encoders' output for "" (the authors'
         # training code), "zeros" = all-zero sequence and pooled vector (stock SDXL's

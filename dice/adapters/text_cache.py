@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from ..cache_check import refuse_other_writer
 from ..errors import UserError, give_default_permissions
@@ -95,7 +97,6 @@ class TextEmbeddingCache:
             nonlocal shard, shard_count, in_shard
             if shard:
                 name = f"shard-{generation:03d}-{rank:03d}-{shard_count:05d}.safetensors"
-                from safetensors.torch import save_file
 
                 save_file(shard, str(folder / name))
                 give_default_permissions(folder / name)
@@ -142,8 +143,6 @@ class TextEmbeddingCache:
 
     def _shard(self, name: str):
         if name not in self._open:
-            from safetensors import safe_open
-
             handle = safe_open(str(self.folder / name), framework="pt")  # memory-mapped
             self._open[name] = (handle, set(handle.keys()))
         return self._open[name]

@@ -1,15 +1,18 @@
 """The one interface every training method implements (the method axis, beside the family axis).
 
-A method owns what is trained (its module and that module's initialisation), the student's prediction
-given the adapter, ``x_t``, ``t``, the prompt and null conditioning and the guidance scale ω, how the
-module is saved and loaded (safetensors + JSON), and what it hands the stock diffusers pipeline at
-sampling time. :mod:`dice.training` (the only training loop) and :mod:`dice.sampling` (the only
-sampler) talk to methods only through this class, as they talk to model families through adapters.
+A method owns what is trained (its module and that module's initialisation), the teacher's guidance
+scale, the student's prediction given the adapter, ``x_t``, ``t``, the prompt and null conditioning and
+the guidance scale ω, how the module is saved and loaded (safetensors + JSON), and what it hands the
+stock diffusers pipeline at sampling time. :mod:`dice.distillation` (the step), :mod:`dice.training`
+(the only training loop) and :mod:`dice.sampling` (the only sampler) talk to methods only through this
+class, as they talk to model families through adapters. A method is built from named values (its
+training options); one built without them can load and sample what was trained.
 """
 from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +24,8 @@ from torch import nn
 from ..adapters.base import Adapter, Conditioning
 from ..checkpoint import METHOD_CONFIG_NAME, TrainedConfig
 from ..errors import UserError
+from ..paper import GUIDANCE_SCALE
 from ..runtime import to_device
-
-# GD and PnP sample at ω = 5, the paper's guidance scale (Table 1; the authors' sample.py --gd_scale 5).
-DEFAULT_SAMPLING_SCALE = 5.0
 
 
 class Method:
@@ -39,6 +40,12 @@ class Method:
     # True: ω is an input of the student, drawn per sample over --guidance_scale_range in training.
     conditioned_on_scale: ClassVar[bool] = True
 
+    def __init__(self, guidance_scale: float | None = GUIDANCE_SCALE, guidance_scale_range: tuple[float, float] | None = None):
+        """The teacher's guidance scale: a fixed ``guidance_scale``, or (GD, PnP) one ω per sample drawn uniformly
+        from ``guidance_scale_range``."""
+        self.guidance_scale = guidance_scale
+        self.guidance_scale_range = tuple(guidance_scale_range) if guidance_scale_range else None
+
     # ---- which families ------------------------------------------------------------------------
     @classmethod
     def unsupported_reason(cls, adapter_class: type[Adapter]) -> str | None:
@@ -52,16 +59,16 @@ class Method:
             raise UserError(f"--method {cls.name} is not available for {adapter_class.family}: {reason}")
 
     # ---- training --------------------------------------------------------------------------------
-    def build(self, adapter: Adapter, args) -> nn.Module:
+    def build(self, adapter: Adapter) -> nn.Module:
         """The trainable module, initialised, in fp32 on the adapter's device (global RNG seeded by the caller)."""
         raise NotImplementedError
 
-    def training_guidance(self, args, batch_size: int, generator: torch.Generator) -> float | torch.Tensor:
-        """The teacher's guidance scale: a fixed --guidance_scale, else one ω per sample drawn uniformly
-        from --guidance_scale_range (continuous, unlike the authors' integer cast)."""
-        if args.guidance_scale is not None:
-            return args.guidance_scale
-        low, high = args.guidance_scale_range
+    def training_guidance(self, batch_size: int, generator: torch.Generator) -> float | torch.Tensor:
+        """The teacher's guidance scale: the fixed one, else one ω per sample drawn uniformly from the range
+        (continuous, unlike the authors' integer cast)."""
+        if self.guidance_scale is not None:
+            return self.guidance_scale
+        low, high = self.guidance_scale_range
         return low + (high - low) * torch.rand(batch_size, generator=generator)
 
     def student_noise(self, module: nn.Module, adapter: Adapter, x_t: torch.Tensor, t: torch.Tensor,
@@ -110,8 +117,6 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def write_config(folder: str | os.PathLike, config: TrainedConfig, name: str = METHOD_CONFIG_NAME) -> None:
-    import json
-
     (Path(folder) / name).write_text(json.dumps(config.__dict__, indent=2, default=str) + "\n")
 
 

@@ -1,18 +1,73 @@
 """DICE (the paper): a ~2M-parameter sharpener rewrites the prompt embedding; the denoiser stays frozen.
 
-The student is the frozen denoiser on the sharpened embedding ``c + f(c, u)``; the teacher is CFG at
-``--guidance_scale`` (5). Saved as ``sharpener.safetensors`` + ``sharpener.json``; sampled by handing the
-stock pipeline the sharpened embedding (strength ``alpha``), with or without CFG on top.
+The rule (paper section 3): ``c_dice = c + alpha * f(c, u)``, with the first token restored where it is the
+text encoder's begin-of-text token (CLIP; the same vector for every prompt). For a text encoder with an
+attention mask (PixArt-α's T5) the family records three choices that this file applies: whether the first
+token is restored, which tokens of u the sharpener attends to, and which mask the sharpened prompt gets.
+
+The student is the frozen denoiser on ``c_dice`` (alpha 1); the teacher is CFG at w (5). Saved as
+``sharpener.safetensors`` + ``sharpener.json``; sampled by handing the stock pipeline the sharpened
+embedding (strength alpha), with or without CFG on top (paper A.5).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from ..adapters.base import Adapter, Conditioning
 from ..checkpoint import CONFIG_NAME, SharpenerConfig, load_sharpener, save_sharpener
+from ..paper import GUIDANCE_SCALE, SHARPENER_HEADS, SHARPENER_INNER_DIM
 from ..sharpener import Sharpener
 from .base import Method
+
+
+def apply_sharpener(
+    sharpener: nn.Module, c: torch.Tensor, u: torch.Tensor, alpha: float = 1.0,
+    u_mask: torch.Tensor | None = None, keep_first_token: bool = True,
+) -> torch.Tensor:
+    """``c_dice = c + alpha * f(c, u)``; the first token (BOS) is restored unless told otherwise."""
+    residual = sharpener(c, u, u_mask) if u_mask is not None else sharpener(c, u)
+    sharpened = c + alpha * residual.to(c.dtype)
+    if keep_first_token:
+        sharpened = torch.cat([c[:, :1], sharpened[:, 1:]], dim=1)
+    return sharpened
+
+
+def keeps_first_token(adapter: Adapter) -> bool:
+    """Whether the first token is restored after sharpening (and left unscaled by Scaling): CLIP's BOS
+    always; a family without one (PixArt's T5) only when its recorded ``keep_first_token`` says so."""
+    return adapter.first_token_is_bos or bool(adapter.options.get("keep_first_token"))
+
+
+def context_mask(adapter: Adapter, uncond: Conditioning) -> torch.Tensor | None:
+    """The tokens of u the sharpener attends to (None: all), as the family recorded (PixArt's context mask)."""
+    return uncond.mask if adapter.options.get("pixart_context_mask") == "prompt" else None
+
+
+def sharpen(adapter: Adapter, sharpener: nn.Module, cond: Conditioning, uncond: Conditioning, alpha: float = 1.0) -> Conditioning:
+    """The prompt's conditioning with its embedding sharpened by ``f(c, u)`` at strength ``alpha``."""
+    embeds = apply_sharpener(sharpener, cond.embeds, uncond.embeds, alpha, u_mask=context_mask(adapter, uncond),
+                             keep_first_token=keeps_first_token(adapter))
+    if adapter.options.get("pixart_mask") == "full":  # every token of the sharpened prompt visible
+        return cond.replace(embeds=embeds, mask=torch.ones_like(cond.mask))
+    return cond.replace(embeds=embeds)
+
+
+def sharpen_for_pipeline(
+    adapter: Adapter, cond: Conditioning, uncond: Conditioning, sharpener: nn.Module | None = None, alpha: float = 1.0,
+) -> tuple[Conditioning, Conditioning]:
+    """``cond`` sharpened (when a sharpener is given), then both sides in the pipeline's device and dtype.
+
+    The sharpener follows the embeddings' device but keeps its own dtype (fp32 as trained), whatever
+    dtype the pipeline runs in.
+    """
+    if sharpener is not None:
+        dtype = getattr(next(sharpener.parameters(), None), "dtype", torch.float32)
+        sharpener.to(cond.embeds.device)
+        cond = sharpen(adapter, sharpener, cond.to(dtype=dtype), uncond.to(dtype=dtype), alpha)
+    return cond.to(adapter.device, adapter.dtype), uncond.to(adapter.device, adapter.dtype)
 
 
 class DiceMethod(Method):
@@ -22,14 +77,16 @@ class DiceMethod(Method):
     combines_with_cfg = True
     conditioned_on_scale = False
 
-    def build(self, adapter, args):
-        return Sharpener(adapter.text_dim, args.sharpener_inner_dim, args.sharpener_heads).to(adapter.device)
+    def __init__(self, guidance_scale: float = GUIDANCE_SCALE, inner_dim: int = SHARPENER_INNER_DIM,
+                 num_heads: int = SHARPENER_HEADS):
+        super().__init__(guidance_scale)  # one w for every sample: the sharpener is distilled at one scale
+        self.inner_dim, self.num_heads = inner_dim, num_heads
 
-    def training_guidance(self, args, batch_size, generator):
-        return args.guidance_scale  # one w for every sample: the sharpener is distilled at one scale
+    def build(self, adapter):
+        return Sharpener(adapter.text_dim, self.inner_dim, self.num_heads).to(adapter.device)
 
     def student_noise(self, module, adapter, x_t, t, cond, uncond, guidance, sizes):
-        sharpened = adapter.sharpen(module, cond.to(dtype=torch.float32), uncond.to(dtype=torch.float32))
+        sharpened = sharpen(adapter, module, cond.to(dtype=torch.float32), uncond.to(dtype=torch.float32))
         return adapter.predict_noise(x_t, t, sharpened.to(dtype=adapter.dtype), sizes)
 
     def enable_gradient_checkpointing(self, adapter, module):
@@ -48,6 +105,4 @@ class DiceMethod(Method):
         return load_sharpener(folder, device=device)[0]  # fp32 as trained, whatever the pipeline's dtype
 
     def condition(self, adapter, module, cond, uncond, strength):
-        from ..sampling import sharpen_for_pipeline
-
         return sharpen_for_pipeline(adapter, cond, uncond, module, strength)

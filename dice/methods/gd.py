@@ -30,6 +30,14 @@ from .base import Method, count_parameters, pipeline_with, scale_tensor, write_c
 # Width of the sinusoidal ω-embedding: LCM distillation's default --unet_time_cond_proj_dim.
 GUIDANCE_EMBEDDING_DIM = 256
 GUIDANCE_EMBEDDING_FILE = "guidance_embedding.safetensors"
+# Denoisers without a guidance-scale input (no time_cond_proj_dim) -> the submodule whose output is the
+# timestep's sinusoidal features, where GD adds its ω-embedding.
+TIMESTEP_PROJECTIONS = {"PixArtTransformer2DModel": "adaln_single.emb.time_proj"}
+
+
+def timestep_projection_path(denoiser: nn.Module) -> str | None:
+    """Where GD adds the ω-embedding to a denoiser without a guidance-scale input; None for one with it."""
+    return TIMESTEP_PROJECTIONS.get(type(denoiser).__name__)
 
 
 def guidance_embedding(omega: torch.Tensor, dim: int = GUIDANCE_EMBEDDING_DIM) -> torch.Tensor:
@@ -85,7 +93,7 @@ class GDMethod(Method):
     name = "gd"
     title = "GD"
 
-    def build(self, adapter, args):
+    def build(self, adapter):
         base = adapter.denoiser
         if _has_guidance_input(base):
             if base.config.time_cond_proj_dim is not None:
@@ -98,7 +106,7 @@ class GDMethod(Method):
                 raise RuntimeError(f"unexpected GD student layout: missing {missing}, unexpected {unexpected}")
             nn.init.zeros_(student.time_embedding.cond_proj.weight)
         else:
-            student = GuidanceEmbedded(copy.deepcopy(base), adapter.timestep_projection_path).to(adapter.device)
+            student = GuidanceEmbedded(copy.deepcopy(base), timestep_projection_path(base)).to(adapter.device)
         return student.float().train().requires_grad_(True)
 
     def student_noise(self, module, adapter, x_t, t, cond, uncond, guidance, sizes):

@@ -18,6 +18,9 @@ import torch
 from .base import Method, count_parameters, pipeline_with, scale_tensor, write_config
 from .gd import load_model_folder
 
+# The stock diffusers pipeline that runs each family with a ControlNet. diffusers has no PixArt ControlNet
+# (only a research example outside the package): no PnP for PixArt-α.
+CONTROLNET_PIPELINES = {"sd15": "StableDiffusionControlNetPipeline", "sdxl": "StableDiffusionXLControlNetPipeline"}
 # diffusers' ControlNetModel default: four stages, three stride-2 convolutions = SD's VAE factor 8.
 CONDITIONING_CHANNELS = (16, 32, 96, 256)
 GUIDE_FOLDER = "controlnet"
@@ -43,12 +46,12 @@ class PnPMethod(Method):
 
     @classmethod
     def unsupported_reason(cls, adapter_class):
-        if adapter_class.controlnet_pipeline_class_name is None:
+        if adapter_class.family not in CONTROLNET_PIPELINES:
             return ("diffusers has no ControlNet for this family (for PixArt-α only a research example outside the "
                     "package), and this repository does not build one. Use --method gd or dice")
         return None
 
-    def build(self, adapter, args):
+    def build(self, adapter):
         from diffusers import ControlNetModel
 
         with torch.device(adapter.device):
@@ -84,7 +87,7 @@ class PnPMethod(Method):
 
     @contextlib.contextmanager
     def pipeline(self, adapter, module, strength, resolution):
-        pipe = pipeline_with(adapter.pipe, adapter.controlnet_pipeline_class_name, controlnet=module)
+        pipe = pipeline_with(adapter.pipe, CONTROLNET_PIPELINES[adapter.family], controlnet=module)
         yield pipe, {"image": control_image(torch.tensor([float(strength)]), resolution, resolution)}
 
     def evaluations_per_step(self, adapter, module):

@@ -6,15 +6,16 @@ prompt information, and far larger in norm than the others (scaling it moves eve
 logit instead of sharpening the prompt). For PixArt-α (T5 has no such token) every token; its padding
 is masked out either way. SDXL's pooled embedding is not a token sequence and is left as it is, as
 DICE leaves it. The paper's s: SD1.5 1.2, DreamShaper 1.3, SDXL 1.5, PixArt-α 1.2
-(:data:`dice.presets.EMBEDDING_SCALES`).
+(:data:`dice.paper.MODELS`).
 """
 from __future__ import annotations
 
 from ..adapters.base import Adapter, Conditioning
+from .dice import keeps_first_token
 
 
 def scale_prompt_embedding(adapter: Adapter, cond: Conditioning, scale: float) -> Conditioning:
     embeds = cond.embeds * scale
-    if adapter.keep_first_token:
+    if keeps_first_token(adapter):
         embeds[:, 0] = cond.embeds[:, 0]
     return cond.replace(embeds=embeds)

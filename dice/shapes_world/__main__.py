@@ -13,14 +13,18 @@ import dataclasses
 import json
 import logging
 
+import torch
+
 from ..errors import ArgumentParser, UserError, check_output_dir, check_output_file, exit_on_user_error, positive_int
+from .pretrain import Recipe, pretrain
+from .scoring import DEFAULT_EVALUATOR, DEFAULT_PIPELINE, measure_quality
+from .shipped_sharpener import build
+from .world import write_imagefolder, write_prompt_file
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .pretrain import Recipe
-
     parser = ArgumentParser(prog="python -m dice.shapes_world", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     pre = commands.add_parser("pretrain", help="train the evaluator, VAE and UNet (resumes an interrupted run)")
     pre.add_argument("--out", required=True, help="output folder: shapes-world/ (the pipeline), evaluator/, recipe.json, SHA256SUMS")
@@ -53,10 +57,6 @@ def main(argv: list[str] | None = None) -> None:
         check_output_file(args.out, "--out")
 
     if args.command == "pretrain":
-        import torch
-
-        from .pretrain import pretrain
-
         if args.threads:
             torch.set_num_threads(args.threads)
         recipe = Recipe(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe)})
@@ -67,21 +67,13 @@ def main(argv: list[str] | None = None) -> None:
         report = pretrain(args.out, recipe, args.time_budget_minutes)
         print(json.dumps(report["quality"], indent=2))
     elif args.command == "data":
-        from .world import write_imagefolder
-
         print(write_imagefolder(args.out, args.num_images, args.split, args.seed))
     elif args.command == "sharpener":
-        from .shipped_sharpener import build
-
         check_output_dir(args.work, "--work")
         build(args.out, args.work, args.threads)
     elif args.command == "prompts":
-        from .world import write_prompt_file
-
         print(write_prompt_file(args.out, args.num_prompts, args.seed))
     else:
-        from .scoring import DEFAULT_EVALUATOR, DEFAULT_PIPELINE, measure_quality
-
         print(json.dumps(measure_quality(args.pipeline or DEFAULT_PIPELINE, args.evaluator or DEFAULT_EVALUATOR, args.num_prompts), indent=2))
 
 

@@ -2,7 +2,7 @@
 
 A sharpener can only rewrite the prompt embedding. How far can *any* rewrite take unguided sampling
 towards CFG? Fit a free residual per prompt (no sharpener, nothing shared between prompts, no
-generalisation needed) with DICE's loss and guidance scale (:func:`dice.figures.optimise.fit_prompt_residuals`,
+generalisation needed) with DICE's loss and guidance scale (:func:`dice.residuals.fit_prompt_residuals`,
 targets: the prompt's own CFG samples), then sample each prompt on seeds the fit never saw, unguided
 with the fitted embedding, and score prompt accuracy with the world's evaluator. Unguided and CFG
 sampling of the same prompts and seeds are the references. The fit is scored at several lengths, so
@@ -10,10 +10,29 @@ the figure shows where it stops improving: that level is the line a sharpener ca
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from evaluation.metrics.guidance_gap import gain_recovered, gain_recovered_interval
+from evaluation.plotting import pyplot, save_figure, write_figure
+
+from ..adapters import adapter_class
+from ..errors import ArgumentParser, check_output_dir, guidance_scale, positive_float, positive_int
+from ..prompts import prompt_texts
+from ..residuals import fit_prompt_residuals
+from ..runtime import quiet_threads
+from ..sampling import generate, use_scheduler
+from .evaluator import bootstrap_interval, load_evaluator
+from .scoring import (
+    DEFAULT_EVALUATOR,
+    DEFAULT_PIPELINE,
+    per_image_scores,
+    prompt_combinations,
+    to_uint8,
+)
 
 SAMPLE_SEED_OFFSET = 100_000  # the fit's CFG targets use seeds below this: scoring uses new noise
 
@@ -21,12 +40,6 @@ SAMPLE_SEED_OFFSET = 100_000  # the fit's CFG targets use seeds below this: scor
 def embedding_ceiling(adapter, prompts: list[str], out: Path, fit_steps: list[int], seeds_per_prompt: int = 16,
                       guidance_scale: float = 5.0, lr: float = 1e-2, steps: int = 20, evaluator=None) -> dict:
     """Fit free residuals for ``max(fit_steps)`` steps, scoring after each length in ``fit_steps``."""
-    from ..figures.common import finish
-    from ..figures.optimise import fit_prompt_residuals
-    from ..sampling import generate, use_scheduler
-    from .evaluator import bootstrap_interval, load_evaluator
-    from .scoring import DEFAULT_EVALUATOR, gain_recovered, gain_recovered_interval, per_image_scores, prompt_combinations, to_uint8
-
     use_scheduler(adapter, "dpmsolver++")
     evaluator = evaluator or load_evaluator(DEFAULT_EVALUATOR)
     combos = prompt_combinations(prompts)
@@ -67,12 +80,10 @@ def embedding_ceiling(adapter, prompts: list[str], out: Path, fit_steps: list[in
         "cfg": {"accuracy": float(cfg.mean()), "accuracy_ci95": list(bootstrap_interval(cfg))},
         "points": points, "loss": history, "prompts": prompts,
     }
-    return finish(out, "embedding_ceiling", data, lambda png: plot_ceiling(png, data))
+    return write_figure(out, "embedding_ceiling", data, lambda png: plot_ceiling(png, data))
 
 
 def plot_ceiling(png: Path, data: dict) -> Path:
-    from ..figures.common import pyplot, save_figure
-
     plt = pyplot()
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(8.4, 3.2))
     loss = np.asarray(data["loss"])
@@ -105,13 +116,6 @@ def plot_ceiling(png: Path, data: dict) -> Path:
 
 
 def cli(argv=None) -> dict:
-    import argparse
-
-    from ..adapters import adapter_class
-    from ..errors import ArgumentParser, check_output_dir, guidance_scale, positive_float, positive_int
-    from ..figures.common import prompt_list, quiet_threads
-    from .scoring import DEFAULT_PIPELINE
-
     p = ArgumentParser(prog="figures/embedding_ceiling.py", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--prompts", required=True, help="a shapes-world prompt file (python -m dice.shapes_world prompts)")
     p.add_argument("--num_prompts", type=positive_int, default=32, help="the first N prompts of the file")
@@ -123,7 +127,7 @@ def cli(argv=None) -> dict:
     p.add_argument("--out", default="results/figures/toy", help="output folder")
     args = p.parse_args(argv)
     check_output_dir(args.out, "--out")
-    prompts = prompt_list(args.prompts, args.num_prompts)
+    prompts = prompt_texts(args.prompts, args.num_prompts)
     quiet_threads()
     adapter = adapter_class("sd15").from_pretrained(args.pretrained_model_name_or_path).freeze("cpu", torch.float32)
     return embedding_ceiling(adapter, prompts, Path(args.out), args.fit_steps, args.seeds_per_prompt,

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .world import ATTRIBUTE_VALUES, ATTRIBUTES, IMAGE_SIZE, Combination
@@ -87,8 +88,6 @@ def predict(model: AttributeClassifier, images: torch.Tensor, batch_size: int = 
 
 
 def save_evaluator(folder: str | Path, model: AttributeClassifier, info: dict) -> None:
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / WEIGHTS_NAME))
@@ -96,8 +95,6 @@ def save_evaluator(folder: str | Path, model: AttributeClassifier, info: dict) -
 
 
 def load_evaluator(folder: str | Path, device: str | torch.device = "cpu") -> AttributeClassifier:
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     if not (folder / WEIGHTS_NAME).is_file():
         raise FileNotFoundError(f"no shapes-world evaluator in '{folder}' ({WEIGHTS_NAME} missing). Pass the evaluator "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..testkit.tiny import _byte_symbols
 from .world import WORDS
 
 TEXT_DIM = 64
@@ -59,8 +60,6 @@ def world_bpe_merges(words=WORDS) -> list[tuple[str, str]]:
 def write_tokenizer_files(folder: str | Path, words=WORDS) -> Path:
     """``vocab.json`` + ``merges.txt`` of a byte-level CLIP BPE tokenizer whose vocabulary is the
     256 byte symbols (and their end-of-word forms), the merge results, and CLIP's two specials."""
-    from ..tiny import _byte_symbols
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     symbols = _byte_symbols()

@@ -24,12 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..data import step_generator
 from ..errors import give_default_permissions
 from . import evaluator as ev
 from . import model as world_model
+from .scoring import measure_quality
 from .world import TEMPLATES, Combination, render, scenes
 
 logger = logging.getLogger("dice")
@@ -196,8 +198,6 @@ def _trainable(unet, text_encoder, recipe: Recipe) -> list[torch.nn.Parameter]:
 
 def _save_unet_checkpoint(path: Path, step: int, modules: dict, ema, optimizer) -> None:
     """Model, EMA and AdamW state as safetensors + JSON (no pickles), written then renamed."""
-    from safetensors.torch import save_file
-
     tensors = {f"{name}.{k}": v.contiguous() for name, module in modules.items() for k, v in module.state_dict().items()}
     tensors.update({f"ema.{i}": p.contiguous() for i, p in enumerate(ema.shadow_params)})
     state = optimizer.state_dict()
@@ -214,8 +214,6 @@ def _save_unet_checkpoint(path: Path, step: int, modules: dict, ema, optimizer) 
 
 
 def _load_unet_checkpoint(path: Path, modules: dict, ema, optimizer) -> int:
-    from safetensors.torch import load_file
-
     tensors = load_file(str(path / "state.safetensors"))
     meta = json.loads((path / "state.json").read_text())
     for name, module in modules.items():
@@ -308,8 +306,6 @@ def write_checksums(root: Path) -> Path:
 def pretrain(out: str | Path, recipe: Recipe | None = None, time_budget_minutes: float | None = None,
              progress: bool = True) -> dict:
     """Run (or resume) the whole recipe into ``out``: shapes-world/ (the pipeline), evaluator/, recipe.json, SHA256SUMS."""
-    from .scoring import measure_quality
-
     recipe = recipe or Recipe()
     out = Path(out)
     work = out / ".work"

@@ -17,10 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from evaluation.metrics.fid import FeatureStats, frechet_distance
+
+from ..adapters import adapter_class
 from ..errors import UserError
-from ..metrics.fid import FeatureStats, frechet_distance
+from ..sampling import generate, use_scheduler
 from . import evaluator as ev
-from .world import ATTRIBUTES, Combination, parse_caption, random_scene, render, unseen_combinations
+from .world import ATTRIBUTES, Combination, evaluation_prompts, parse_caption, random_scene, render, unseen_combinations
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "shapes_world"
 DEFAULT_PIPELINE = ASSETS / "shapes-world"
@@ -105,34 +108,10 @@ def score_images(model, images, prompts: list[str]) -> dict:
     return summarise(attribute_correct, unseen, generated, reference, real_vs_real_fd(model, combos, reference))
 
 
-def gain_recovered(unguided: float, cfg: float, dice: float) -> float:
-    """Share of CFG's accuracy gain over unguided sampling that DICE recovers."""
-    return (dice - unguided) / (cfg - unguided) if cfg != unguided else float("nan")
-
-
-def gain_recovered_interval(unguided, cfg, dice, num_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Paired percentile-bootstrap 95% interval of :func:`gain_recovered` from per-prompt 0/1
-    correctness (the three methods share prompts and seeds, so prompts are resampled together)."""
-    values = np.stack([np.asarray(v, dtype=np.float64) for v in (unguided, cfg, dice)])
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, values.shape[1], size=(num_resamples, values.shape[1]))
-    means = values[:, idx].mean(axis=2)  # [3, resamples]
-    gain = means[1] - means[0]
-    shares = ((means[2] - means[0]) / np.where(gain != 0, gain, np.nan))
-    shares = shares[np.isfinite(shares)]
-    if not len(shares):  # CFG never differs from unguided: there is no gain to recover
-        return float("nan"), float("nan")
-    return float(np.quantile(shares, 0.025)), float(np.quantile(shares, 0.975))
-
-
 def measure_quality(pipeline: str | Path = DEFAULT_PIPELINE, evaluator: str | Path = DEFAULT_EVALUATOR,
                     num_prompts: int = 256, guidance_scale: float = 5.0, steps: int = 20, batch_size: int = 64) -> dict:
     """Base-model quality, the criterion the world and model are fixed by (it never looks at DICE):
     prompt accuracy and FD of unguided and CFG sampling on the evaluation prompts."""
-    from ..adapters import adapter_class
-    from ..sampling import generate, use_scheduler
-    from .world import evaluation_prompts
-
     adapter = adapter_class("sd15").from_pretrained(str(pipeline), torch_dtype=torch.float32)
     adapter.freeze("cpu", torch.float32)
     use_scheduler(adapter, "dpmsolver++")

@@ -15,6 +15,16 @@ import shlex
 import shutil
 from pathlib import Path
 
+import torch
+
+from ..experiments import latest_checkpoint
+from ..export import export_sharpener
+from ..presets import preset
+from ..training import main as train_main
+from .pretrain import write_checksums
+from .scoring import DEFAULT_PIPELINE
+from .world import write_imagefolder
+
 SHIPPED_PRESET = "shapes-world"
 TRAIN_IMAGES = 4000
 VALIDATION_PROMPTS = [
@@ -25,13 +35,6 @@ VALIDATION_PROMPTS = [
 
 def build(out: str | Path, work: str | Path, threads: int | None = None) -> dict:
     """Train the shipped preset's run in ``work`` (continuing an interrupted one), then ship its last checkpoint."""
-    import torch
-
-    from ..experiments import latest_checkpoint
-    from ..training import main as train_main
-    from .scoring import DEFAULT_PIPELINE
-    from .world import write_imagefolder
-
     out, work = Path(out), Path(work)
     if threads:
         torch.set_num_threads(threads)
@@ -50,12 +53,6 @@ def build(out: str | Path, work: str | Path, threads: int | None = None) -> dict
 def ship(checkpoint: Path, out: str | Path) -> dict:
     """Export ``checkpoint`` (a run of the shipped preset's recipe) into ``<out>/sharpener/`` with its recipe.json,
     and refresh ``<out>/SHA256SUMS``."""
-    import torch
-
-    from ..export import export_sharpener
-    from ..presets import preset
-    from .pretrain import write_checksums
-
     out = Path(out)
     target, staging = out / "sharpener", out / ".sharpener.tmp"
     shutil.rmtree(staging, ignore_errors=True)

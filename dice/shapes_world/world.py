@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
 
 IMAGE_SIZE = 32
 SUPERSAMPLE = 4  # drawn at 4x and box-filtered down: anti-aliased edges like a natural image
@@ -121,8 +123,6 @@ def random_scene(combination: Combination, rng: random.Random, template: int | N
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
-    import math
-
     if shape == "square":
         corners = [(-1, -1), (1, -1), (1, 1), (-1, 1)]
         points = [(x * r * 0.82, y * r * 0.82) for x, y in corners]
@@ -189,8 +189,6 @@ def write_prompt_file(path: str | Path, count: int = 256, seed: int = 0) -> Path
 def write_imagefolder(folder: str | Path, count: int, split: str = "train", seed: int = 0) -> Path:
     """Render a split into the imagefolder layout every training entry point reads (``metadata.jsonl``
     lines {"file_name", "text": [all three template captions]}: a random caption per image, like COCO)."""
-    from tqdm.auto import tqdm
-
     folder = Path(folder)
     if (folder / "metadata.jsonl").is_file():
         return folder

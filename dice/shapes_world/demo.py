@@ -1,0 +1,170 @@
+"""The shapes-world demo: ``python -m dice.demo`` (= ``bash launch.sh demo``), the paper in miniature on CPU.
+
+``train_sd15.py`` fits a sharpener now (``--preset toy``: 600 updates of 16, lr 1e-3 with a moving average of
+the weights); ``sample.py`` samples held-out prompts (half of them attribute combinations never seen in
+training) unguided, with CFG (w=5), with the converged sharpener shipped beside the model and with the one
+just trained, all from identical noise; ``evaluation/shapes_world.py`` scores them: prompt accuracy (every
+attribute of the prompt right) and a Fréchet distance on the world evaluator's features. It ends with the
+table, a grid PNG, and
+
+    accuracy_unguided=… accuracy_cfg=… accuracy_dice=… (shipped) accuracy_dice_now=… (trained now)
+    cfg_gain_recovered = (accuracy_dice - accuracy_unguided) / (accuracy_cfg - accuracy_unguided)   (and _now)
+    cfg_gap_closed = 1 - mean||z_dice - z_cfg|| / mean||z_uncond - z_cfg||   (final latents, shipped sharpener)
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dice.adapters import adapter_class
+from dice.checkpoint import load_sharpener
+from dice.presets import preset
+from dice.sample_cli import main as sample_main
+from dice.sampling import image_grid
+from dice.training import main as train_main
+from evaluation.metrics import append_result
+from evaluation.metrics.guidance_gap import cfg_gap_closed, gain_recovered, gain_recovered_interval
+from evaluation.metrics.images import open_image_collection
+
+from .folder_scores import calc_shapes_world
+from .scoring import DEFAULT_PIPELINE, DEFAULT_SHARPENER
+from .world import evaluation_prompts, write_imagefolder, write_prompt_file
+
+TOY_TRAIN_IMAGES = 4000
+TOY_VALIDATION_PROMPTS = [
+    "a red circle and a blue square", "a yellow triangle next to a green cross",
+    "a white square on the left and a purple circle on the right", "a blue cross and a red triangle",
+]
+TOY_GRID_COLUMNS = 8
+# name -> (sample.py options, NFE per step); alpha 0 is the base model itself. {run}: the sharpener trained
+# now; {shipped}: the converged one in dice/assets/shapes_world/sharpener.
+TOY_METHODS = {
+    "unguided": (["--sharpener_path", "{run}", "--alpha", "0"], 1),
+    "cfg": (["--sharpener_path", "{run}", "--alpha", "0", "--cfg_scale", "{w}"], 2),
+    "dice": (["--sharpener_path", "{shipped}"], 1),
+    "dice_now": (["--sharpener_path", "{run}"], 1),
+}
+
+
+def folder_latents(adapter, folder: Path) -> torch.Tensor:
+    """The VAE latents (posterior mean) of a sample folder's PNGs, in prompt order."""
+    collection = open_image_collection(folder)
+    pixels = torch.stack([torch.from_numpy(np.array(collection.open_image(r.name))).permute(2, 0, 1) for r in collection.records])
+    return adapter.encode_images(pixels.float() / 127.5 - 1.0)
+
+
+def toy_grid(folders: dict[str, Path], labels: list[str], entries: list[dict], path: Path) -> Path:
+    """A row per method, the same prompts and seeds; half seen, half unseen combinations."""
+    seen = [e for e in entries if e["split"] == "seen"][: TOY_GRID_COLUMNS // 2]
+    unseen = [e for e in entries if e["split"] == "unseen"][: TOY_GRID_COLUMNS // 2]
+    picks = seen + unseen
+    rows = [[Image.open(folder / f"{e['index']:05d}.png").convert("RGB") for e in picks] for folder in folders.values()]
+    captions = [f"{e['prompt']} ({e['split']})" for e in picks]
+    image_grid(rows, labels, captions, scale=4).save(path)
+    return path
+
+
+def training_samples(config) -> int:
+    """Training samples a sharpener has seen: updates x global batch."""
+    return int(config.step) * int(config.training_options["global_batch_size"])
+
+
+def run_toy(exps_root: str = "exps", max_train_steps: int | None = None, num_prompts: int = 256,
+            train_batch_size: int | None = None, grid_out: str | None = None) -> dict:
+    """The shapes-world demo; returns what it writes to demo_result.json."""
+    start = time.time()
+    assets = Path(exps_root) / "_demo_assets"
+    data = write_imagefolder(assets / f"shapes-world-train-{TOY_TRAIN_IMAGES}", TOY_TRAIN_IMAGES, "train")
+    prompt_file = write_prompt_file(assets / f"shapes-world-prompts-{num_prompts}.jsonl", num_prompts)
+    settings = preset("sd15", "toy")
+    w = settings["guidance_scale"]
+    argv = ["--pretrained_model_name_or_path", str(DEFAULT_PIPELINE), "--train_data_dir", str(data), "--preset", "toy",
+            "--output_dir", exps_root, "--desc", "demo-toy", "--dataloader_num_workers", "0",
+            "--validation_prompts", *TOY_VALIDATION_PROMPTS]
+    if max_train_steps:
+        argv += ["--max_train_steps", str(max_train_steps), "--checkpointing_steps", str(max_train_steps)]
+    if train_batch_size:
+        argv += ["--train_batch_size", str(train_batch_size)]
+    print(f"$ python train_sd15.py {shlex.join(argv)}", flush=True)
+    run_dir = train_main("sd15", argv)
+
+    folders, nfe = {}, {}
+    for name, (options, evaluations_per_step) in TOY_METHODS.items():
+        sample_argv = [a.format(w=f"{w:g}", run=run_dir, shipped=DEFAULT_SHARPENER) for a in options]
+        sample_argv += ["--prompts", str(prompt_file), "--outdir", str(run_dir / "samples"), "--batch_gpu", "64"]
+        print(f"$ python sample.py {shlex.join(sample_argv)}", flush=True)
+        folders[name] = sample_main(sample_argv)
+        nfe[name] = 20 * evaluations_per_step
+    scores = {}
+    for name, folder in folders.items():
+        print(f"$ python evaluation/shapes_world.py calc --images {shlex.quote(str(folder))} --results {run_dir / 'results.jsonl'}", flush=True)
+        scores[name] = calc_shapes_world(folder)
+        for result in scores[name]:
+            append_result(run_dir / "results.jsonl", result)
+
+    adapter = adapter_class("sd15").from_pretrained(str(DEFAULT_PIPELINE))
+    latents = {name: folder_latents(adapter, folder) for name, folder in folders.items()}
+    accuracy = {name: s[0] for name, s in scores.items()}
+    samples = {"dice": training_samples(load_sharpener(DEFAULT_SHARPENER)[1]),
+               "dice_now": training_samples(load_sharpener(run_dir)[1])}
+    labels = {"unguided": "unguided", "cfg": f"CFG w={w:g}", "dice": f"DICE (shipped, {samples['dice']:,} samples)",
+              "dice_now": f"DICE (trained now, {samples['dice_now']:,} samples)"}
+    grid = toy_grid(folders, [f"{labels[m]} (NFE {nfe[m]})" for m in folders], evaluation_prompts(num_prompts),
+                    run_dir / "demo_grid.png")
+    if grid_out:  # e.g. the README's copy
+        Path(grid_out).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(grid, grid_out)
+    baseline = [accuracy[m].value for m in ("unguided", "cfg")]
+    per_image = [accuracy[m].per_image for m in ("unguided", "cfg")]
+    result = {
+        "world": "shapes", "experiment": str(run_dir), "train_steps": max_train_steps or settings["max_train_steps"],
+        "train_batch_size": train_batch_size or settings["train_batch_size"],
+        "num_prompts": num_prompts, "guidance_scale": w, "grid": str(grid), "shipped_sharpener": str(DEFAULT_SHARPENER),
+        "methods": {name: {"label": labels[name], "nfe": nfe[name], "folder": str(folders[name]),
+                           "accuracy": accuracy[name].value,
+                           **{k: accuracy[name].options[k] for k in ("accuracy_ci95", "accuracy_seen", "accuracy_unseen")},
+                           "fd": scores[name][1].value, "fd_real_vs_real": scores[name][1].options["fd_real_vs_real"],
+                           **({"training_samples": samples[name]} if name in samples else {})}
+                    for name in folders},
+        "cfg_gain_recovered": gain_recovered(*baseline, accuracy["dice"].value),
+        "cfg_gain_recovered_ci95": list(gain_recovered_interval(*per_image, accuracy["dice"].per_image)),
+        "cfg_gain_recovered_now": gain_recovered(*baseline, accuracy["dice_now"].value),
+        "cfg_gain_recovered_now_ci95": list(gain_recovered_interval(*per_image, accuracy["dice_now"].per_image)),
+        "cfg_gap_closed": cfg_gap_closed(latents["unguided"], latents["cfg"], latents["dice"]),
+        "seconds": round(time.time() - start, 1),
+    }
+    (run_dir / "demo_result.json").write_text(json.dumps(result, indent=2) + "\n")
+    print_toy_report(result)
+    return result
+
+
+def print_toy_report(result: dict) -> None:
+    methods = result["methods"]
+    print(f"\nDemo finished in {result['seconds']} s: {result['experiment']}")
+    print(f"Shapes world, {result['num_prompts']} held-out prompts (half unseen combinations), DPM-Solver++ 20 steps, "
+          "the same seeds for every method. Prompt accuracy: all four attributes right (world evaluator).\n")
+    print(f"| method | NFE | accuracy seen | unseen | pooled [95% CI] | FD (real vs real {methods['cfg']['fd_real_vs_real']:.1f}) |")
+    print("|---|---|---|---|---|---|")
+    for m in methods.values():
+        lo, hi = m["accuracy_ci95"]
+        print(f"| {m['label']} | {m['nfe']} | {m['accuracy_seen']:.3f} | {m['accuracy_unseen']:.3f} | "
+              f"{m['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] | {m['fd']:.1f} |")
+    print(f"\nGrid (a row per method, same prompts and seeds): {result['grid']}")
+    for key, which in (("cfg_gain_recovered", "shipped"), ("cfg_gain_recovered_now", "trained now")):
+        lo, hi = result[f"{key}_ci95"]
+        print(f"DICE ({which}) recovers {result[key]:.0%} of CFG's accuracy gain (paired bootstrap 95% CI "
+              f"{lo:.0%} to {hi:.0%}) at half CFG's network evaluations.")
+    print(f"accuracy_unguided={methods['unguided']['accuracy']:.3f}")
+    print(f"accuracy_cfg={methods['cfg']['accuracy']:.3f}")
+    print(f"accuracy_dice={methods['dice']['accuracy']:.3f}")
+    print(f"accuracy_dice_now={methods['dice_now']['accuracy']:.3f}")
+    print(f"cfg_gain_recovered={result['cfg_gain_recovered']:.3f}")
+    print(f"cfg_gain_recovered_now={result['cfg_gain_recovered_now']:.3f}")
+    print(f"cfg_gap_closed={result['cfg_gap_closed']:.3f}")

@@ -1,0 +1,203 @@
+"""Tiny pipelines built in code: the embedded default for the demo and for every test.
+
+They have the real architectures of SD1.5 / SDXL / PixArt-alpha at a few thousand parameters,
+random weights, and tokenizers written from a small vocabulary, so nothing is downloaded. They are
+saved to disk and reloaded through the same ``from_pretrained`` paths a real model takes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+# A small closed vocabulary: the demo's synthetic captions use only these words.
+WORDS = (
+    "a an the of on in with and red green blue yellow white black orange purple small large big tiny "
+    "round square striped dotted bright dark cat dog bird car house tree boat flower ball cup chair "
+    "apple sky field street table photo picture painting next to near under above sitting standing "
+    "bad quality blurry ugly low resolution deformed worst jpeg artifacts"
+).split()
+
+FAMILIES = ("sd15", "sdxl", "pixart")
+
+
+def _byte_symbols() -> list[str]:
+    """The 256 printable stand-ins byte-level BPE uses for raw bytes (GPT-2 / CLIP convention)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    symbols, shift = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            symbols[byte] = chr(byte)
+        else:
+            symbols[byte] = chr(256 + shift)
+            shift += 1
+    return list(symbols.values())
+
+
+def _write_clip_tokenizer_files(folder: Path) -> None:
+    """Byte-level BPE vocabulary: every byte symbol, its end-of-word form, the closed WORDS list."""
+    symbols = _byte_symbols()
+    vocab: dict[str, int] = {}
+    for s in symbols + [s + "</w>" for s in symbols]:
+        vocab.setdefault(s, len(vocab))
+    merges = []
+    for word in sorted(set(WORDS)):
+        # Merge left to right so each word ends up as one token "word</w>".
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(pieces) > 1:
+            merges.append(f"{pieces[0]} {pieces[1]}")
+            pieces = [pieces[0] + pieces[1]] + pieces[2:]
+            vocab.setdefault(pieces[0], len(vocab))
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    unique_merges = list(dict.fromkeys(merges))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(unique_merges) + "\n")
+
+
+def tiny_clip_tokenizer(workdir: Path):
+    from transformers import CLIPTokenizer
+
+    _write_clip_tokenizer_files(workdir)
+    return CLIPTokenizer(str(workdir / "vocab.json"), str(workdir / "merges.txt"), model_max_length=77)
+
+
+def tiny_t5_tokenizer():
+    from transformers import T5Tokenizer
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [("\u2581" + w, -1.0) for w in dict.fromkeys(WORDS)]
+    vocab += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=120)
+
+
+def _clip_text_config(tokenizer, hidden_size=32, projection_dim=32):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        hidden_size=hidden_size, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+        projection_dim=projection_dim, vocab_size=len(tokenizer), max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _tiny_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=[4, 8], in_channels=3, out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4, norm_num_groups=2, sample_size=32,
+    )
+
+
+def _sd_scheduler():
+    from diffusers import DDIMScheduler
+
+    # The SD1.5 schedule (scaled-linear betas, eps prediction), as in its scheduler_config.json.
+    return DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1, num_train_timesteps=1000,
+    )
+
+
+def build_sd15(workdir: Path):
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    tokenizer = tiny_clip_tokenizer(workdir / "_tokenizer")
+    text_encoder = CLIPTextModel(_clip_text_config(tokenizer))
+    unet = UNet2DConditionModel(
+        block_out_channels=(4, 8), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, norm_num_groups=2, attention_head_dim=2,
+    )
+    return StableDiffusionPipeline(
+        vae=_tiny_vae(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=_sd_scheduler(), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_sdxl(workdir: Path):
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer = tiny_clip_tokenizer(workdir / "_tokenizer")
+    tokenizer_2 = tiny_clip_tokenizer(workdir / "_tokenizer_2")
+    text_encoder = CLIPTextModel(_clip_text_config(tokenizer))
+    text_encoder_2 = CLIPTextModelWithProjection(_clip_text_config(tokenizer_2))
+    unet = UNet2DConditionModel(
+        block_out_channels=(4, 8), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64, norm_num_groups=2,
+    )
+    from diffusers import EulerDiscreteScheduler
+
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+        timestep_spacing="leading", num_train_timesteps=1000,
+    )
+    return StableDiffusionXLPipeline(
+        vae=_tiny_vae(), text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
+        force_zeros_for_empty_prompt=True,
+    )
+
+
+def build_pixart(workdir: Path):
+    from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = tiny_t5_tokenizer()
+    text_encoder = T5EncoderModel(T5Config(
+        d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    ))
+    transformer = PixArtTransformer2DModel(
+        sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3,
+        caption_channels=32, cross_attention_dim=24, in_channels=4, out_channels=8,
+        norm_type="ada_norm_single", num_embeds_ada_norm=1000, attention_bias=True,
+        activation_fn="gelu-approximate", norm_elementwise_affine=False, norm_eps=1e-6,
+        use_additional_conditions=False,
+    )
+    scheduler = DPMSolverMultistepScheduler(
+        beta_start=0.0001, beta_end=0.02, beta_schedule="linear", num_train_timesteps=1000,
+    )
+    return PixArtAlphaPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=_tiny_vae(), transformer=transformer,
+        scheduler=scheduler,
+    )
+
+
+BUILDERS = {"sd15": build_sd15, "sdxl": build_sdxl, "pixart": build_pixart}
+
+
+def build_tiny_pipeline(family: str = "sd15", seed: int = 0, workdir: str | os.PathLike | None = None):
+    """A tiny random-weight pipeline of ``family``, reproducible from ``seed``."""
+    if family not in BUILDERS:
+        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        return BUILDERS[family](Path(workdir or tmp))
+
+
+def save_tiny_pipeline(path: str | os.PathLike, family: str = "sd15", seed: int = 0) -> Path:
+    """Build and save a tiny pipeline as a diffusers folder; returns the folder (kept if it exists)."""
+    path = Path(path)
+    if (path / "model_index.json").is_file():
+        return path
+    pipe = build_tiny_pipeline(family, seed)
+    pipe.save_pretrained(path, safe_serialization=True)
+    return path
