@@ -3,8 +3,8 @@
 #   bash launch.sh demo [toy|sd15|sdxl|pixart] [options]   CPU, no downloads: DICE on the trained shapes world (default),
 #                                              or a random-weight plumbing demo of one family (ends with cfg_gap_closed=...)
 #   bash launch.sh demo-eval [EXP_ID]          sample the demo (DICE/CFG/unguided), score with --smoke_test, table
-#   bash launch.sh train  sd15|sdxl|pixart     train a sharpener on MS-COCO 2017 (paper preset)
-#   bash launch.sh train-variants              DreamShaper, AbsoluteReality, Anime Pastel Dream (+ negative prompts)
+#   bash launch.sh train  sd15|sdxl|pixart     train a sharpener on MS-COCO 2017 (the preset of Table 1's block)
+#   bash launch.sh train-variants              DreamShaper, AbsoluteReality, Anime Pastel Dream (paper 4.1: + negative prompts)
 #   bash launch.sh sample EXP_ID               DICE, CFG (w=5) and unguided on the 5k COCO prompts
 #   bash launch.sh eval SAMPLE_FOLDER...       FID, CLIP score, aesthetic score -> results/results.jsonl
 #   bash launch.sh table                       results/results.jsonl -> results/table.{md,csv,json,png}
@@ -62,15 +62,18 @@ model_of() {  # model name (dice/paper.py) -> its hub id, or its stand-in under 
 }
 
 train() {  # family [extra training args...]
-  local family=$1 model vae_model extra=(); shift
+  local family=$1 model vae_model preset extra=(); shift
   case "$family" in
     sd15|pixart) ;;
     sdxl) vae_model=$(model_of sdxl-vae); extra=(--pretrained_vae_model_name_or_path="$vae_model") ;;
     *) echo "error: unknown family '$family'. Use sd15, sdxl or pixart" >&2; exit 2 ;;
   esac
   model=$(model_of "$family")  # assigned, not inline: a failed lookup stops the script
+  preset=$("$PYTHON" -m dice.recipes table1-preset "$family")
+  echo "train $family: --preset $preset, the run behind Table 1's $family block (docs/authors_code.md); override with" \
+    "TRAIN_ARGS=--preset=..." >&2
   "${LAUNCH[@]}" "$REPO/train_${family}.py" --pretrained_model_name_or_path="$model" \
-    --train_data_dir="$COCO" --n_gpus="$NGPUS" "${extra[@]}" "$@" "${TRAIN_EXTRA[@]}"
+    --train_data_dir="$COCO" --n_gpus="$NGPUS" --preset="$preset" "${extra[@]}" "$@" "${TRAIN_EXTRA[@]}"
 }
 
 run_of() {  # desc -> the newest exps/NNNNN-<desc>, or nothing
@@ -101,17 +104,23 @@ train_variants() {  # [extra training args...]
 
 table1() {  # block: the six rows of one Table-1 block -> results/table1-<block>.{md,csv,json,png}
   local block=$1 out=samples/table1-$1 results=results/table1-$1.jsonl
-  local family=sd15 model vae_model vae=() dice_extra=() methods=(dice gd pnp) train sample base
+  local family=sd15 model vae_model vae=() methods=(dice gd pnp) train sample base preset=toy
   case "$block" in
     toy) model=$REPO/dice/assets/shapes_world/shapes-world ;;
     sd15) model=$(model_of sd15) ;;
-    dreamshaper) model=$(model_of dreamshaper); dice_extra=(--negative_prompts=default) ;;  # paper 4.1: variants with negatives
+    dreamshaper) model=$(model_of dreamshaper) ;;
     sdxl) family=sdxl; model=$(model_of sdxl); vae_model=$(model_of sdxl-vae); vae=(--pretrained_vae_model_name_or_path="$vae_model") ;;
     pixart) family=pixart; model=$(model_of pixart); methods=(dice gd)
       echo "PixArt-alpha: no PnP row (diffusers has no PixArt ControlNet; README 'Table 1's other rows')" >&2 ;;
     *) echo "error: unknown Table-1 block '$block'. Use toy, sd15, dreamshaper, sdxl or pixart" >&2; exit 2 ;;
   esac
-  [ "$block" = toy ] || ensure_ref  # before training: hours of training must not end at a missing reference
+  if [ "$block" != toy ]; then  # the run behind the published block (dice/paper.py TABLE1_PRESETS, docs/authors_code.md)
+    preset=$("$PYTHON" -m dice.recipes table1-preset "$block")
+    echo "table1 $block: DICE, GD and PnP train with --preset $preset, the run that produced the published numbers" \
+      "(docs/authors_code.md); the other: TRAIN_ARGS=\"--preset $([ "$preset" = authors ] && echo paper || echo authors)\"" \
+      "(the paper's text; for DreamShaper add --negative_prompts=default, paper 4.1)" >&2
+    ensure_ref  # before training: hours of training must not end at a missing reference
+  fi
   local s w  # Scaling's s per model and CFG's w: the paper's (dice/paper.py)
   s=$("$PYTHON" -m dice.recipes embedding-scale "${block/toy/shapes-world}")
   w=$("$PYTHON" -m dice.recipes guidance-scale)
@@ -125,13 +134,12 @@ table1() {  # block: the six rows of one Table-1 block -> results/table1-<block>
     base=(--model_name=shapes-world)
   else
     train=("${LAUNCH[@]}" "$REPO/train_$family.py" --pretrained_model_name_or_path="$model" --train_data_dir="$COCO"
-           --n_gpus="$NGPUS" "${vae[@]}")
+           --n_gpus="$NGPUS" --preset="$preset" "${vae[@]}")
     sample=("${LAUNCH[@]}" "$REPO/sample.py" --outdir="$out" --batch_gpu=16 "${LIMIT[@]}")
     base=(--pretrained_model_name_or_path="$model" "${vae[@]}")
   fi
   for method in "${methods[@]}"; do
-    extra=(); [ "$method" = dice ] && extra=("${dice_extra[@]}")
-    train_once "table1-$block-$method" "${train[@]}" --method="$method" "${extra[@]}"
+    train_once "table1-$block-$method" "${train[@]}" --method="$method"
   done
   # shellcheck disable=SC2206
   local sets=(${PROMPT_SETS:-coco5k}) set run

@@ -81,8 +81,8 @@ class OursStep:
         with self.accelerator.accumulate(self.sharpener):
             loss = distillation_step(self.adapter, DiceMethod(self.args.guidance_scale), self.sharpener, latents,
                                      batch["captions"], to_device(batch["sizes"], device), self.negative_bank,
-                                     step_generator(self.args.seed, self.updates, 0, 0), None, self.args.loss_type,
-                                     self.args.loss_reduction, self.accelerator.autocast)
+                                     step_generator(self.args.seed, self.updates, 0, 0), loss_type=self.args.loss_type,
+                                     reduction=self.args.loss_reduction, autocast=self.accelerator.autocast)
             self.accelerator.backward(loss)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)

@@ -56,7 +56,8 @@ def apply(pipe, sharpener: Sharpener | str | int | os.PathLike, alpha: float = 1
     accepts: an experiment id under ``exps_root``, a checkpoint or Hub-layout folder, a Hub repo id
     (at ``revision``). ``alpha``: the strength, 1 as trained. Applying again replaces the sharpener.
     A sharpener of another family or text width is refused; one trained on another base model is
-    used (cross-model transfer, paper Fig. 6) with one log line saying so.
+    used (cross-model transfer, paper Fig. 6) with one log line saying so. The pipeline's own safety checker is left
+    as it is (with one log line: it blacks out the images it flags; sample.py and the paper's evaluation run without).
     """
     if not math.isfinite(alpha):
         raise ValueError(f"alpha must be a finite number, not {alpha}")
@@ -76,6 +77,9 @@ def apply(pipe, sharpener: Sharpener | str | int | os.PathLike, alpha: float = 1
     adapter = adapter_class(family)(pipe, pipe.name_or_path or "", config.family_options)
     check_sharpener_fits(config, source, dim=adapter.text_dim)
     _note_other_base_model(config, pipe.name_or_path)
+    if getattr(pipe, "safety_checker", None) is not None:  # the user's pipeline, the user's choice: said, not changed
+        logger.warning("this pipeline keeps its safety checker: images it flags come back black. The paper's evaluation "
+                       "(and sample.py) run without it; load with safety_checker=None for the same images")
     setattr(pipe, _STATE, _Applied(stock_class, adapter, sharpener.eval(), float(alpha)))
     if previous is None:
         pipe.__class__ = type(stock_class.__name__, (stock_class,), {

@@ -85,8 +85,11 @@ def model_card(config, *, repo_id: str | None = None, has_grid: bool = False, nu
         f"from diffusers import {pipeline}",
         *(["from dice.presets import model_location"] if short_name else []),
         "",
+        *(["# safety_checker=None: as the paper's evaluation (the stock checker returns flagged images black)"]
+          if config.family == "sd15" else []),
         f'pipe = {pipeline}.from_pretrained(' + (f'model_location("{config.base_model}")' if short_name else f'"{config.base_model}"')
-        + (f', revision="{config.base_model_revision}")' if config.base_model_revision else ")"),
+        + (f', revision="{config.base_model_revision}"' if config.base_model_revision else "")
+        + (", safety_checker=None)" if config.family == "sd15" else ")"),
         f'dice.apply(pipe, "{target}")',
         'image = pipe("a photo of a cat").images[0]',
         "```",

@@ -23,8 +23,13 @@ from .errors import (
     probability,
 )
 from .methods import METHODS, method_class
+from .methods.base import OMEGA_DRAWS
+from .methods.gd import OMEGA_STUDENT_INPUTS
 from .paper import SHARPENER_HEADS, SHARPENER_INNER_DIM
 from .presets import PRESETS, preset
+
+# --denoiser_autocast choices -> torch dtype.
+DENOISER_AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 DEFAULT_VALIDATION_PROMPTS = [
     "a red ball on a green field", "a photo of a cat sitting on a chair",
@@ -73,8 +78,17 @@ def build_parser(family: str) -> ArgumentParser:
     a("--guidance_scale_range", type=guidance_scale, nargs=2, metavar=("LOW", "HIGH"), default=None,
       help="gd/pnp: the teacher's CFG scale ω is drawn per sample uniformly from [LOW, HIGH) and given to the student")
     a("--loss_type", choices=LOSS_TYPES, default=None, help="mse (paper) or l1 (authors' SD1.5 script)")
-    a("--loss_reduction", choices=REDUCTIONS, default=None, help="mean (this repo) or sum_per_sample (authors)")
+    a("--loss_reduction", choices=REDUCTIONS, default=None, help="mean over elements (paper preset); sum_per_sample: each "
+      "sample's error sum, averaged over the batch; sum_per_global_batch: the micro-batch's error sum / global batch, "
+      "exactly the authors' loss (with DDP: sum_per_sample divided by processes x accumulation)")
     a("--shared_timestep", action=argparse.BooleanOptionalAction, default=None, help="one timestep for the whole batch on all processes (authors) instead of one per sample")
+    a("--denoiser_autocast", choices=DENOISER_AUTOCAST, default=None, help="run the frozen denoiser (and PnP's guide) under "
+      "torch.autocast to this dtype: fp16 = the authors' runs (networks cast to --mixed_precision bf16, called under "
+      "torch.autocast('cuda'), i.e. fp16 compute); unset: compute in the dtype the networks are cast to")
+    a("--omega_draw", choices=OMEGA_DRAWS, default=None, help="gd/pnp: the teacher's ω drawn once per sample (default) or "
+      "once per global batch, the same on every process (authors)")
+    a("--omega_student_input", choices=OMEGA_STUDENT_INPUTS, default=None, help="gd: the ω the student is given in training: "
+      "the teacher's (float, default) or truncated to an integer (integer: the authors' runs)")
     a("--seed", type=non_negative_int, default=0, help="seed of the trained module's init, data order, noise, timesteps and ω")
     a("--ema_decay", type=fraction, default=None, help="keep an exponential moving average of the trained weights with this "
       "decay (diffusers' EMAModel: min(decay, (1+n)/(10+n)) at update n); checkpoints then hold the average for sampling "
@@ -123,6 +137,11 @@ def resolve_options(family: str, args: argparse.Namespace) -> argparse.Namespace
     elif args.guidance_scale_range is not None:
         raise UserError(f"--guidance_scale_range applies to --method gd and pnp; {args.method} distils one scale. "
                         "Use --guidance_scale, or drop --guidance_scale_range")
+    if args.omega_draw is not None and not method.conditioned_on_scale:
+        raise UserError(f"--omega_draw applies to --method gd and pnp; {args.method} distils one scale. Drop --omega_draw")
+    if args.omega_student_input is not None and args.method != "gd":
+        raise UserError(f"--omega_student_input is GD's (the ω its student is told); --method {args.method} has no such "
+                        "input. Drop --omega_student_input")
     fixed_scale = args.guidance_scale is not None
     for key, value in preset(family, args.preset, args.method).items():
         if getattr(args, key, None) is None:

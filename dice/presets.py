@@ -2,12 +2,15 @@
 overrides a preset only when given.
 
 "paper": what the paper states (Adam, lr 2e-4, batch 128, ~8,000 updates, w = 5, squared error).
-"authors": what the authors' launch scripts do (AdamW wd 1e-2, L1 for SD1.5, per-sample sum,
-one timestep per batch, 16/GPU x 8 for SD1.5, 8/GPU x 8 and 4,000 updates for SDXL).
+"authors": what the authors' launch scripts do (AdamW wd 1e-2, L1 for SD1.5, the error summed and divided by the
+global batch, one timestep per global batch, fp16 autocast of the bf16 networks, 16/GPU x 8 for SD1.5, 8/GPU x 8 and
+4,000 updates for SDXL; GD / PnP: one ω per global batch, GD's student told int(ω)). Which of the two produced each
+Table-1 block: dice.paper.TABLE1_PRESETS.
 "toy": the shapes world's demo (`bash launch.sh demo`); "shapes-world": its shipped converged sharpener;
 "demo": the random-weight plumbing demos.
 Per-GPU batch sizes assume 8 processes; the global batch is batch x processes x accumulation.
-GD and PnP take the family's preset with the authors' baseline settings on top (METHOD_PRESETS).
+GD and PnP take the family's preset with the authors' baseline settings on top (METHOD_PRESETS, and with "authors"
+AUTHORS_METHOD_PRESETS).
 """
 from __future__ import annotations
 
@@ -48,15 +51,19 @@ PRESETS: dict[str, dict[str, dict]] = {
     },
 }
 # GD and PnP on top of the family's preset (batch, resolution, updates, timesteps); a fixed --guidance_scale
-# replaces their drawn ω.
+# replaces their drawn ω. With the authors' preset, also the way their GD / PnP scripts ran.
 METHOD_PRESETS: dict[str, dict] = {"dice": {}, "gd": paper.DISTILLED_GUIDANCE_RECIPE, "pnp": paper.DISTILLED_GUIDANCE_RECIPE}
+AUTHORS_METHOD_PRESETS: dict[str, dict] = {
+    "dice": {}, "gd": {**paper.AUTHORS_DISTILLED_GUIDANCE, **paper.AUTHORS_GD}, "pnp": paper.AUTHORS_DISTILLED_GUIDANCE,
+}
 
 
 def preset(family: str, name: str, method: str = "dice") -> dict:
     if family not in PRESETS or name not in PRESETS[family]:
         choices = ", ".join(PRESETS.get(family, {})) or "none"
         raise ValueError(f"no preset {name!r} for {family}; choose one of: {choices}")
-    return {**PRESETS[family][name], **METHOD_PRESETS[method]}
+    authors = AUTHORS_METHOD_PRESETS[method] if name.startswith("authors") else {}
+    return {**PRESETS[family][name], **METHOD_PRESETS[method], **authors}
 
 
 # The trained toy model shipped in dice/assets/shapes_world (python -m dice.shapes_world pretrain): an

@@ -267,6 +267,15 @@ def main(argv: list[str] | None = None) -> Path:
                        trained_experiment=plan["trained_name"], trained_base_model=trained_model)
     if args.embedding_scale != 1:
         options["embedding_scale"] = args.embedding_scale
+    # What else changes the pixels: the stock pipeline's output filters switched off (SD1.5's safety checker), how a
+    # baseline's empty-prompt u is made where that is a choice (SDXL: the stock pipeline's zeros; a trained model's is
+    # its family_options' empty_prompt), and the preset the trained model was trained with.
+    if adapter.removed_output_filters:
+        options["output_filters_off"] = adapter.removed_output_filters
+    if trained is None and adapter.null_embedding(stock=True):
+        options["null_embedding"] = adapter.null_embedding(stock=True)
+    if config is not None:
+        options["trained_preset"] = config.training_options.get("preset")
     folder = Path(args.outdir) / "pending"
     if state.is_main_process:
         folder = prepare_folder(Path(args.outdir), options)

@@ -111,7 +111,8 @@ def generate(
     cond = adapter.encode_prompts(list(prompts))
     if embedding_scale != 1:
         cond = scale_prompt_embedding(adapter, cond, embedding_scale)
-    uncond = adapter.encode_negative(negatives)
+    # The baselines' u is the stock pipeline's (SDXL: zeros for ""); a trained method's u is the one it was trained with.
+    uncond = adapter.encode_negative(negatives) if trained is not None else adapter.encode_stock_negative(negatives)
     if trained is not None:
         cond, uncond = trained.method.condition(adapter, trained.module, cond, uncond, strength)
         context = trained.method.pipeline(adapter, trained.module, strength, resolution)
@@ -176,7 +177,7 @@ OPTIONS_FILE = "sampling_options.json"
 IMAGE_DEFINING = ("family", "base_model", "family_options", "method", "cfg_scale", "alpha", "steps", "scheduler",
                   "resolution", "seed", "negative_prompt", "prompts", "sharpener", "sharpener_step")
 # Image-defining too, but only where set: folders written before they existed keep their names.
-IMAGE_DEFINING_IF_SET = ("gd_scale", "embedding_scale", "trained_model", "trained_step")
+IMAGE_DEFINING_IF_SET = ("gd_scale", "embedding_scale", "trained_model", "trained_step", "output_filters_off", "null_embedding")
 
 
 def image_defining(options: dict) -> dict:

@@ -33,7 +33,7 @@ from .errors import UserError, check_output_dir, give_default_permissions, is_di
 from .latent_cache import build_latent_cache
 from .methods import TrainedModel, build_method
 from .negatives import NegativePrompts, read_negative_prompts
-from .options import build_parser, resolve_options
+from .options import DENOISER_AUTOCAST, build_parser, resolve_options
 from .paper import GUIDANCE_SCALE
 from .runtime import needs_cpu_process_group, to_device
 from .sampling import generate, image_grid, use_scheduler, write_atomic
@@ -100,6 +100,7 @@ def fit(accelerator, adapter, args, family: str, run_dir: Path, resume_from: Pat
                                [""] + negatives.prompts, accelerator)
 
     method = build_method(args.method, guidance_scale=args.guidance_scale, guidance_scale_range=args.guidance_scale_range,
+                          omega_draw=args.omega_draw, omega_student_input=args.omega_student_input,
                           inner_dim=args.sharpener_inner_dim, num_heads=args.sharpener_heads)
     set_seed(args.seed)  # the trained module's initial weights
     model = method.build(adapter)
@@ -127,7 +128,10 @@ def fit(accelerator, adapter, args, family: str, run_dir: Path, resume_from: Pat
     options = {k: v for k, v in vars(args).items()}
     options.update(family=family, num_processes=world, mixed_precision=accelerator.mixed_precision,
                    global_batch_size=args.train_batch_size * world * args.gradient_accumulation_steps,
-                   data_layout=layout, num_images=len(records), negative_prompt_list=negatives.prompts)
+                   data_layout=layout, num_images=len(records), negative_prompt_list=negatives.prompts,
+                   # What changes pixels beyond the options above: the stock pipeline's output filters switched off
+                   # (validation grids), the empty prompt's u of the teacher and the student.
+                   output_filters_off=adapter.removed_output_filters, null_embedding=adapter.null_embedding() or "encoded")
     config.training_options = options
 
     global_step = 0
@@ -167,13 +171,15 @@ def fit(accelerator, adapter, args, family: str, run_dir: Path, resume_from: Pat
                 skipped_images += batch["skipped"]
                 # Every random draw is keyed by (seed, step, micro-step, rank); a shared timestep leaves the rank out.
                 generator = step_generator(args.seed, global_step, micro, rank)
-                shared = step_generator(args.seed, global_step, micro, -1) if args.shared_timestep else None
+                shared = step_generator(args.seed, global_step, micro, -1)
                 latents = (to_device(batch["latents"], accelerator.device, adapter.dtype) if "latents" in batch  # --latent_cache
                            else adapter.encode_images(batch["pixels"]))
                 with accelerator.accumulate(model):
                     loss = distillation_step(adapter, method, model, latents, batch["captions"],
-                                             to_device(batch["sizes"], accelerator.device), negative_bank, generator, shared,
-                                             args.loss_type, args.loss_reduction, accelerator.autocast)
+                                             to_device(batch["sizes"], accelerator.device), negative_bank, generator,
+                                             shared_generator=shared, shared_timestep=bool(args.shared_timestep),
+                                             loss_type=args.loss_type, reduction=args.loss_reduction,
+                                             global_batch=options["global_batch_size"], autocast=accelerator.autocast)
                     accelerator.backward(loss)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
@@ -341,6 +347,7 @@ def _load_adapter(family: str, args, accelerator, weight_dtype: torch.dtype):
             f"{args.pretrained_model_name_or_path}). Pass a multiple of {adapter.resolution_multiple}"
         )
     adapter.freeze(accelerator.device, weight_dtype)
+    adapter.denoiser_autocast = DENOISER_AUTOCAST.get(args.denoiser_autocast)
     if args.enable_xformers_memory_efficient_attention:
         adapter.enable_xformers()
     if args.channels_last:

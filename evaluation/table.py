@@ -3,8 +3,8 @@
 The table has one row per sampling configuration (every image-defining option but the prompt set):
 FID / CLIP / AS come from its COCO 5k folder, the HPS v2.1 columns from its hps-<style> folders and
 DrawBench from its drawbench folder, each the latest value. A row says what produced it (method,
-base model, the model the sharpener was trained on, its training step, alpha, w, s, steps, NFE,
-prompt sets and counts, resolution, negative prompt), and a metric gets the paper's Table 1 number
+base model, the model the sharpener was trained on, its preset and training step, alpha, w, s, steps, NFE,
+prompt sets and counts, resolution, negative prompt, null embedding, output filters off), and a metric gets the paper's Table 1 number
 beside it only when its folder repeats the paper's protocol (SPEC §5-6): a paper base model at the
 paper's resolution, 20 DPM-Solver++ steps, the whole prompt set, the sharpener's final checkpoint on
 its own base model, and the paper's row (w=5 with the empty negative prompt, w=1, Scaling at the paper's s,
@@ -91,6 +91,12 @@ def protocol_mismatch(options: dict) -> str | None:
         (not is_cross_model(options), "a sharpener of another base model"),
         (options.get("method") not in ("dice", "gd", "pnp") or (step is not None and step == final_step),
          f"checkpoint of step {step}, not the final one"),
+        # Folders sampled before these choices were fixed (docs/authors_code.md): SD1.5's safety checker blacked out
+        # flagged images; SDXL's CFG baseline used the encoded "" instead of the stock pipeline's zeros.
+        (options.get("family") != "sd15" or "safety_checker" in (options.get("output_filters_off") or []),
+         "sampled with the safety checker on"),
+        (not (options.get("family") == "sdxl" and options.get("method") in ("cfg", "scaling+cfg"))
+         or options.get("null_embedding") == "zeros", "CFG baseline without the stock pipeline's null embedding"),
     ]
     return next((why for ok, why in checks if not ok), None)
 
@@ -208,6 +214,11 @@ def build_table(records: list[dict]) -> list[dict]:
             "prompts": ", ".join(f"{name} ({count})" for name, count in run["sets"].items() if name),
             "resolution": options.get("resolution"),
             "negative_prompt": options.get("negative_prompt"),
+            # What else produced the pixels (docs/authors_code.md): the trained model's preset, the empty prompt's u,
+            # the stock output filters switched off.
+            "preset": options.get("trained_preset"),
+            "null_embedding": options.get("null_embedding") or (options.get("family_options") or {}).get("empty_prompt"),
+            "output_filters_off": ", ".join(options.get("output_filters_off") or []),
             "counts": run["counts"],
             "values": run["values"],
             "paper": {} if smoke_test else {c: v for c, v in run["paper"].items() if v is not None},
@@ -246,15 +257,16 @@ def _negative(value) -> str:
 def format_markdown(rows: list[dict]) -> str:
     paper_rows = any(paper_model_name(row.get("base_model")) for row in rows)  # Table 1's columns, filled or not
     metrics = [m for m in METRICS if (m in PAPER_METRICS and paper_rows) or any(m in row["values"] for row in rows)]
-    header = ["model", "method", "trained on", "step", "α", "w", "s", "ω", "steps", "NFE", "params", "prompts (N)", "res",
-              "negative"]
+    header = ["model", "method", "trained on", "preset", "step", "α", "w", "s", "ω", "steps", "NFE", "params", "prompts (N)",
+              "res", "negative"]
     header += [f"{METRIC_TITLES[m]} (paper)" if m in PAPER_METRICS else METRIC_TITLES[m] for m in metrics] + ["images"]
     any_smoke = any(row.get("smoke_test") for row in rows)
     if any_smoke:
         header.append("note")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row["model"], row["method"], row.get("sharpener_model", ""), _knob(row.get("sharpener_step")),
+        cells = [row["model"], row["method"], row.get("sharpener_model", ""), row.get("preset") or "",
+                 _knob(row.get("sharpener_step")),
                  _knob(row.get("alpha")), _knob(row.get("cfg_scale")), _knob(row.get("embedding_scale")),
                  _knob(row.get("gd_scale")), str(row["steps"] or ""), str(row["nfe"] or ""),
                  format_parameters(row.get("params")), row.get("prompts", ""), _knob(row.get("resolution")),
@@ -286,7 +298,8 @@ def format_markdown(rows: list[dict]) -> str:
 
 
 PROVENANCE = ("model", "base_model", "sharpener_model", "method", "guidance", "sharpener_step", "alpha", "cfg_scale",
-              "embedding_scale", "gd_scale", "steps", "nfe", "params", "prompts", "resolution", "negative_prompt")
+              "embedding_scale", "gd_scale", "steps", "nfe", "params", "prompts", "resolution", "negative_prompt", "preset",
+              "null_embedding", "output_filters_off")
 
 
 def format_csv(rows: list[dict]) -> str:

@@ -22,7 +22,10 @@ def options(base_model, method, cfg_scale, alpha=None, steps=20, family="sd15"):
     return {"family": family, "base_model": base_model, "method": method, "cfg_scale": cfg_scale, "alpha": alpha,
             "steps": steps, "nfe": nfe, "num_images": 5000, "prompts": "coco5k", "sharpener": None,
             "resolution": 1024 if family == "sdxl" else 512, "scheduler": "dpmsolver++", "sharpener_step": final,
-            "sharpener_max_train_steps": final}
+            "sharpener_max_train_steps": final,
+            # as sample.py records them since the safety checker is off and SDXL's baselines take the stock u
+            **({"output_filters_off": ["safety_checker"]} if family == "sd15" else {}),
+            **({"null_embedding": "zeros"} if family == "sdxl" and "dice" not in method else {})}
 
 
 def line(metric, value, folder, sampling_options, count=5000):
@@ -90,7 +93,7 @@ def test_table_rows_latest_values_and_paper_numbers(tmp_path):
     assert order.index("samples/dreamshaper-dice+cfg") < order.index("samples/sdxl-cfg5") < order.index("samples/pixart-dice")
 
     markdown = format_markdown(rows)
-    assert "| SD1.5 | cfg |  |  |  | 5 |  |  | 20 | 40 | - | coco5k (5000) | 512 |  | 22.50 (22.04) | 30.10 (30.22) | 5.31 (5.36) |" in markdown
+    assert "| SD1.5 | cfg |  |  |  |  | 5 |  |  | 20 | 40 | - | coco5k (5000) | 512 |  | 22.50 (22.04) | 30.10 (30.22) | 5.31 (5.36) |" in markdown
     table = list(csv.DictReader(io.StringIO(format_csv(rows))))
     assert table[1]["images"] == "samples/sd15-cfg5"
     assert table[1]["fid"] == "22.5" and table[1]["fid_paper"] == "22.04" and table[1]["aesthetic_count"] == "5000"
@@ -145,7 +148,7 @@ def test_cross_model_rows_name_both_models_and_are_not_table1(tmp_path):
     assert (rows["samples/cross"]["model"], rows["samples/cross"]["sharpener_model"]) == ("SD1.5", "DreamShaper")
     markdown = format_markdown(list(rows.values()))
     assert "trained on" in markdown.splitlines()[0]
-    assert next(r for r in markdown.splitlines() if "samples/cross" in r).startswith("| SD1.5 | dice | DreamShaper | 8000 |")
+    assert next(r for r in markdown.splitlines() if "samples/cross" in r).startswith("| SD1.5 | dice | DreamShaper |  | 8000 |")
     table = {r["images"]: r for r in csv.DictReader(io.StringIO(format_csv(list(rows.values()))))}
     assert table["samples/cross"]["sharpener_model"] == "DreamShaper" and table["samples/cross"]["model"] == "SD1.5"
     with_negative = dict(options("Lykon/DreamShaper", "cfg", 5.0), negative_prompt="blurry")
@@ -157,11 +160,11 @@ def test_baseline_rows_scaling_gd_pnp(tmp_path):
     sd15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     scaling = dict(options(sd15, "scaling", 1.0), embedding_scale=1.2)
     other_s = dict(options(sd15, "scaling", 1.0), embedding_scale=1.5)
-    final = {"trained_step": 8000, "trained_max_train_steps": 8000}  # the final checkpoint, as Table 1
+    final = {"trained_step": 8000, "trained_max_train_steps": 8000, "trained_preset": "authors"}  # the final checkpoint
     gd = dict(options(sd15, "gd", 1.0), gd_scale=5.0, trainable_parameters=859_602_884, **final)
     pnp = dict(options(sd15, "pnp", 1.0), gd_scale=5.0, nfe=28.4, trainable_parameters=361_279_120, **final)
     pnp7 = dict(pnp, gd_scale=7.0)
-    dice = dict(options(sd15, "dice", 1.0, alpha=1.0), trainable_parameters=1_836_800)
+    dice = dict(options(sd15, "dice", 1.0, alpha=1.0), trainable_parameters=1_836_800, trained_preset="paper")
     path = tmp_path / "results.jsonl"
     entries = [("scaling", scaling), ("s15", other_s), ("gd", gd), ("pnp", pnp), ("pnp7", pnp7), ("dice", dice)]
     path.write_text("".join(json.dumps(line("fid", 25.0, f"samples/{name}", o)) + "\n" for name, o in entries))
@@ -171,12 +174,13 @@ def test_baseline_rows_scaling_gd_pnp(tmp_path):
     order = [row["images"] for row in build_table(read_results(path))]
     assert order.index("samples/scaling") < order.index("samples/gd") < order.index("samples/pnp") < order.index("samples/dice")
     markdown = format_markdown(list(rows.values()))
-    assert "| SD1.5 | pnp |  | 8000 |  | 1 |  | 5 | 20 | 28.4 | 361M | coco5k (5000) | 512 |  | 25.00 (26.57) |" in markdown
-    assert "| SD1.5 | gd |  | 8000 |  | 1 |  | 5 | 20 | 20 | 860M |" in markdown
-    assert "| SD1.5 | dice |  | 8000 | 1 | 1 |  |  | 20 | 20 | 1.84M |" in markdown
-    assert "| SD1.5 | scaling |  |  |  | 1 | 1.2 |  | 20 | 20 | - |" in markdown
+    assert "| SD1.5 | pnp |  | authors | 8000 |  | 1 |  | 5 | 20 | 28.4 | 361M | coco5k (5000) | 512 |  | 25.00 (26.57) |" in markdown
+    assert "| SD1.5 | gd |  | authors | 8000 |  | 1 |  | 5 | 20 | 20 | 860M |" in markdown
+    assert "| SD1.5 | dice |  | paper | 8000 | 1 | 1 |  |  | 20 | 20 | 1.84M |" in markdown
+    assert "| SD1.5 | scaling |  |  |  |  | 1 | 1.2 |  | 20 | 20 | - |" in markdown
     table = {r["images"]: r for r in csv.DictReader(io.StringIO(format_csv(list(rows.values()))))}
     assert table["samples/pnp"]["params"] == "361279120" and table["samples/pnp"]["nfe"] == "28.4"
+    assert table["samples/pnp"]["preset"] == "authors" and table["samples/scaling"]["output_filters_off"] == "safety_checker"
 
 
 def test_paper_values_only_where_the_protocol_is_the_papers():
@@ -188,6 +192,19 @@ def test_paper_values_only_where_the_protocol_is_the_papers():
                         ({"embedding_scale": 1.2}, "not a Table 1 method")):
         assert paper_values({**full, **change}) is None
         assert why in protocol_mismatch({**full, **change})
+
+
+def test_folders_of_the_choices_fixed_later_are_not_beside_the_paper():
+    """Folders sampled before the safety checker was switched off (SD1.5) or before SDXL's CFG baseline took the stock
+    pipeline's zero null embedding are not the authors' protocol: no paper value, and the CSV says why."""
+    sd15 = options("stable-diffusion-v1-5/stable-diffusion-v1-5", "cfg", 5.0)
+    assert paper_values(sd15)["fid"] == 22.04
+    old_sd15 = {k: v for k, v in sd15.items() if k != "output_filters_off"}
+    assert paper_values(old_sd15) is None and "safety checker on" in protocol_mismatch(old_sd15)
+    sdxl = options("stabilityai/stable-diffusion-xl-base-1.0", "cfg", 5.0, family="sdxl")
+    assert paper_values(sdxl)["fid"] == 23.95
+    for old in ({k: v for k, v in sdxl.items() if k != "null_embedding"}, {**sdxl, "null_embedding": "encoded"}):
+        assert paper_values(old) is None and "null embedding" in protocol_mismatch(old)
 
 
 def test_hps_and_drawbench_columns_join_the_coco_row(tmp_path):

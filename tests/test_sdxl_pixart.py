@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -39,19 +40,30 @@ def test_sdxl_empty_prompt_zeros_vs_encoded(tiny_model):
     assert u_enc.embeds[0].abs().sum() > 0 and u_enc.pooled[0].abs().sum() > 0
     # A non-empty negative prompt is always encoded.
     assert torch.equal(u_enc.embeds[1], u_zero.embeds[1]) and torch.equal(u_enc.pooled[1], u_zero.pooled[1])
-    # The CFG baseline honours the option, and matches the stock pipeline's own handling of each:
-    # zeros = no negative prompt with force_zeros_for_empty_prompt, encoded = negative_prompt="".
-    seeds, common = [0, 1], dict(num_inference_steps=2, height=16, width=16, guidance_scale=5.0, output_type="latent")
-    ours = {a.options["empty_prompt"]: generate(a, PROMPTS, seeds, cfg_scale=5.0, steps=2, resolution=16, output_type="latent")
-            for a in (encoded, zeros)}
-    assert not torch.allclose(ours["zeros"], ours["encoded"])
-    latents = initial_noise(encoded, seeds, 16)
-    stock_zeros = zeros.pipe(prompt=PROMPTS, latents=latents, **common).images
-    stock_encoded = encoded.pipe(prompt=PROMPTS, negative_prompt=["", ""], latents=latents, **common).images
-    torch.testing.assert_close(ours["zeros"], stock_zeros)
-    torch.testing.assert_close(ours["encoded"], stock_encoded)
     kwargs = zeros.pipeline_kwargs(zeros.encode_prompts(PROMPTS), u_zero)
     assert kwargs["negative_prompt_embeds"] is u_zero.embeds and kwargs["negative_pooled_prompt_embeds"] is u_zero.pooled
+
+
+def test_sdxl_cfg_baseline_is_the_stock_pipelines_and_a_trained_model_keeps_its_own_u(tiny_model):
+    """The CFG baseline's image equals the stock pipeline's guidance_scale=5 image (its force_zeros_for_empty_prompt
+    null embedding) byte for byte, whatever the trained methods' empty_prompt option; a trained model (here DICE + CFG
+    with a sharpener whose residual is zero) keeps the u it was trained with: the encoded "" by default."""
+    encoded, zeros = load(tiny_model, "sdxl"), load(tiny_model, "sdxl", empty_prompt="zeros")
+    seeds = [0, 1]
+    latents = initial_noise(encoded, seeds, 16)
+    stock = encoded.pipe(prompt=PROMPTS, latents=latents, num_inference_steps=2, height=16, width=16, guidance_scale=5.0,
+                         output_type="np").images
+    for adapter in (encoded, zeros):
+        ours = generate(adapter, PROMPTS, seeds, cfg_scale=5.0, steps=2, resolution=16)
+        assert np.array_equal(np.stack([np.asarray(image) for image in ours]), (stock * 255).round().astype(np.uint8))
+        assert adapter.null_embedding(stock=True) == "zeros"
+    silent = sharpener_for(encoded)
+    torch.nn.init.zeros_(silent.fc2.weight), torch.nn.init.zeros_(silent.fc2.bias)
+    trained = generate(encoded, PROMPTS, seeds, sharpener=silent, cfg_scale=5.0, steps=2, resolution=16, output_type="latent")
+    stock_encoded = encoded.pipe(prompt=PROMPTS, negative_prompt=["", ""], latents=latents, num_inference_steps=2,
+                                 height=16, width=16, guidance_scale=5.0, output_type="latent").images
+    torch.testing.assert_close(trained, stock_encoded)
+    assert encoded.null_embedding() == "encoded" and zeros.null_embedding() == "zeros"
 
 
 def test_sdxl_empty_prompt_option_reaches_checkpoint_and_sampler(tiny_model, tiny_dataset, tmp_path):
@@ -61,7 +73,8 @@ def test_sdxl_empty_prompt_option_reaches_checkpoint_and_sampler(tiny_model, tin
             "--empty_prompt", "zeros"]
     args = resolve_options("sdxl", build_parser("sdxl").parse_args(argv))
     adapter = adapter_class("sdxl").from_args(args)
-    assert adapter.describe()["family_options"] == {"empty_prompt": "zeros", "pretrained_vae_model_name_or_path": None}
+    assert adapter.describe()["family_options"] == {"empty_prompt": "zeros", "size_conditioning": "target",
+                                                    "pretrained_vae_model_name_or_path": None}
     # The sampler re-creates the adapter from the checkpoint's family_options.
     again = adapter_class("sdxl").from_pretrained(str(tiny_model("sdxl")), **adapter.describe()["family_options"])
     assert again.encode_negative([""]).embeds.abs().sum() == 0
@@ -85,10 +98,38 @@ def test_sdxl_pooled_and_time_ids_pass_through(tiny_model):
     teacher, plain = seen
     assert torch.equal(teacher["text_embeds"], torch.cat([uncond.pooled, cond.pooled]))
     target = 8 * adapter.vae_scale_factor
+    # Training passes what sampling passes (original = target, no crop), whatever the images' sizes: the default
+    # size_conditioning "target", as the authors trained.
+    sampling = torch.tensor([[target, target, 0, 0, target, target]] * 2, dtype=torch.float32)
+    assert torch.equal(plain["time_ids"], sampling) and torch.equal(teacher["time_ids"], torch.cat([sampling, sampling]))
+    # size_conditioning "image": each image's own original size and crop.
+    per_image = load(tiny_model, "sdxl", size_conditioning="image")
     expected = torch.tensor([[48, 40, 3, 0, target, target], [40, 64, 0, 5, target, target]], dtype=torch.float32)
-    assert torch.equal(teacher["time_ids"], torch.cat([expected, expected]))
-    # Without sizes: the sampling-time convention (original = target, no crop).
-    assert torch.equal(plain["time_ids"], torch.tensor([[target, target, 0, 0, target, target]] * 2, dtype=torch.float32))
+    assert torch.equal(per_image.time_ids(x_t, sizes), expected)
+
+
+def test_sdxl_non_square_training_images_get_the_time_ids_of_sampling(tiny_model, tmp_path):
+    """Non-square COCO-like images through the real loader: their time ids are the ones the stock pipeline passes at
+    sampling (training's micro-conditioning used to be each image's true size and crop offset, which sampling never
+    shows the sharpener)."""
+    from PIL import Image
+
+    from dice.data import load_records, make_loader
+
+    folder = tmp_path / "non_square"
+    folder.mkdir()
+    for i, (w, h) in enumerate([(64, 40), (40, 72), (96, 48), (48, 48)]):
+        Image.new("RGB", (w, h), (40 * i, 90, 160)).save(folder / f"{i}.png")
+    (folder / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"{i}.png", "text": "a red ball"}) + "\n"
+                                                   for i in range(4)))
+    _, records = load_records(folder)
+    batch = next(iter(make_loader(records, 32, 4, 0, 1, seed=0)))
+    assert {tuple(size[:2].tolist()) for size in batch["sizes"]} != {(32, 32)}  # the loader saw the true sizes
+    adapter = load(tiny_model, "sdxl")
+    x_t = torch.randn(4, 4, 32 // adapter.vae_scale_factor, 32 // adapter.vae_scale_factor)
+    assert torch.equal(adapter.time_ids(x_t, batch["sizes"]), adapter.time_ids(x_t, None))
+    assert not torch.equal(load(tiny_model, "sdxl", size_conditioning="image").time_ids(x_t, batch["sizes"]),
+                           adapter.time_ids(x_t, None))
 
 
 def test_sdxl_replacement_vae_is_recorded_and_sampled_with(tiny_model, tiny_dataset, tmp_path, monkeypatch):

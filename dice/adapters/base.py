@@ -7,6 +7,7 @@ loop and the sampling routine talk to adapters only.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -24,7 +25,7 @@ from .registry import (
     family_of_single_file,
     is_offline,
     looks_like_file,
-    read_pipeline_class,
+    read_model_index,
 )
 
 logger = logging.getLogger("dice")
@@ -77,6 +78,13 @@ def absolute_if_local(name_or_path: str) -> str:
     return os.path.abspath(name_or_path) if os.path.exists(name_or_path) else name_or_path
 
 
+def _model_index_or_none(model: str, revision: str | None) -> dict | None:
+    try:
+        return read_model_index(model, revision)
+    except ModelLoadError:
+        return None
+
+
 def hub_revision(model: str, revision: str | None = None) -> str | None:
     """The commit a hub id resolves to in the local Hugging Face cache (what from_pretrained loaded),
     else ``revision``; None for a local model."""
@@ -104,8 +112,16 @@ class Adapter:
     # The text encoder starts every prompt with the same begin-of-text token (CLIP's BOS): that position
     # carries no prompt information. T5 (PixArt) has none: its first token is the first word.
     first_token_is_bos: ClassVar[bool] = True
+    # The stock pipeline decodes in fp32 when the pipeline runs in fp16 and the VAE's config says force_upcast (SDXL);
+    # encode_images does the same for encoding.
+    upcasts_fp16_vae: ClassVar[bool] = False
     # Class names of the denoiser's repeated blocks, compiled one by one by compile_denoiser("regional").
     repeated_blocks: ClassVar[tuple[str, ...]] = ("BasicTransformerBlock", "ResnetBlock2D")
+    # Parts of the stock pipeline that change generated pixels after decoding, switched off at loading as the
+    # authors' runs had them off: name -> the from_pretrained / from_single_file keywords that switch it off.
+    # (SD1.5: the safety checker blacks out every image it flags; the authors commented out run_safety_checker
+    # and loaded validation pipelines with safety_checker=None.)
+    output_filters: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, pipe, model: str, options: dict[str, Any] | None = None):
         unknown = set(options or {}) - set(self.option_defaults)
@@ -114,6 +130,11 @@ class Adapter:
         self.pipe = pipe
         self.model = model
         self.options = {**self.option_defaults, **{k: v for k, v in (options or {}).items() if v is not None}}
+        # The output filters switched off when loading (from_pretrained); a pipeline handed in as it is keeps its own.
+        self.removed_output_filters: list[str] = []
+        # Training's --denoiser_autocast: the frozen denoiser's calls (and PnP's guide) under torch.autocast to this
+        # dtype, as the authors called their bf16-cast networks under torch.autocast("cuda") (fp16). None: as cast.
+        self.denoiser_autocast: torch.dtype | None = None
         from diffusers import DDPMScheduler
 
         # The forward (noising) process of the model's own training schedule.
@@ -134,10 +155,12 @@ class Adapter:
     ) -> "Adapter":
         """Load the base model from a hub id, a local diffusers folder or a single checkpoint file.
 
-        ``components`` replaces pipeline parts at load time (e.g. SDXL's fp16-fixed VAE).
+        ``components`` replaces pipeline parts at load time (e.g. SDXL's fp16-fixed VAE). The family's
+        ``output_filters`` (SD1.5's safety checker, SDXL's watermark) are switched off, as in the authors' runs.
         """
         model = str(model)
-        kwargs: dict[str, Any] = {"dtype": torch_dtype, **(components or {})}
+        switched_off = {key: value for keywords in cls.output_filters.values() for key, value in keywords.items()}
+        kwargs: dict[str, Any] = {"dtype": torch_dtype, **switched_off, **(components or {})}
         if os.path.isfile(model) or looks_like_file(model):
             if not os.path.isfile(model):
                 raise ModelLoadError(f"checkpoint file '{model}' does not exist.")
@@ -147,6 +170,8 @@ class Adapter:
                     f"'{model}' looks like a {found} checkpoint, but this is the {cls.family} trainer/"
                     f"sampler. Use the {found} entry point (train_{found}.py) or a {cls.family} model."
                 )
+            # The single file's components come from its config folder (or the hub repo diffusers picks for it).
+            index = _model_index_or_none(single_file_config, revision) if single_file_config else None
             try:
                 pipe = cls.pipeline_class().from_single_file(model, config=single_file_config, **kwargs)
             except Exception as err:  # noqa: BLE001
@@ -163,7 +188,8 @@ class Adapter:
                 cause = str(err).strip().rstrip(".") or type(err).__name__
                 raise ModelLoadError(f"could not load single-file checkpoint '{model}': {cause}.{hint}") from err
         else:
-            class_name = read_pipeline_class(model, revision)
+            index = read_model_index(model, revision)
+            class_name = index.get("_class_name") if index else None
             found = family_of_pipeline_class(class_name) if class_name else None
             if class_name and found != cls.family:
                 looks = f"a {found} model" if found else f"a {class_name}"
@@ -184,7 +210,17 @@ class Adapter:
                     f"Cause: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
                 ) from err
         pipe.set_progress_bar_config(disable=True)
-        return cls(pipe, model, options)
+        adapter = cls(pipe, model, options)
+        adapter.removed_output_filters = cls.output_filters_of(index)
+        return adapter
+
+    @classmethod
+    def output_filters_of(cls, index: dict | None) -> list[str]:
+        """The output filters the stock pipeline would apply to a model with this ``model_index.json`` (unknown,
+        e.g. a single file without a config folder: all of them), i.e. those loading switched off."""
+        if index is None:
+            return sorted(cls.output_filters)
+        return sorted(name for name in cls.output_filters if (index.get(name) or [None])[0] is not None)
 
     @classmethod
     def add_arguments(cls, parser) -> None:
@@ -272,8 +308,19 @@ class Adapter:
         raise NotImplementedError
 
     def encode_negative(self, prompts: list[str]) -> Conditioning:
-        """The null/negative side ``u``; the empty prompt is the null embedding."""
+        """The null/negative side ``u`` of the trained methods (their teacher, their sharpener's context); the empty
+        prompt is the null embedding."""
         return self.encode_prompts(prompts)
+
+    def encode_stock_negative(self, prompts: list[str]) -> Conditioning:
+        """``u`` of the training-free baselines (CFG, Scaling): what the stock pipeline feeds for these negative
+        prompts. The same as :meth:`encode_negative` unless the family's stock pipeline has its own rule (SDXL)."""
+        return self.encode_negative(prompts)
+
+    def null_embedding(self, stock: bool = False) -> str | None:
+        """How the empty prompt's ``u`` is made, for families where that is a choice ("encoded" / "zeros"), of the
+        trained methods or (``stock``) of the baselines; None where it is always the encoded empty prompt."""
+        return None
 
     def prepare_text_cache(self, prompts: list[str], negatives: list[str], accelerator=None) -> None:
         """Before training: a family with a huge text encoder may encode every prompt (captions,
@@ -302,11 +349,23 @@ class Adapter:
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixels in [-1, 1] -> scaled VAE latents (the mean of the posterior: deterministic)."""
+        """Pixels in [-1, 1] -> scaled VAE latents (the mean of the posterior: deterministic), in the VAE's dtype."""
         vae = self.pipe.vae
-        latents = vae.encode(pixels.to(vae.device, vae.dtype, non_blocking=True)).latent_dist.mode()
+        dtype = vae.dtype
+        upcast = self.upcasts_fp16_vae and dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+        encoder = [m for m in (vae.encoder, getattr(vae, "quant_conv", None)) if m is not None]
+        if upcast:  # as the stock pipeline upcasts this VAE to decode: in fp16 it overflows (NaN latents)
+            for module in encoder:
+                module.to(torch.float32)
+        try:
+            pixels = pixels.to(vae.device, torch.float32 if upcast else dtype, non_blocking=True)
+            latents = vae.encode(pixels).latent_dist.mode()
+        finally:
+            if upcast:  # back: the stock pipeline reads the VAE's dtype from its first (encoder) weight
+                for module in encoder:
+                    module.to(dtype)
         shift = getattr(vae.config, "shift_factor", None) or 0.0
-        return (latents - shift) * vae.config.scaling_factor
+        return ((latents - shift) * vae.config.scaling_factor).to(dtype)
 
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         return self.noise_scheduler.add_noise(latents, noise, timesteps)
@@ -334,8 +393,15 @@ class Adapter:
         frozen base denoiser); ``extra``: further keyword arguments of that call (GD's ``timestep_cond``,
         PnP's residuals).
         """
-        out = (denoiser or self.denoiser)(x_t, timestep=t, **self.denoiser_inputs(x_t, cond, sizes), **extra).sample
+        with self.autocast():
+            out = (denoiser or self.denoiser)(x_t, timestep=t, **self.denoiser_inputs(x_t, cond, sizes), **extra).sample
         return self.noise_of(out)
+
+    def autocast(self):
+        """The context of a denoiser call: torch.autocast to ``denoiser_autocast`` when set, else nothing."""
+        if self.denoiser_autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.denoiser_autocast)
 
     def noise_of(self, output: torch.Tensor) -> torch.Tensor:
         """The noise prediction within the denoiser's output (PixArt also predicts the variance)."""

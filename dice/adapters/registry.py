@@ -95,6 +95,12 @@ def looks_like_file(model: str) -> bool:
 
 def read_pipeline_class(model: str, revision: str | None = None) -> str | None:
     """The ``_class_name`` in a model's ``model_index.json`` (local folder or hub cache), if found."""
+    index = read_model_index(model, revision)
+    return index.get("_class_name") if index else None
+
+
+def read_model_index(model: str, revision: str | None = None) -> dict | None:
+    """A model's ``model_index.json`` (local folder or hub cache), if found."""
     if not os.path.exists(model) and (os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1):
         raise ModelLoadError(
             f"base model '{model}' does not exist. Pass an existing diffusers folder, a .safetensors/.ckpt file, "
@@ -108,9 +114,9 @@ def read_pipeline_class(model: str, revision: str | None = None) -> str | None:
                 "folder. Pass the folder that holds model_index.json, a hub id, or a single "
                 ".safetensors/.ckpt file."
             )
-        return json.loads(index.read_text()).get("_class_name")
+        return json.loads(index.read_text())
     try:
-        return json.loads(Path(hf_hub_download(model, "model_index.json", revision=revision)).read_text()).get("_class_name")
+        return json.loads(Path(hf_hub_download(model, "model_index.json", revision=revision)).read_text())
     except Exception as err:  # noqa: BLE001 - the real load below reports other failures with their cause
 
         if isinstance(err, LocalEntryNotFoundError) and is_offline():

@@ -28,6 +28,9 @@ from ..paper import GUIDANCE_SCALE
 from ..runtime import to_device
 
 
+OMEGA_DRAWS = ("sample", "batch")
+
+
 class Method:
     """Base class; subclasses fill in one method."""
 
@@ -40,11 +43,16 @@ class Method:
     # True: ω is an input of the student, drawn per sample over --guidance_scale_range in training.
     conditioned_on_scale: ClassVar[bool] = True
 
-    def __init__(self, guidance_scale: float | None = GUIDANCE_SCALE, guidance_scale_range: tuple[float, float] | None = None):
-        """The teacher's guidance scale: a fixed ``guidance_scale``, or (GD, PnP) one ω per sample drawn uniformly
-        from ``guidance_scale_range``."""
+    def __init__(self, guidance_scale: float | None = GUIDANCE_SCALE, guidance_scale_range: tuple[float, float] | None = None,
+                 omega_draw: str | None = None):
+        """The teacher's guidance scale: a fixed ``guidance_scale``, or (GD, PnP) ω drawn uniformly from
+        ``guidance_scale_range``, one per sample (``omega_draw`` "sample", default) or one for the whole global batch
+        ("batch", the authors' runs)."""
+        if omega_draw not in OMEGA_DRAWS + (None,):
+            raise ValueError(f"omega_draw must be one of {OMEGA_DRAWS}, not {omega_draw!r}")
         self.guidance_scale = guidance_scale
         self.guidance_scale_range = tuple(guidance_scale_range) if guidance_scale_range else None
+        self.omega_draw = omega_draw or "sample"
 
     # ---- which families ------------------------------------------------------------------------
     @classmethod
@@ -63,12 +71,15 @@ class Method:
         """The trainable module, initialised, in fp32 on the adapter's device (global RNG seeded by the caller)."""
         raise NotImplementedError
 
-    def training_guidance(self, batch_size: int, generator: torch.Generator) -> float | torch.Tensor:
-        """The teacher's guidance scale: the fixed one, else one ω per sample drawn uniformly from the range
-        (continuous, unlike the authors' integer cast)."""
+    def training_guidance(self, batch_size: int, generator: torch.Generator,
+                          shared_generator: torch.Generator | None = None) -> float | torch.Tensor:
+        """The teacher's guidance scale: the fixed one, else ω drawn uniformly from the range, one per sample from
+        ``generator`` or one per global batch from ``shared_generator`` (the same on every process)."""
         if self.guidance_scale is not None:
             return self.guidance_scale
         low, high = self.guidance_scale_range
+        if self.omega_draw == "batch":
+            return (low + (high - low) * torch.rand(1, generator=shared_generator)).repeat(batch_size)
         return low + (high - low) * torch.rand(batch_size, generator=generator)
 
     def student_noise(self, module: nn.Module, adapter: Adapter, x_t: torch.Tensor, t: torch.Tensor,

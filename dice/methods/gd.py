@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import UserError, one_line
+from ..paper import GUIDANCE_SCALE
 from ..runtime import to_device
 from .base import Method, count_parameters, pipeline_with, scale_tensor, write_config
 
@@ -89,9 +90,21 @@ def _has_guidance_input(denoiser: nn.Module) -> bool:
     return "time_cond_proj_dim" in denoiser.config
 
 
+OMEGA_STUDENT_INPUTS = ("float", "integer")
+
+
 class GDMethod(Method):
     name = "gd"
     title = "GD"
+
+    def __init__(self, guidance_scale=GUIDANCE_SCALE, guidance_scale_range=None, omega_draw=None,
+                 omega_student_input: str | None = None):
+        """``omega_student_input``: the ω the student is told in training, "float" (the teacher's ω, default) or
+        "integer" (truncated: the authors' runs handed the student ``ω.long()`` while the teacher used the float)."""
+        super().__init__(guidance_scale, guidance_scale_range, omega_draw)
+        if omega_student_input not in OMEGA_STUDENT_INPUTS + (None,):
+            raise ValueError(f"omega_student_input must be one of {OMEGA_STUDENT_INPUTS}, not {omega_student_input!r}")
+        self.omega_student_input = omega_student_input or "float"
 
     def build(self, adapter):
         base = adapter.denoiser
@@ -110,7 +123,10 @@ class GDMethod(Method):
         return student.float().train().requires_grad_(True)
 
     def student_noise(self, module, adapter, x_t, t, cond, uncond, guidance, sizes):
-        emb = to_device(guidance_embedding(scale_tensor(guidance, len(x_t))), x_t.device)
+        omega = scale_tensor(guidance, len(x_t))
+        if self.omega_student_input == "integer":
+            omega = omega.trunc()
+        emb = to_device(guidance_embedding(omega), x_t.device)
         return adapter.predict_noise(x_t, t, cond, sizes, denoiser=module, timestep_cond=emb)
 
     def enable_gradient_checkpointing(self, adapter, module):

@@ -62,8 +62,9 @@ class PnPMethod(Method):
     def student_noise(self, module, adapter, x_t, t, cond, uncond, guidance, sizes):
         factor = adapter.vae_scale_factor
         control = control_image(scale_tensor(guidance, len(x_t), x_t.device), x_t.shape[-2] * factor, x_t.shape[-1] * factor)
-        down, mid = module(x_t, timestep=t, controlnet_cond=control, **adapter.denoiser_inputs(x_t, cond, sizes),
-                           return_dict=False)
+        with adapter.autocast():
+            down, mid = module(x_t, timestep=t, controlnet_cond=control, **adapter.denoiser_inputs(x_t, cond, sizes),
+                               return_dict=False)
         return adapter.predict_noise(
             x_t, t, cond, sizes, down_block_additional_residuals=[r.to(adapter.dtype) for r in down],
             mid_block_additional_residual=mid.to(adapter.dtype),

@@ -184,20 +184,41 @@ def build_pixart(workdir: Path):
 BUILDERS = {"sd15": build_sd15, "sdxl": build_sdxl, "pixart": build_pixart}
 
 
-def build_tiny_pipeline(family: str = "sd15", seed: int = 0, workdir: str | os.PathLike | None = None):
-    """A tiny random-weight pipeline of ``family``, reproducible from ``seed``."""
+def flagging_safety_checker():
+    """A tiny ``StableDiffusionSafetyChecker`` that flags every image (the stock SD pipeline then returns it black)
+    and its image processor: what a real SD1.5 checkpoint's checker does to some images, for every image."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    tower = dict(hidden_size=16, intermediate_size=37, num_attention_heads=2, num_hidden_layers=1)
+    checker = StableDiffusionSafetyChecker(CLIPConfig(
+        text_config=tower, vision_config={**tower, "image_size": 32, "patch_size": 8}, projection_dim=8))
+    with torch.no_grad():  # a concept threshold below every cosine similarity: every concept score is positive
+        checker.concept_embeds_weights.fill_(-2.0)
+    return checker, CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+
+
+def build_tiny_pipeline(family: str = "sd15", seed: int = 0, workdir: str | os.PathLike | None = None,
+                        safety_checker: bool = False):
+    """A tiny random-weight pipeline of ``family``, reproducible from ``seed``; ``safety_checker`` (SD1.5) adds
+    a :func:`flagging_safety_checker`, as real SD1.5 checkpoints carry a checker."""
     if family not in BUILDERS:
         raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
-        return BUILDERS[family](Path(workdir or tmp))
+        pipe = BUILDERS[family](Path(workdir or tmp))
+    if safety_checker:
+        checker, processor = flagging_safety_checker()
+        pipe.register_modules(safety_checker=checker, feature_extractor=processor)
+        pipe.register_to_config(requires_safety_checker=True)
+    return pipe
 
 
-def save_tiny_pipeline(path: str | os.PathLike, family: str = "sd15", seed: int = 0) -> Path:
+def save_tiny_pipeline(path: str | os.PathLike, family: str = "sd15", seed: int = 0, safety_checker: bool = False) -> Path:
     """Build and save a tiny pipeline as a diffusers folder; returns the folder (kept if it exists)."""
     path = Path(path)
     if (path / "model_index.json").is_file():
         return path
-    pipe = build_tiny_pipeline(family, seed)
+    pipe = build_tiny_pipeline(family, seed, safety_checker=safety_checker)
     pipe.save_pretrained(path, safe_serialization=True)
     return path
