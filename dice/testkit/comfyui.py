@@ -333,7 +333,7 @@ def write_random_sharpener(folder: str | os.PathLike, family: str, dim: int, see
 
 
 # ---- the README's screenshot -------------------------------------------------------------------
-def screenshot(out: str | os.PathLike, workflow: str = "dice_sd15", width: int = 1500, height: int = 820) -> Path:
+def screenshot(out: str | os.PathLike, workflow: str = "dice_sd15", width: int = 1500, height: int = 500) -> Path:
     """ComfyUI's page with the UI-format example workflow loaded, photographed by headless Chromium (via its
     DevTools protocol on loopback); the models the workflow names are empty placeholder files."""
     import aiohttp  # installed with ComfyUI (its server and websockets), not a requirement of this project
@@ -351,6 +351,11 @@ def screenshot(out: str | os.PathLike, workflow: str = "dice_sd15", width: int =
                 target.touch()
                 if folder == "dice":
                     target.with_name("config.json").write_text("{}")
+        # A returning user's settings: no first-run template dialog, no minimap or canvas statistics over the graph.
+        settings = host / "user" / "default" / "comfy.settings.json"
+        settings.parent.mkdir(parents=True, exist_ok=True)
+        settings.write_text(json.dumps({"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
+                                        "Comfy.Graph.CanvasInfo": False}))
         with ComfyServer(host) as server:
             debug_port = free_port()
             browser = subprocess.Popen(
@@ -359,7 +364,7 @@ def screenshot(out: str | os.PathLike, workflow: str = "dice_sd15", width: int =
                  f"--window-size={width},{height}", f"--user-data-dir={tmp}/chromium", "about:blank"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
             try:
-                png = asyncio.run(_photograph(server.url, debug_port, ui, aiohttp))
+                png = asyncio.run(_photograph(server.url, debug_port, ui, workflow, width, height, aiohttp))
             finally:
                 os.killpg(browser.pid, signal.SIGTERM)
                 browser.wait(timeout=30)
@@ -376,7 +381,7 @@ def _model_widgets(node: dict):
         yield "text_encoders", node["widgets_values"][1]
 
 
-async def _photograph(url: str, debug_port: int, ui: dict, aiohttp) -> str:
+async def _photograph(url: str, debug_port: int, ui: dict, name: str, width: int, height: int, aiohttp) -> str:
     async with aiohttp.ClientSession(trust_env=False) as session:
         for _ in range(100):
             with contextlib.suppress(aiohttp.ClientError):
@@ -404,14 +409,21 @@ async def _photograph(url: str, debug_port: int, ui: dict, aiohttp) -> str:
                     raise RuntimeError(f"{expression[:80]}: {result['exceptionDetails']}")
                 return result["result"].get("value")
 
+            await call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
             await call("Page.navigate", url=url)
-            for _ in range(300):  # the frontend is ready when its app object has a graph
-                if await evaluate("Boolean(window.app && window.app.graph && window.app.canvas)"):
+            types = json.dumps(sorted({node["type"] for node in ui["nodes"]} - {"Note"}))
+            for _ in range(300):  # the page is ready when its graph exists and every node type is registered
+                if await evaluate(f"Boolean(window.app && window.app.graph && window.app.canvas && window.LiteGraph && "
+                                  f"{types}.every(t => t in LiteGraph.registered_node_types))"):
                     break
                 await asyncio.sleep(0.2)
             else:
                 raise TimeoutError("ComfyUI's page did not start within 60 s")
-            await evaluate(f"window.app.loadGraphData({json.dumps(ui)}).then(() => true)")
+            await asyncio.sleep(3.0)  # the page's own start-up (its default graph) settles
+            await evaluate(f"window.app.loadGraphData({json.dumps(ui)}, true, true, {json.dumps(name)}).then(() => true)")
+            broken = await evaluate("window.app.graph.nodes.filter(n => n.has_errors).map(n => n.type)")
+            if broken:
+                raise RuntimeError(f"ComfyUI's page could not build these nodes: {broken}")
             await asyncio.sleep(2.0)  # let the canvas draw
             return (await call("Page.captureScreenshot", format="png"))["data"]
 
