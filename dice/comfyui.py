@@ -30,7 +30,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -44,6 +44,22 @@ from .sharpener import Sharpener
 logger = logging.getLogger("dice")
 
 
+CLIP_CHUNK = 77  # tokens of one CLIP encoding: ComfyUI encodes a longer prompt in several, joined along the sequence
+
+
+def clip_chunks(tokens: torch.Tensor) -> list[slice]:
+    """ComfyUI's CLIP layout: 77-token chunks, each encoded on its own and led by the begin-of-text token."""
+    if tokens.shape[1] % CLIP_CHUNK:
+        raise SharpenerMismatch(
+            f"the conditioning has {tokens.shape[1]} tokens, not a multiple of ComfyUI's {CLIP_CHUNK}-token CLIP chunks: "
+            "it does not come from a text encoder node. Wire CLIPTextEncode's output (or a combination of them)")
+    return [slice(start, start + CLIP_CHUNK) for start in range(0, tokens.shape[1], CLIP_CHUNK)]
+
+
+def one_sequence(tokens: torch.Tensor) -> list[slice]:
+    return [slice(0, tokens.shape[1])]
+
+
 @dataclass(frozen=True)
 class ComfyFamily:
     """How a family's CONDITIONING looks in ComfyUI, as far as DICE needs to know."""
@@ -52,8 +68,9 @@ class ComfyFamily:
     title: str
     text_width: int  # the conditioning tensor's last dimension
     pooled_width: int | None  # the width of ``pooled_output``; None: the family has none
-    # Prompts are encoded in chunks of this many tokens, each starting with the begin-of-text token; None: one sequence.
-    chunk_tokens: int | None = None
+    # Consecutive slices covering the tokens, each sharpened as one embedding by the library's rule (its first token is
+    # the rule's first token). The sharpener has no attention between prompt tokens: only where a group starts matters.
+    token_groups: Callable[[torch.Tensor], list[slice]] = one_sequence
     # Family options a sharpener must have been trained with to fit this conditioning, and why.
     required_options: dict[str, Any] = field(default_factory=dict)
     why_required: str = ""
@@ -61,9 +78,9 @@ class ComfyFamily:
 
 COMFYUI_FAMILIES: dict[str, ComfyFamily] = {
     # CLIP ViT-L last layer after the final norm; pooled: its projection.
-    "sd15": ComfyFamily("sd15", "SD1.5", 768, 768, chunk_tokens=77),
+    "sd15": ComfyFamily("sd15", "SD1.5", 768, 768, clip_chunks),
     # CLIP-L and CLIP-G penultimate layers side by side; pooled: CLIP-G's projection.
-    "sdxl": ComfyFamily("sdxl", "SDXL", 2048, 1280, chunk_tokens=77),
+    "sdxl": ComfyFamily("sdxl", "SDXL", 2048, 1280, clip_chunks),
     # Flan-T5-XXL, the prompt's tokens only.
     "pixart": ComfyFamily(
         "pixart", "PixArt-α", 4096, None,
@@ -125,12 +142,12 @@ def load_for_comfyui(spec: str | os.PathLike, root: str | os.PathLike, revision:
     return ComfySharpener(module, config, str(spec))
 
 
-def recognise(tensor: torch.Tensor, extras: dict[str, Any]) -> ComfyFamily | None:
-    """The family whose ComfyUI conditioning has this text width and pooled width, if any."""
+def recognise(tensor: torch.Tensor, extras: dict[str, Any]) -> list[ComfyFamily]:
+    """The families whose ComfyUI conditioning has this text width and pooled width (several where the text encoders
+    are the same, e.g. PixArt-α and PixArt-Σ)."""
     pooled = extras.get("pooled_output")
     pooled_width = None if pooled is None else pooled.shape[-1]
-    return next((f for f in COMFYUI_FAMILIES.values()
-                 if f.text_width == tensor.shape[-1] and f.pooled_width == pooled_width), None)
+    return [f for f in COMFYUI_FAMILIES.values() if f.text_width == tensor.shape[-1] and f.pooled_width == pooled_width]
 
 
 def _describe(tensor: torch.Tensor, extras: dict[str, Any]) -> str:
@@ -138,28 +155,20 @@ def _describe(tensor: torch.Tensor, extras: dict[str, Any]) -> str:
     return f"{list(tensor.shape)}" + (f" with a {pooled.shape[-1]}-wide pooled vector" if pooled is not None else " without a pooled vector")
 
 
-def _check_fits(loaded: ComfySharpener, tensor: torch.Tensor, extras: dict[str, Any], which: str) -> ComfyFamily:
-    """The family of one conditioning entry, refused unless it is the sharpener's (one line naming both)."""
+def _check_fits(loaded: ComfySharpener, tensor: torch.Tensor, extras: dict[str, Any], which: str) -> None:
+    """Refuse a conditioning entry that is not of the sharpener's family (one line naming both)."""
     if tensor.ndim != 3:
         raise SharpenerMismatch(f"the {which} conditioning's tensor is {list(tensor.shape)}, not [batch, tokens, width]: "
                                 "wire the CONDITIONING of a text encoder (e.g. CLIPTextEncode)")
     found = recognise(tensor, extras)
-    if found is None:
+    if not found:
         raise SharpenerMismatch(
             f"the {which} conditioning ({_describe(tensor, extras)}) is of no family the DICE node knows "
             f"({', '.join(f.title for f in COMFYUI_FAMILIES.values())}), and '{loaded.source}' is a {loaded.describe()}. "
             f"Wire the text encoder of a {loaded.layout.title} model")
-    check_sharpener_fits(loaded.config, loaded.source, family=found.family, dim=tensor.shape[-1])
-    return found
-
-
-def _chunks(length: int, layout: ComfyFamily) -> list[slice]:
-    size = layout.chunk_tokens or length
-    if length % size:
-        raise SharpenerMismatch(
-            f"the conditioning has {length} tokens, not a multiple of ComfyUI's {size}-token {layout.title} chunks: "
-            "it does not come from a text encoder node. Wire CLIPTextEncode's output (or a combination of them)")
-    return [slice(start, start + size) for start in range(0, length, size)]
+    if loaded.layout not in found:
+        check_sharpener_fits(loaded.config, loaded.source, family=found[0].family)
+    check_sharpener_fits(loaded.config, loaded.source, dim=tensor.shape[-1])
 
 
 @torch.no_grad()
@@ -176,8 +185,8 @@ def sharpen_conditioning(loaded: ComfySharpener, positive: list, u: list, streng
     if len(u) > 1:
         logger.warning("DICE: u holds %d conditionings; the first is the sharpener's context", len(u))
     u_tensor, u_extras = u[0][0], u[0][1]
-    layout = _check_fits(loaded, u_tensor, u_extras, "u")
-    facts = FamilyFacts.of(loaded.config)
+    _check_fits(loaded, u_tensor, u_extras, "u")
+    layout, facts = loaded.layout, FamilyFacts.of(loaded.config)
     sharpener = loaded.module
     dtype = next(sharpener.parameters()).dtype  # fp32 as trained, whatever ComfyUI's dtype
     out = []
@@ -193,7 +202,7 @@ def sharpen_conditioning(loaded: ComfySharpener, positive: list, u: list, streng
         pieces = [sharpen(facts, sharpener, Conditioning(embeds=tensor[:, part].to(dtype), pooled=pooled,
                                                          mask=_all_tokens(tensor[:, part]) if facts.has_mask else None),
                           uncond, strength)
-                  for part in _chunks(tensor.shape[1], layout)]
+                  for part in layout.token_groups(tensor)]
         extras = dict(extras)
         if pieces[0].pooled is not pooled:  # the family's rule rewrote the pooled vector
             extras["pooled_output"] = pieces[0].pooled.to(pooled.dtype)

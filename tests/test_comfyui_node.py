@@ -190,3 +190,15 @@ print(sorted({{m.split(".")[0] for m in sys.modules}} & {set(blocked)!r}))
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "[]"
+
+
+def test_families_with_the_same_text_encoders_share_a_conditioning(tmp_path, monkeypatch):
+    """PixArt-α and PixArt-Σ give the same T5 conditioning: a sharpener of either fits it. Here a stand-in family
+    with SD1.5's text encoder, listed first, must not make an SD1.5 sharpener's conditioning look foreign."""
+    import dice.comfyui as comfy
+
+    twin = comfy.ComfyFamily("twin", "SD1.5 twin", 768, 768, comfy.clip_chunks)
+    monkeypatch.setattr(comfy, "COMFYUI_FAMILIES", {"twin": twin, **comfy.COMFYUI_FAMILIES})
+    assert [f.family for f in comfy.recognise(*clip_conditioning())] == ["twin", "sd15"]
+    (out,) = sharpen_conditioning(loaded(tmp_path), [clip_conditioning()], [clip_conditioning(seed=1)])
+    assert out[0].shape == (1, 77, 768)

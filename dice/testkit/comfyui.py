@@ -112,11 +112,11 @@ def without_packages_env(folder: Path, packages: tuple[str, ...], env: dict | No
 
 
 class ComfyServer:
-    """A headless ComfyUI on 127.0.0.1 (CPU), started and stopped by PID; a context manager."""
+    """A headless ComfyUI on 127.0.0.1 (on the CPU unless ``cpu=False``), started and stopped by PID; a context manager."""
 
     def __init__(self, host: Path, port: int | None = None, extra_args: tuple[str, ...] = (), log: Path | None = None,
-                 block_packages: tuple[str, ...] = NOT_IN_COMFYUI, env: dict[str, str] | None = None):
-        self.host, self.port = Path(host), port or free_port()
+                 block_packages: tuple[str, ...] = NOT_IN_COMFYUI, env: dict[str, str] | None = None, cpu: bool = True):
+        self.host, self.port, self.cpu = Path(host), port or free_port(), cpu
         self.extra_args, self.log = extra_args, log or Path(host) / "server.log"
         self.block_packages, self.extra_env = block_packages, env or {}
         self.process: subprocess.Popen | None = None
@@ -128,11 +128,11 @@ class ComfyServer:
         return f"http://{LOOPBACK}:{self.port}"
 
     def start(self, timeout: float = 180.0) -> "ComfyServer":
-        env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
-                   **self.extra_env)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **self.extra_env}
         if self.block_packages:
             env = without_packages_env(self.host / "_dice_test_site", self.block_packages, env)
-        command = [sys.executable, "main.py", "--cpu", "--listen", LOOPBACK, "--port", str(self.port),
+        command = [sys.executable, "main.py", *(["--cpu"] if self.cpu else []), "--listen", LOOPBACK, "--port", str(self.port),
                    "--disable-auto-launch", *self.extra_args]
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(command, cwd=self.host, stdout=log, stderr=subprocess.STDOUT, env=env,
