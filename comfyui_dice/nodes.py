@@ -10,6 +10,7 @@ import folder_paths  # ComfyUI's
 from dice.checkpoint import resolve_sharpener_files
 from dice.comfyui import COMFYUI_FAMILIES, load_for_comfyui, sharpen_conditioning
 from dice.errors import UserError
+from dice.hub import is_repo_id
 
 from . import REPOSITORY
 
@@ -34,7 +35,15 @@ def sharpener_files() -> list[str]:
     return found
 
 
-class LoadDiceSharpener:
+class _SharpenerLoader:
+    RETURN_TYPES = (SHARPENER,)
+    RETURN_NAMES = ("sharpener",)
+    OUTPUT_TOOLTIPS = ("The sharpener with its recorded family and training options.",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+
+class LoadDiceSharpener(_SharpenerLoader):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"sharpener_name": (sharpener_files(), {"tooltip": (
@@ -42,18 +51,13 @@ class LoadDiceSharpener:
             "from the Hub (model.safetensors + config.json), or a training checkpoint (sharpener.safetensors + "
             "sharpener.json). Pick its .safetensors file.")})}}
 
-    RETURN_TYPES = (SHARPENER,)
-    RETURN_NAMES = ("sharpener",)
-    OUTPUT_TOOLTIPS = ("The sharpener with its recorded family and training options.",)
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
     DESCRIPTION = f"Loads a DICE sharpener ({FAMILIES}) from ComfyUI's models/dice folder."
 
     def load(self, sharpener_name):
         return (load_for_comfyui(folder_paths.get_full_path_or_raise(FOLDER, sharpener_name), EXPERIMENTS),)
 
 
-class LoadDiceSharpenerFromPath:
+class LoadDiceSharpenerFromPath(_SharpenerLoader):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -64,12 +68,18 @@ class LoadDiceSharpenerFromPath:
             "revision": ("STRING", {"default": "", "tooltip": "Hub repo ids only: a branch, tag or commit (empty: main)."}),
         }}
 
-    RETURN_TYPES = (SHARPENER,)
-    RETURN_NAMES = ("sharpener",)
-    OUTPUT_TOOLTIPS = ("The sharpener with its recorded family and training options.",)
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
     DESCRIPTION = f"Loads a DICE sharpener ({FAMILIES}) from a path, a training run or a Hub repo id."
+
+    @classmethod
+    def IS_CHANGED(cls, source, revision=""):
+        """A training run's latest checkpoint moves on: ComfyUI loads again when the weights it names change."""
+        if is_repo_id(source.strip()):
+            return f"{source.strip()}@{revision.strip()}"  # no Hub request each time a prompt is queued
+        try:
+            weights = resolve_sharpener_files(source.strip(), EXPERIMENTS)[0]
+        except UserError:
+            return ""  # load() says what is wrong
+        return f"{weights}:{weights.stat().st_mtime_ns}"
 
     def load(self, source, revision=""):
         if not source.strip():

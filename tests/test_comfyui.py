@@ -142,6 +142,17 @@ def test_the_path_loader_takes_a_folder_and_a_hub_id_from_the_cache(server, sd15
     assert "HF_HUB_OFFLINE=1" in error["exception_message"] and "\n" not in error["exception_message"].strip()
 
 
+def test_a_training_run_is_loaded_again_when_it_saves_a_newer_checkpoint(server, sd15, tmp_path):
+    run = tmp_path / "00000-sd15"
+    host_tools.write_random_sharpener(run / "checkpoint-10", "sd15", 768, seed=5, hub_layout=False)
+    graph = sd15_graph(sd15, **{"7": {"seed": 3}})
+    graph["4"] = {"class_type": "LoadDiceSharpenerFromPath", "inputs": {"source": str(run), "revision": ""}}
+    first = image_of(server, server.run(graph))
+    host_tools.write_random_sharpener(run / "checkpoint-20", "sd15", 768, seed=6, hub_layout=False)
+    newer = image_of(server, server.run(graph))  # the same graph: only the run's latest checkpoint moved on
+    assert not np.array_equal(first, newer)
+
+
 def test_the_ui_workflows_are_the_api_workflows(server):
     """Each example workflow for ComfyUI's page (example_workflows/, listed among its templates) is the API-format
     graph the tests run: the same nodes, links and widget values."""

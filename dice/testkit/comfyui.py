@@ -37,7 +37,7 @@ from ..checkpoint import SharpenerConfig, save_sharpener
 from ..errors import ArgumentParser, UserError, exit_on_user_error
 from ..sharpener import Sharpener
 from .full_size import SD15_SCHEDULER_CONFIG, SD15_TEXT_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG, SDXL_TEXT_2_CONFIG
-from .single_file import _text_model_keys, save_single_file
+from .single_file import save_single_file, text_model_keys
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 NODE_FOLDER = REPOSITORY / "comfyui_dice"
@@ -256,7 +256,7 @@ def _fp16_values(*modules) -> None:
 
 def build_sd15(host: Path, slim: bool = True, seed: int = 0):
     """A random-weight SD1.5 pipeline ComfyUI loads from a single file: full-size VAE and CLIP-L, the UNet slim
-    (:data:`SLIM_UNET`, 628 MB as fp16) or full size; weights rounded to fp16 values."""
+    (:data:`SLIM_UNET`: a 573 MB fp16 file) or full size; weights rounded to fp16 values."""
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -315,7 +315,7 @@ def write_sdxl_text_encoders(pipe, folder: str | os.PathLike) -> tuple[Path, Pat
     for name, encoder in (("clip_l", pipe.text_encoder), ("clip_g", pipe.text_encoder_2)):
         dtype = encoder.dtype
         encoder.to(torch.float16)  # in place and back (fp16 values: exact), not a copy beside it: bigG is 2.8 GB in fp32
-        save_file({k: v.detach().contiguous() for k, v in _text_model_keys(encoder.state_dict()).items()},
+        save_file({k: v.detach().contiguous() for k, v in text_model_keys(encoder.state_dict()).items()},
                   str(folder / f"{name}.safetensors"))
         encoder.to(dtype)
         paths.append(folder / f"{name}.safetensors")
@@ -323,12 +323,13 @@ def write_sdxl_text_encoders(pipe, folder: str | os.PathLike) -> tuple[Path, Pat
 
 
 def write_random_sharpener(folder: str | os.PathLike, family: str, dim: int, seed: int = 0,
-                           family_options: dict | None = None) -> Path:
-    """A random-initialised sharpener in dice's checkpoint format (Hub layout: model.safetensors + config.json)."""
+                           family_options: dict | None = None, hub_layout: bool = True) -> Path:
+    """A random-initialised sharpener in dice's checkpoint format: an exported folder (model.safetensors +
+    config.json) or, ``hub_layout=False``, a training checkpoint's files (sharpener.safetensors + sharpener.json)."""
     torch.manual_seed(seed)
     config = SharpenerConfig(family=family, base_model=f"random-{family}", dim=dim, num_tokens=77,
                              family_options=dict(family_options or {}))
-    save_sharpener(folder, Sharpener(dim), config, hub_layout=True)
+    save_sharpener(folder, Sharpener(dim), config, hub_layout=hub_layout)
     return Path(folder)
 
 
