@@ -152,7 +152,7 @@ def recognise(tensor: torch.Tensor, extras: dict[str, Any]) -> list[ComfyFamily]
 
 def _describe(tensor: torch.Tensor, extras: dict[str, Any]) -> str:
     pooled = extras.get("pooled_output")
-    return f"{list(tensor.shape)}" + (f" with a {pooled.shape[-1]}-wide pooled vector" if pooled is not None else " without a pooled vector")
+    return f"{list(tensor.shape)} " + ("without a pooled vector" if pooled is None else f"with a {pooled.shape[-1]}-wide pooled vector")
 
 
 def _check_fits(loaded: ComfySharpener, tensor: torch.Tensor, extras: dict[str, Any], which: str) -> None:
