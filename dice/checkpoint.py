@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 from huggingface_hub import PyTorchModelHubMixin
-from huggingface_hub.constants import is_offline_mode
 from safetensors.torch import load_file, save_file
 
+from .adapters.registry import is_offline
 from .errors import UserError, give_default_permissions, one_line
 from .experiments import DEFAULT_ROOT, ExperimentNotFound, latest_checkpoint, resolve_run, validation_grid_path
 from .hub import GRID_NAME, HUB_CONFIG_NAME, HUB_WEIGHTS_NAME, download_sharpener, is_repo_id, model_card
@@ -163,7 +163,7 @@ def _download(repo_id: str, revision: str | None) -> Path:
     except Exception as err:  # noqa: BLE001 - any hub failure: one line with the cause
 
         hint = (f"HF_HUB_OFFLINE=1 and it is not in the Hugging Face cache: download it first (hf download {repo_id})"
-                if is_offline_mode() else "check the repo id, the revision, your token (hf auth login) and your network")
+                if is_offline() else "check the repo id, the revision, your token (hf auth login) and your network")
         cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExperimentNotFound(
             f"'{repo_id}' is no local folder or file, and loading it as a Hub sharpener repository failed: {hint}. "

@@ -29,6 +29,7 @@ LATE_IMPORTS = {
     "torchvision": "its models pull in torch._dynamo (~1.3 s): only the training images' loader needs it",
     "torch._dynamo": "--compile only",
     "xformers": "optional, --enable_xformers_memory_efficient_attention only",
+    "aiohttp": "ComfyUI's (the test host's) package, not this project's: the README's ComfyUI screenshot only",
 }
 
 

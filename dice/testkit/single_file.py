@@ -202,7 +202,7 @@ def vae_to_ldm(vae) -> dict[str, torch.Tensor]:
 
 
 # ---- text encoders -------------------------------------------------------------------------
-def _text_model_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def text_model_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Keys as ``text_model.*`` whatever the transformers version (CLIPTextModel lost its
     ``text_model`` wrapper in transformers 5.6; the projection model keeps it)."""
     out = {}
@@ -219,7 +219,7 @@ def _text_model_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 def clip_to_ldm(text_encoder) -> dict[str, torch.Tensor]:
     """CLIP ViT-L (transformers ``CLIPTextModel``) as the LDM ``FrozenCLIPEmbedder``'s ``transformer``:
     the Hugging Face names themselves, under ``text_model.``."""
-    state = _text_model_keys(text_encoder.state_dict())
+    state = text_model_keys(text_encoder.state_dict())
     if "text_projection.weight" in state:
         raise ValueError("a CLIP-L text encoder with a projection has no place in the LDM layout")
     return state
@@ -246,7 +246,7 @@ def open_clip_to_ldm(text_encoder) -> dict[str, torch.Tensor]:
     q/k/v projections merge into ``attn.in_proj_weight`` / ``in_proj_bias`` (q, k, v stacked on
     dim 0), and ``text_projection`` is stored as [hidden, projection] (the transposed linear weight).
     """
-    state = _text_model_keys(text_encoder.state_dict())
+    state = text_model_keys(text_encoder.state_dict())
     out: dict[str, torch.Tensor] = {}
     merged: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     leftovers = []
