@@ -94,7 +94,7 @@ class FlowRecipe:
 
     seed: int = 0
     num_train_images: int = 40_000  # the epsilon world's training images (same seed: the same renders)
-    transformer_steps: int = 5_000
+    transformer_steps: int = 3_000
     transformer_batch_size: int = 64
     transformer_learning_rate: float = 1e-3
     transformer_weight_decay: float = 0.01
