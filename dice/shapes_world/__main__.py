@@ -16,7 +16,8 @@ import logging
 
 import torch
 
-from ..errors import ArgumentParser, UserError, check_output_dir, check_output_file, exit_on_user_error, positive_int
+from ..errors import (ArgumentParser, UserError, check_output_dir, check_output_file, exit_on_user_error, guidance_scale,
+                      positive_float, positive_int)
 from .model import FLOW_SAMPLERS
 from .pretrain import RECIPES, pretrain
 from .scoring import ASSETS, DEFAULT_EVALUATOR, DEFAULT_PIPELINE, measure_quality
@@ -58,9 +59,11 @@ def main(argv: list[str] | None = None) -> None:
     quality.add_argument("--num_prompts", type=positive_int, default=256)
     quality.add_argument("--prompt_seed", type=int, default=0, help="seed of the prompt draw (0: the demo's prompts; choose settings on another)")
     quality.add_argument("--image_seed", type=int, default=0, help="image i starts from seed image_seed + i")
-    quality.add_argument("--guidance_scale", type=float, default=5.0, help="CFG's scale (compared with unguided sampling)")
+    quality.add_argument("--guidance_scale", type=guidance_scale, nargs="+", default=[5.0], help="CFG's scale(s), each compared with unguided sampling")
+    quality.add_argument("--steps", type=positive_int, default=20, help="sampling steps")
     quality.add_argument("--scheduler", default=None, help=f"sampler (default: DPM-Solver++ for the epsilon world, the stock "
                          f"flow-matching Euler for the flow world; flow world: one of {', '.join(FLOW_SAMPLERS)})")
+    quality.add_argument("--sampling_shift", type=positive_float, default=None, help="flow world: sample with this scheduler shift instead of the model's")
     sharpener = commands.add_parser("sharpener", help="train and export the shipped DICE sharpener (resumes an interrupted run)")
     sharpener.add_argument("--out", required=True, help="the assets folder: writes sharpener/ and refreshes SHA256SUMS")
     sharpener.add_argument("--work", default="data/shapes_world-sharpener", help="training images and the run folder")
@@ -97,9 +100,10 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "prompts":
         print(write_prompt_file(args.out, args.num_prompts, args.seed))
     else:
+        scales = args.guidance_scale[0] if len(args.guidance_scale) == 1 else args.guidance_scale
         print(json.dumps(measure_quality(args.pipeline or DEFAULT_PIPELINE, args.evaluator or DEFAULT_EVALUATOR, args.num_prompts,
-                                         args.guidance_scale, prompt_seed=args.prompt_seed, image_seed=args.image_seed,
-                                         scheduler=args.scheduler), indent=2))
+                                         scales, args.steps, prompt_seed=args.prompt_seed, image_seed=args.image_seed,
+                                         scheduler=args.scheduler, sampling_shift=args.sampling_shift), indent=2))
 
 
 def _recipe_type(default):

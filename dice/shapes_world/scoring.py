@@ -135,15 +135,19 @@ def sample_flow(pipe, prompts: list[str], seeds: list[int], guidance_scale: floa
                 generator=[torch.Generator().manual_seed(s) for s in seeds]).images
 
 
-def _world_sampler(pipeline: str | Path, scheduler: str | None):
+def _world_sampler(pipeline: str | Path, scheduler: str | None, sampling_shift: float | None):
     """(prompts, seeds, guidance scale, steps) -> images for a world model folder of either family."""
     if is_flow_model(pipeline):
         pipe = load_flow_pipeline(pipeline)
-        if scheduler is not None:
+        if scheduler is not None or sampling_shift is not None:
             from .model import flow_sampler
 
-            pipe.scheduler = flow_sampler(scheduler, pipe.scheduler.config)
+            config = dict(pipe.scheduler.config)
+            config["shift"] = config["shift"] if sampling_shift is None else sampling_shift
+            pipe.scheduler = flow_sampler(scheduler or "euler", config)
         return lambda prompts, seeds, scale, steps: sample_flow(pipe, prompts, seeds, scale, steps)
+    if sampling_shift is not None:
+        raise UserError("--sampling_shift is a flow-matching scheduler's shift. Leave it out for the epsilon world")
     adapter = adapter_class("sd15").from_pretrained(str(pipeline), torch_dtype=torch.float32)
     adapter.freeze("cpu", torch.float32)
     use_scheduler(adapter, scheduler or "dpmsolver++")
@@ -151,21 +155,25 @@ def _world_sampler(pipeline: str | Path, scheduler: str | None):
 
 
 def measure_quality(pipeline: str | Path = DEFAULT_PIPELINE, evaluator: str | Path = DEFAULT_EVALUATOR,
-                    num_prompts: int = 256, guidance_scale: float = 5.0, steps: int = 20, batch_size: int = 64,
-                    prompt_seed: int = 0, image_seed: int = 0, scheduler: str | None = None) -> dict:
+                    num_prompts: int = 256, guidance_scale: float | list[float] = 5.0, steps: int = 20, batch_size: int = 64,
+                    prompt_seed: int = 0, image_seed: int = 0, scheduler: str | None = None,
+                    sampling_shift: float | None = None) -> dict:
     """Base-model quality, the criterion the world and model are fixed by (it never looks at DICE):
     prompt accuracy and FD of unguided and CFG sampling on the evaluation prompts (``prompt_seed``; image i
     from seed ``image_seed + i``). The epsilon world samples with DPM-Solver++, the flow world with its
-    stock scheduler (flow-matching Euler), unless ``scheduler`` names another."""
-    sample = _world_sampler(pipeline, scheduler)
+    stock scheduler (flow-matching Euler), unless ``scheduler`` (or, flow world, ``sampling_shift``) says
+    otherwise. Several guidance scales give one CFG entry and one ``cfg_gain_w<scale>`` each."""
+    scales = [guidance_scale] if isinstance(guidance_scale, (int, float)) else list(guidance_scale)
+    sample = _world_sampler(pipeline, scheduler, sampling_shift)
     model = ev.load_evaluator(evaluator)
     entries = evaluation_prompts(num_prompts, prompt_seed)
     prompts, seeds = [e["prompt"] for e in entries], [image_seed + e["index"] for e in entries]
     report = {}
-    for name, scale in (("unguided", 1.0), (f"cfg_w{guidance_scale:g}", guidance_scale)):
+    for name, scale in [("unguided", 1.0)] + [(f"cfg_w{w:g}", w) for w in scales]:
         images = []
         for start in range(0, len(prompts), batch_size):
             images += sample(prompts[start:start + batch_size], seeds[start:start + batch_size], scale, steps)
         report[name] = score_images(model, images, prompts)
-    report["cfg_gain"] = report[f"cfg_w{guidance_scale:g}"]["accuracy"] - report["unguided"]["accuracy"]
+    for w in scales:
+        report["cfg_gain" if len(scales) == 1 else f"cfg_gain_w{w:g}"] = report[f"cfg_w{w:g}"]["accuracy"] - report["unguided"]["accuracy"]
     return report
