@@ -10,9 +10,13 @@ The flow-matching world: the same VAE and text encoder around an ``SD3Transforme
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
+import torch
+
+from ..errors import UserError
 from ..testkit.tiny import _byte_symbols
 from .world import WORDS
 
@@ -162,7 +166,6 @@ def flow_clip_encoder(text_encoder):
     """The world's frozen ``CLIPTextModel`` as the ``CLIPTextModelWithProjection`` SD3's CLIP slots hold:
     the same weights, and an identity ``text_projection`` (so the pooled vector is the encoder's own
     final-layer-normed end-of-text state, the epsilon world's ``pooler_output``)."""
-    import torch
     from transformers import CLIPTextModelWithProjection
 
     config = text_encoder.config
@@ -197,8 +200,6 @@ def assemble_flow_pipeline(vae, text_encoder, tokenizer, transformer, shift: flo
     """A stock ``StableDiffusion3Pipeline``: the world's encoder and tokenizer (``FLOW_CLIP_TOKENS`` long)
     in both CLIP slots, no T5; a copy of ``vae`` with SD3's ``shift_factor`` set to 0 (the world's
     latents are centred; its ``scaling_factor`` alone makes them unit-variance)."""
-    import copy
-
     from diffusers import StableDiffusion3Pipeline
 
     vae = copy.deepcopy(vae)
@@ -222,8 +223,6 @@ def flow_sampler(name: str, config):
     stock ``FlowMatchEulerDiscreteScheduler``, ``heun`` its second-order twin (two network evaluations per
     step but the last), ``dpmsolver++`` DPM-Solver++ 2M on flow sigmas."""
     import diffusers
-
-    from ..errors import UserError
 
     shift = config["shift"]
     if name == "euler":

@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..data import step_generator
-from ..errors import give_default_permissions
+from ..errors import UserError, give_default_permissions
 from . import evaluator as ev
 from . import model as world_model
 from .scoring import ASSETS, measure_quality
@@ -555,8 +555,6 @@ def pretrain(out: str | Path, recipe: Recipe | FlowRecipe | None = None, time_bu
 def load_world(world: Path):
     """The epsilon world's pipeline (its VAE, text encoder and tokenizer), or one line saying what is missing."""
     from diffusers import StableDiffusionPipeline
-
-    from ..errors import UserError
 
     if not (world / PIPELINE_DIR / "model_index.json").is_file() or not (world / EVALUATOR_DIR / ev.WEIGHTS_NAME).is_file():
         raise UserError(f"--world '{world}' holds no shapes world ({PIPELINE_DIR}/ and {EVALUATOR_DIR}/). Pass the folder "

@@ -24,6 +24,7 @@ from ..adapters import adapter_class
 from ..errors import UserError
 from ..sampling import generate, use_scheduler
 from . import evaluator as ev
+from .model import FLOW_T5_TOKENS, flow_sampler
 from .world import ATTRIBUTES, Combination, evaluation_prompts, parse_caption, random_scene, render, unseen_combinations
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "shapes_world"
@@ -129,8 +130,6 @@ def load_flow_pipeline(pipeline: str | Path = DEFAULT_FLOW_PIPELINE):
 def sample_flow(pipe, prompts: list[str], seeds: list[int], guidance_scale: float, steps: int = 20):
     """The stock pipeline call, image i from ``torch.Generator().manual_seed(seeds[i])`` (the same starting
     noise as :func:`dice.sampling.initial_noise`), with the zero-T5 block the model was trained with."""
-    from .model import FLOW_T5_TOKENS
-
     return pipe(list(prompts), guidance_scale=guidance_scale, num_inference_steps=steps, max_sequence_length=FLOW_T5_TOKENS,
                 generator=[torch.Generator().manual_seed(s) for s in seeds]).images
 
@@ -140,8 +139,6 @@ def _world_sampler(pipeline: str | Path, scheduler: str | None, sampling_shift: 
     if is_flow_model(pipeline):
         pipe = load_flow_pipeline(pipeline)
         if scheduler is not None or sampling_shift is not None:
-            from .model import flow_sampler
-
             config = dict(pipe.scheduler.config)
             config["shift"] = config["shift"] if sampling_shift is None else sampling_shift
             pipe.scheduler = flow_sampler(scheduler or "euler", config)
