@@ -198,8 +198,8 @@ def build_flow_scheduler(shift: float = FLOW_SHIFT):
 
 def assemble_flow_pipeline(vae, text_encoder, tokenizer, transformer, shift: float = FLOW_SHIFT):
     """A stock ``StableDiffusion3Pipeline``: the world's encoder and tokenizer (``FLOW_CLIP_TOKENS`` long)
-    in both CLIP slots, no T5; a copy of ``vae`` with SD3's ``shift_factor`` set to 0 (the world's
-    latents are centred; its ``scaling_factor`` alone makes them unit-variance)."""
+    in both CLIP slots, no T5; a copy of ``vae`` with SD3's ``shift_factor`` set to 0, so the transformer sees
+    the latents the epsilon world's UNet sees (SD1.5 has no shift; the same ``scaling_factor``)."""
     from diffusers import StableDiffusion3Pipeline
 
     vae = copy.deepcopy(vae)
