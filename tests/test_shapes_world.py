@@ -88,8 +88,10 @@ def test_shipped_weights_match_their_checksums_and_recipe():
         assert sha256(ASSETS / name) == digest, name
     recipe = json.loads((ASSETS / "recipe.json").read_text())
     assert recipe["unet_steps_done"] == recipe["recipe"]["unet_steps"]  # the model is the recipe's, not a time-boxed cut
-    # The model (4.5 MB, fp16) and the converged sharpener (4.5 MB, fp32 as trained) stay small enough for git.
-    assert sum(p.stat().st_size for p in ASSETS.rglob("*") if p.is_file()) < 12e6
+    # The model (4.5 MB, fp16) and the converged sharpener (4.5 MB, fp32 as trained) stay small enough for git
+    # (the flow-matching model beside them has its own bound, tests/test_shapes_world_flow.py).
+    flow = ASSETS / "shapes-world-flow"
+    assert sum(p.stat().st_size for p in ASSETS.rglob("*") if p.is_file() and flow not in p.parents) < 12e6
 
 
 def test_shipped_sharpener_is_its_recipe():

@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -23,12 +24,14 @@ from ..adapters import adapter_class
 from ..errors import UserError
 from ..sampling import generate, use_scheduler
 from . import evaluator as ev
+from .model import FLOW_T5_TOKENS, flow_sampler
 from .world import ATTRIBUTES, Combination, evaluation_prompts, parse_caption, random_scene, render, unseen_combinations
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "shapes_world"
 DEFAULT_PIPELINE = ASSETS / "shapes-world"
 DEFAULT_EVALUATOR = ASSETS / "evaluator"
 DEFAULT_SHARPENER = ASSETS / "sharpener"  # the converged DICE sharpener of the shipped model
+DEFAULT_FLOW_PIPELINE = ASSETS / "shapes-world-flow"  # the flow-matching twin (StableDiffusion3Pipeline)
 REFERENCE_RENDERS_PER_PROMPT = 4
 
 
@@ -108,22 +111,66 @@ def score_images(model, images, prompts: list[str]) -> dict:
     return summarise(attribute_correct, unseen, generated, reference, real_vs_real_fd(model, combos, reference))
 
 
-def measure_quality(pipeline: str | Path = DEFAULT_PIPELINE, evaluator: str | Path = DEFAULT_EVALUATOR,
-                    num_prompts: int = 256, guidance_scale: float = 5.0, steps: int = 20, batch_size: int = 64) -> dict:
-    """Base-model quality, the criterion the world and model are fixed by (it never looks at DICE):
-    prompt accuracy and FD of unguided and CFG sampling on the evaluation prompts."""
+def is_flow_model(pipeline: str | Path) -> bool:
+    """Whether a world model folder is the flow-matching one (a ``StableDiffusion3Pipeline``)."""
+    index = Path(pipeline) / "model_index.json"
+    return index.is_file() and json.loads(index.read_text()).get("_class_name") == "StableDiffusion3Pipeline"
+
+
+def load_flow_pipeline(pipeline: str | Path = DEFAULT_FLOW_PIPELINE):
+    """The flow world as a stock ``StableDiffusion3Pipeline``. A folder saved without T5 loads only with
+    ``text_encoder_3=None, tokenizer_3=None`` passed (diffusers' way to run SD3 without T5)."""
+    from diffusers import StableDiffusion3Pipeline
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(str(pipeline), text_encoder_3=None, tokenizer_3=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sample_flow(pipe, prompts: list[str], seeds: list[int], guidance_scale: float, steps: int = 20):
+    """The stock pipeline call, image i from ``torch.Generator().manual_seed(seeds[i])`` (the same starting
+    noise as :func:`dice.sampling.initial_noise`), with the zero-T5 block the model was trained with."""
+    return pipe(list(prompts), guidance_scale=guidance_scale, num_inference_steps=steps, max_sequence_length=FLOW_T5_TOKENS,
+                generator=[torch.Generator().manual_seed(s) for s in seeds]).images
+
+
+def _world_sampler(pipeline: str | Path, scheduler: str | None, sampling_shift: float | None):
+    """(prompts, seeds, guidance scale, steps) -> images for a world model folder of either family."""
+    if is_flow_model(pipeline):
+        pipe = load_flow_pipeline(pipeline)
+        if scheduler is not None or sampling_shift is not None:
+            config = dict(pipe.scheduler.config)
+            config["shift"] = config["shift"] if sampling_shift is None else sampling_shift
+            pipe.scheduler = flow_sampler(scheduler or "euler", config)
+        return lambda prompts, seeds, scale, steps: sample_flow(pipe, prompts, seeds, scale, steps)
+    if sampling_shift is not None:
+        raise UserError("--sampling_shift is a flow-matching scheduler's shift. Leave it out for the epsilon world")
     adapter = adapter_class("sd15").from_pretrained(str(pipeline), torch_dtype=torch.float32)
     adapter.freeze("cpu", torch.float32)
-    use_scheduler(adapter, "dpmsolver++")
+    use_scheduler(adapter, scheduler or "dpmsolver++")
+    return lambda prompts, seeds, scale, steps: generate(adapter, prompts, seeds, cfg_scale=scale, steps=steps, resolution=32)
+
+
+def measure_quality(pipeline: str | Path = DEFAULT_PIPELINE, evaluator: str | Path = DEFAULT_EVALUATOR,
+                    num_prompts: int = 256, guidance_scale: float | list[float] = 5.0, steps: int = 20, batch_size: int = 64,
+                    prompt_seed: int = 0, image_seed: int = 0, scheduler: str | None = None,
+                    sampling_shift: float | None = None) -> dict:
+    """Base-model quality, the criterion the world and model are fixed by (it never looks at DICE):
+    prompt accuracy and FD of unguided and CFG sampling on the evaluation prompts (``prompt_seed``; image i
+    from seed ``image_seed + i``). The epsilon world samples with DPM-Solver++, the flow world with its
+    stock scheduler (flow-matching Euler), unless ``scheduler`` (or, flow world, ``sampling_shift``) says
+    otherwise. Several guidance scales give one CFG entry and one ``cfg_gain_w<scale>`` each."""
+    scales = [guidance_scale] if isinstance(guidance_scale, (int, float)) else list(guidance_scale)
+    sample = _world_sampler(pipeline, scheduler, sampling_shift)
     model = ev.load_evaluator(evaluator)
-    entries = evaluation_prompts(num_prompts)
-    prompts, seeds = [e["prompt"] for e in entries], [e["index"] for e in entries]
+    entries = evaluation_prompts(num_prompts, prompt_seed)
+    prompts, seeds = [e["prompt"] for e in entries], [image_seed + e["index"] for e in entries]
     report = {}
-    for name, scale in (("unguided", 1.0), (f"cfg_w{guidance_scale:g}", guidance_scale)):
+    for name, scale in [("unguided", 1.0)] + [(f"cfg_w{w:g}", w) for w in scales]:
         images = []
         for start in range(0, len(prompts), batch_size):
-            images += generate(adapter, prompts[start:start + batch_size], seeds[start:start + batch_size],
-                               cfg_scale=scale, steps=steps, resolution=32)
+            images += sample(prompts[start:start + batch_size], seeds[start:start + batch_size], scale, steps)
         report[name] = score_images(model, images, prompts)
-    report["cfg_gain"] = report[f"cfg_w{guidance_scale:g}"]["accuracy"] - report["unguided"]["accuracy"]
+    for w in scales:
+        report["cfg_gain" if len(scales) == 1 else f"cfg_gain_w{w:g}"] = report[f"cfg_w{w:g}"]["accuracy"] - report["unguided"]["accuracy"]
     return report
