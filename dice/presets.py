@@ -11,6 +11,7 @@ GD and PnP take the family's preset with the authors' baseline settings on top (
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from . import paper
@@ -78,3 +79,14 @@ def model_location(name: str) -> str:
     """The hub id or path a short model name (MODELS) stands for; any other name or path unchanged.
     Configs may record a short name (the shipped shapes-world sharpener records "shapes-world")."""
     return MODELS[name][1] if name in MODELS else name
+
+
+def same_base_model(a: str | None, b: str | None) -> bool:
+    """Whether two names of a base model stand for the same model: short names (MODELS) resolved, local paths
+    compared as files (any spelling of the same folder), hub ids without regard to case."""
+    if not a or not b:
+        return False
+    a, b = model_location(str(a)), model_location(str(b))
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return a.rstrip("/").lower() == b.rstrip("/").lower()
