@@ -4,7 +4,8 @@ overrides a preset only when given.
 "paper": what the paper states (Adam, lr 2e-4, batch 128, ~8,000 updates, w = 5, squared error).
 "authors": what the authors' launch scripts do (AdamW wd 1e-2, L1 for SD1.5, per-sample sum,
 one timestep per batch, 16/GPU x 8 for SD1.5, 8/GPU x 8 and 4,000 updates for SDXL).
-"toy": the shapes world's demo (`bash launch.sh demo`); "shapes-world": its shipped converged sharpener;
+"toy": the shapes world's quick runs (table1 / figures toy); "toy-demo": its demo (`bash launch.sh demo`);
+"shapes-world": its shipped converged sharpener;
 "demo": the random-weight plumbing demos.
 Per-GPU batch sizes assume 8 processes; the global batch is batch x processes x accumulation.
 GD and PnP take the family's preset with the authors' baseline settings on top (METHOD_PRESETS).
@@ -25,10 +26,14 @@ PRESETS: dict[str, dict[str, dict]] = {
         "paper": dict(_PAPER, resolution=paper.MODELS["sd15"].resolution),
         "authors": dict(_AUTHORS, resolution=paper.MODELS["sd15"].resolution, **paper.AUTHORS_FAMILY["sd15"]),
         "demo": _TINY,
-        # The shapes world's demo (`bash launch.sh demo`, also table1 / figures toy): 600 updates of 16 at 32 px fit its
-        # few minutes on 2 CPU cores; at that budget lr 1e-3 with a moving average of the weights beat the paper's
-        # constant 2e-4 on validation prompts (docs/shapes_world.md: 34-39% of CFG's gain against 25%).
+        # The shapes world's quick runs (`bash launch.sh table1 toy`, `figures toy`; the demo's until issue 30): 600
+        # updates of 16 at 32 px; at that budget lr 1e-3 with a moving average of the weights beat the paper's constant
+        # 2e-4 on validation prompts (docs/shapes_world.md: 34-39% of CFG's gain against 25%).
         "toy": dict(_PAPER, resolution=32, max_train_steps=600, checkpointing_steps=600, learning_rate=1e-3, ema_decay=0.99),
+        # The shapes world's demo (`bash launch.sh demo`): the toy's training time on 2 CPU cores spent at batch 64,
+        # which buys more samples per second; recipe chosen on validation prompts (docs/shapes_world.md, the demo).
+        "toy-demo": dict(_PAPER, resolution=32, train_batch_size=64, max_train_steps=200, checkpointing_steps=200,
+                         learning_rate=2e-3, ema_decay=0.99),
         # The converged sharpener shipped with the shapes world (python -m dice.shapes_world sharpener): the recipe
         # chosen on validation prompts of their own seed (docs/shapes_world.md), trained for the 60-minute budget on
         # 2 CPU cores, 2,250 updates, where validation accuracy still rose by ~0.01 per 250 updates.
