@@ -2,6 +2,7 @@
 size / thread count / memory format buys on this CPU, and the share of CFG's accuracy gain each candidate recipe
 recovers on the **validation** prompts (512, prompt seed 1, image seeds 500000+), never on the demo's 256.
 
+    python benchmarks/demo_recipe.py hashes [--pinned]          # bits of one forward pass and one training step
     python benchmarks/demo_recipe.py throughput --out benchmarks/results/demo_throughput-cpu.json
     python benchmarks/demo_recipe.py validate --out benchmarks/results/demo_recipe-validation.json \
         --candidate 'toy-600x16' '{}' --candidate 'b64-lr2e-3' '{"train_batch_size": 64, "max_train_steps": 210, ...}'
@@ -16,6 +17,7 @@ written after each candidate, and a rerun skips candidates already in the file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -74,6 +76,46 @@ def throughput(configs: list[dict], seconds: float, rounds: int) -> dict:
             "load_average_at_end": os.getloadavg()}
 
 
+def hashes(threads: int) -> dict:
+    """sha256 (12 hex digits) of one forward pass of the world's UNet and of the gradients of one DICE training step
+    (batch 16, fixed inputs): equal hashes, equal bits. Kernels as the environment (or --pinned) chooses them."""
+    import hashlib
+
+    import torch
+
+    from dice.adapters import adapter_class
+    from dice.distillation import distillation_step
+    from dice.methods import build_method
+    from dice.negatives import NegativePrompts
+    from dice.shapes_world.scoring import DEFAULT_PIPELINE
+    from dice.training import NegativeBank
+
+    torch.set_num_threads(threads)
+
+    def digest(*tensors) -> str:
+        sha = hashlib.sha256()
+        for tensor in tensors:
+            sha.update(tensor.detach().contiguous().numpy().tobytes())
+        return sha.hexdigest()[:12]
+
+    adapter = adapter_class("sd15").from_pretrained(str(DEFAULT_PIPELINE))
+    generator = torch.Generator().manual_seed(0)
+    x_t = torch.randn(16, 4, 16, 16, generator=generator)
+    t = torch.randint(0, 1000, (16,), generator=generator)
+    captions = ["a red circle next to a blue square"] * 8 + ["a white cross and a green triangle"] * 8
+    with torch.no_grad():
+        forward = adapter.predict_noise(x_t, t, adapter.encode_prompts(captions))
+    method = build_method("dice", guidance_scale=5.0)
+    torch.manual_seed(0)
+    sharpener = method.build(adapter)
+    latents = torch.randn(16, 4, 16, 16, generator=generator)
+    distillation_step(adapter, method, sharpener, latents, captions, None, NegativeBank(adapter, NegativePrompts([], 0.0)),
+                      torch.Generator().manual_seed(1)).backward()
+    return {"forward": digest(forward), "training_step_gradients": digest(*[p.grad for p in sharpener.parameters()]),
+            "aten_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+            **{name: os.environ.get(name) for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")}}
+
+
 def validate(name: str, overrides: dict, out: Path, work: Path, seed: int = 0) -> dict:
     from dice.sample_cli import main as sample_main
     from dice.shapes_world.demo import TOY_TRAIN_IMAGES, demo_training_argv
@@ -124,8 +166,9 @@ def validate(name: str, overrides: dict, out: Path, work: Path, seed: int = 0) -
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["throughput", "validate"])
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("what", choices=["hashes", "throughput", "validate"])
+    parser.add_argument("--out", type=Path, default=None, help="throughput, validate: the JSON results file")
+    parser.add_argument("--pinned", action="store_true", help="hashes: with the demo's pinned CPU kernels and threads")
     parser.add_argument("--configs", default='[{"batch": 16, "threads": 2}, {"batch": 32, "threads": 2}, '
                         '{"batch": 64, "threads": 2}, {"batch": 64, "threads": 2, "channels_last": true}]',
                         help="throughput: JSON list of {batch, threads, channels_last}")
@@ -134,9 +177,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--candidate", nargs=2, action="append", metavar=("NAME", "OVERRIDES_JSON"), default=[],
                         help="validate: a name and the training options it changes in the demo's preset")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="validate: training seeds of each candidate")
-    parser.add_argument("--threads", type=int, default=None, help="validate: torch threads (default: the demo's)")
+    parser.add_argument("--threads", type=int, default=None, help="hashes, validate: torch threads (default: the demo's 2)")
     parser.add_argument("--work", type=Path, default=None, help="validate: scratch folder (default: a new temporary one)")
     args = parser.parse_args(argv)
+    if args.what == "hashes":
+        from dice.shapes_world.demo import pinned_cpu_kernels
+
+        with pinned_cpu_kernels() if args.pinned else contextlib.nullcontext():
+            print(json.dumps(hashes(args.threads or 2)))
+        return
+    if args.out is None:
+        parser.error(f"{args.what} needs --out")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.what == "throughput":
         args.out.write_text(json.dumps(throughput(json.loads(args.configs), args.seconds, args.rounds), indent=2) + "\n")
