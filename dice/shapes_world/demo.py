@@ -48,10 +48,12 @@ from .world import evaluation_prompts, write_imagefolder, write_prompt_file
 TOY_TRAIN_IMAGES = 4000
 TOY_PRESET = "toy-demo"
 # What each library reads to choose its CPU kernels: ATen's vectorised ops, oneDNN's convolutions, MKL's matrix
-# products (its conditional-numerical-reproducibility branch; on AMD CPUs MKL honours only COMPATIBLE and treats
-# MKL_CBWR=AVX2 as AUTO, measured with MKL_VERBOSE). Each is read when first used, so set before the first op.
-PINNED_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "COMPATIBLE"}
-DEMO_THREADS = 2  # the bits change with the thread count too (measured: pinned, 1 and 2 threads differ)
+# products. Each is read when first used, so they are set before the first op. Measured (docs/shapes_world.md, the
+# demo): this makes the demo's bits independent of the environment's settings and of the core count; MKL's
+# COMPATIBLE branch would also match a forward pass across CPU vendors, but costs 65% more time per training update
+# and still leaves a training step's gradients CPU-dependent, so MKL keeps its own choice (on AMD it takes AVX2 as AUTO).
+PINNED_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+DEMO_THREADS = 2  # the bits change with the thread count too (measured: pinned, 4 threads differ from 2)
 TOY_VALIDATION_PROMPTS = [
     "a red circle and a blue square", "a yellow triangle next to a green cross",
     "a white square on the left and a purple circle on the right", "a blue cross and a red triangle",
