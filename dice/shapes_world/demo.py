@@ -1,10 +1,10 @@
 """The shapes-world demo: ``python -m dice.demo`` (= ``bash launch.sh demo``), the paper in miniature on CPU.
 
-``train_sd15.py`` fits a sharpener now (``--preset toy-demo``, dice/presets.py); ``sample.py`` samples held-out prompts (half of them attribute combinations never seen in
-training) unguided, with CFG (w=5), with the converged sharpener shipped beside the model and with the one
-just trained, all from identical noise; ``evaluation/shapes_world.py`` scores them: prompt accuracy (every
-attribute of the prompt right) and a Fréchet distance on the world evaluator's features. It ends with the
-table, a grid PNG, and
+``train_sd15.py`` fits a sharpener now (``--preset toy-demo``, dice/presets.py); ``sample.py`` samples held-out
+prompts (half of them attribute combinations never seen in training) unguided, with CFG (w=5), with the converged
+sharpener shipped beside the model and with the one just trained, all from identical noise;
+``evaluation/shapes_world.py`` scores them: prompt accuracy (every attribute of the prompt right) and a Fréchet
+distance on the world evaluator's features. It ends with the table, a grid PNG, and
 
     accuracy_unguided=… accuracy_cfg=… accuracy_dice=… (shipped) accuracy_dice_now=… (trained now)
     cfg_gain_recovered = (accuracy_dice - accuracy_unguided) / (accuracy_cfg - accuracy_unguided)   (and _now)
@@ -12,7 +12,8 @@ table, a grid PNG, and
 
 The numbers depend on the bits of every CPU kernel, and those on the instruction set each library picks and on the
 thread count (measured: a forward pass of the world's UNet gives other bits under each of them). The demo pins them
-(PINNED_KERNELS, DEMO_THREADS) for its run, so that CPUs with AVX2 compute what the README shows.
+(PINNED_KERNELS, DEMO_THREADS) for its run, so that neither the environment nor the core count changes them; which
+CPUs print the README's numbers, and how far others land: docs/shapes_world.md, the demo.
 ``python -m dice.shapes_world.demo RESULTS.json`` writes the table of a demo_result.json into README.md and
 docs/shapes_world.md (the committed one: docs/shapes_world/demo_result.json, written by ``--results_out``).
 """
