@@ -110,19 +110,19 @@ def test_a_report_block_is_replaced_whole_and_only_where_marked():
 
 @pytest.mark.slow
 def test_the_demo_prints_the_readme_numbers_whatever_kernels_the_environment_asks_for(tmp_path):
-    """The README claims the same numbers on every run on x86 CPUs with AVX2. Run the whole demo (3.5 minutes on 2
-    cores) in a fresh process whose environment asks for other kernels and threads than the demo pins: it must print
-    the README's table line for line."""
+    """The README claims the same numbers on every run on the CPUs it names. Run the whole demo (minutes) in a fresh
+    process whose environment asks for other kernels and threads than the demo pins: it must print the README's table
+    line for line."""
     import os
     import subprocess
     import sys
 
     from dice.shapes_world.demo import toy_report
 
-    capability = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
-                                capture_output=True, text=True, check=True).stdout.strip()
-    if capability not in ("AVX2", "AVX512"):
-        pytest.skip(f"the README's numbers are claimed for x86 CPUs with AVX2; this one offers {capability}")
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    if not ("AMD EPYC" in cpuinfo and " avx512f " in cpuinfo):
+        pytest.skip("the README claims these exact numbers for AMD EPYC CPUs with AVX-512, where they were measured; "
+                    "elsewhere MKL's kernels give other bits (docs/shapes_world.md, the demo)")
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), ATEN_CPU_CAPABILITY="default",
                ONEDNN_MAX_CPU_ISA="SSE41", MKL_CBWR="AUTO", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "dice.demo", "--exps_root", str(tmp_path)], cwd=tmp_path, env=env,
