@@ -97,8 +97,6 @@ def training_samples(config) -> int:
 def pinned_cpu_kernels():
     """Run the block with PINNED_KERNELS and DEMO_THREADS; yields None when ATen took them, else why not (another
     instruction set, or kernels already chosen in this process). The environment is restored afterwards."""
-    import torch
-
     saved, threads = {name: os.environ.get(name) for name in PINNED_KERNELS}, torch.get_num_threads()
     os.environ.update(PINNED_KERNELS)
     torch.set_num_threads(DEMO_THREADS)
@@ -134,8 +132,6 @@ def run_toy(exps_root: str = "exps", max_train_steps: int | None = None, num_pro
 
 
 def _run_toy(exps_root, max_train_steps, num_prompts, train_batch_size, grid_out, seed, results_out, unpinned) -> dict:
-    import torch
-
     start = time.time()
     assets = Path(exps_root) / "_demo_assets"
     data = write_imagefolder(assets / f"shapes-world-train-{TOY_TRAIN_IMAGES}", TOY_TRAIN_IMAGES, "train")
