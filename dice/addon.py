@@ -28,7 +28,7 @@ from .adapters.registry import family_of_pipeline_class
 from .checkpoint import SharpenerConfig, check_sharpener_fits, load_sharpener
 from .experiments import DEFAULT_ROOT
 from .methods.dice import sharpen_for_pipeline
-from .presets import model_location
+from .presets import model_location, same_base_model
 from .sharpener import Sharpener
 
 logger = logging.getLogger("dice")
@@ -115,15 +115,10 @@ def _family_of(stock_class: type) -> str:
 
 
 def _note_other_base_model(config: SharpenerConfig, model: str | None) -> None:
-    trained_on = model_location(str(config.base_model))
-    if not model:  # a pipeline built in code has no name to compare
-        return
-    if os.path.exists(trained_on) and os.path.exists(model):
-        same = os.path.samefile(trained_on, model)
-    else:
-        same = trained_on.rstrip("/").lower() == str(model).rstrip("/").lower()
-    if not same:
-        logger.warning("sharpener trained on %s, applied to %s (cross-model transfer, paper Fig. 6)", trained_on, model)
+    # A pipeline built in code has no name to compare.
+    if model and not same_base_model(config.base_model, model):
+        logger.warning("sharpener trained on %s, applied to %s (cross-model transfer, paper Fig. 6)",
+                       model_location(str(config.base_model)), model)
 
 
 @torch.no_grad()

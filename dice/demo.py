@@ -31,9 +31,12 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("world", nargs="?", default="toy", choices=["toy", "sd15", "sdxl", "pixart"],
                         help="toy: the trained shapes world (default); sd15/sdxl/pixart: random-weight plumbing demos")
     parser.add_argument("--exps_root", default="exps", help="where the experiment folder goes")
-    parser.add_argument("--max_train_steps", type=positive_int, default=None, help="override the preset's updates (toy and plumbing: 600)")
-    parser.add_argument("--train_batch_size", type=positive_int, default=None, help="toy: override the preset's batch (16)")
+    parser.add_argument("--max_train_steps", type=positive_int, default=None, help="override the preset's updates (toy: 200, plumbing: 600)")
+    parser.add_argument("--train_batch_size", type=positive_int, default=None, help="toy: override the preset's batch (64)")
     parser.add_argument("--grid_out", default=None, help="toy: also copy the grid PNG here (the README's is docs/shapes_world_demo.png)")
+    parser.add_argument("--results_out", default=None,
+                        help="toy: also copy demo_result.json here (the README's table is rendered from docs/shapes_world/demo_result.json)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="toy: seed of the sharpener trained now (init, data order, noise)")
     parser.add_argument("--num_prompts", type=positive_int, default=None, help="held-out prompts (toy: 256, half unseen; plumbing: 32)")
     parser.add_argument("--model_seed", type=non_negative_int, default=0, help="plumbing demos: seed of the tiny random model's weights")
     parser.add_argument("--free_residual_steps", type=non_negative_int, default=0,
@@ -42,13 +45,16 @@ def cli(argv: list[str] | None = None) -> None:
     if args.world == "toy" and (args.model_seed or args.free_residual_steps):
         raise UserError("--model_seed and --free_residual_steps apply to the random-weight plumbing demos. "
                         "Name one (python -m dice.demo sd15 ...), or drop them")
-    if args.world != "toy" and (args.train_batch_size or args.grid_out):
-        raise UserError("--train_batch_size and --grid_out apply to the shapes-world demo. Drop them, or run `python -m dice.demo toy`")
-    if args.grid_out:
-        check_output_file(args.grid_out, "--grid_out")
+    if args.world != "toy" and (args.train_batch_size or args.grid_out or args.results_out or args.seed):
+        raise UserError("--train_batch_size, --grid_out, --results_out and --seed apply to the shapes-world demo. "
+                        "Drop them, or run `python -m dice.demo toy`")
+    for option in ("grid_out", "results_out"):
+        if getattr(args, option):
+            check_output_file(getattr(args, option), f"--{option}")
     check_output_dir(args.exps_root, "--exps_root")
     if args.world == "toy":
-        run_toy(args.exps_root, args.max_train_steps, args.num_prompts or 256, args.train_batch_size, args.grid_out)
+        run_toy(args.exps_root, args.max_train_steps, args.num_prompts or 256, args.train_batch_size, args.grid_out,
+                args.seed, args.results_out)
     else:
         run(args.world, args.exps_root, args.max_train_steps, args.num_prompts or 32, args.model_seed, args.free_residual_steps)
 

@@ -32,7 +32,7 @@ from .methods.base import TrainedModel, count_parameters
 from .methods.dice import DiceMethod
 from .negatives import NegativePrompts
 from .paper import GUIDANCE_SCALE
-from .presets import MODELS, model_location
+from .presets import MODELS, model_location, same_base_model
 from .prompts import load_prompts
 from .runtime import needs_cpu_process_group, process_state
 from .sampling import (
@@ -181,7 +181,7 @@ def _check_distilled_options(args, config, model: str | None) -> None:
                         "per step). Drop --cfg_scale")
     if args.alpha != 1:
         raise UserError(f"--alpha is DICE's strength; a {config.method} model's is --gd_scale. Drop --alpha")
-    if config.method == "gd" and model and absolute_if_local(model) != config.base_model:
+    if config.method == "gd" and model and not same_base_model(model, config.base_model):
         raise UserError(f"a GD model is a fine-tuned copy of the whole denoiser of {config.base_model}, sampled with that "
                         "model's VAE and text encoder. Drop --pretrained_model_name_or_path/--model_name")
 
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> Path:
     config, sharpener, prompts, distilled = plan["config"], plan["sharpener_module"], plan["prompts"], plan["method"]
     negatives, negative_option = plan["negatives"]
     trained_model = config.base_model if config else None
-    same_model = plan["model"] == trained_model
+    same_model = same_base_model(plan["model"], trained_model)
     if (sharpener is not None or distilled) and not same_model:
         logger.info("cross-model: %s was trained on %s and is applied to %s", "the sharpener" if sharpener is not None
                     else f"the {distilled.title} guide", trained_model, plan["model"])

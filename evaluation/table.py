@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from dice.paper import GUIDANCE_SCALE, SAMPLING_STEPS, SCHEDULER, TABLE1, paper_model
-from dice.presets import MODELS
+from dice.presets import MODELS, same_base_model
 from dice.sampling import image_defining
 
 from .plotting import pyplot, save_figure
@@ -70,7 +70,7 @@ def paper_row_key(options: dict) -> str | None:
 def is_cross_model(options: dict) -> bool:
     """A sharpener (or PnP guide) applied to another base model than it was trained on (paper Fig. 6)."""
     trained = options.get("sharpener_base_model") or options.get("trained_base_model")
-    return bool(trained) and trained != options.get("base_model")
+    return bool(trained) and not same_base_model(trained, options.get("base_model"))
 
 
 def protocol_mismatch(options: dict) -> str | None:

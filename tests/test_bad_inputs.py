@@ -358,6 +358,8 @@ def test_demos_refuse_bad_input(workspace):
     refused("dice.demo", ["sd15", "--train_batch_size", "4"], "--train_batch_size", "shapes-world demo")
     refused("dice.demo", ["toy", "--free_residual_steps", "10"], "--free_residual_steps", "plumbing demos")
     refused("dice.demo", ["--grid_out", root / "inputs"], "--grid_out", "is a folder")
+    refused("dice.demo", ["--results_out", root / "inputs"], "--results_out", "is a folder")
+    refused("dice.demo", ["pixart", "--seed", "1"], "--seed", "shapes-world demo")
     refused("dice.shapes_world", ["prompts", "--out", root / "inputs", "--num_prompts", "4"], "--out", "is a folder")
     refused("dice.shapes_world", ["pretrain", "--out", root / "w", "--unet_steps", "-1"], "--unet_steps", "negative")
     refused("dice.shapes_world", ["pretrain", "--family", "flow", "--out", root / "w", "--unet_steps", "5"], "--unet_steps", "flow recipe")

@@ -197,3 +197,37 @@ def test_base_model_found_from_another_directory_and_cross_model_recorded(tiny_m
     assert (options["base_model"], options["sharpener_base_model"]) == (str(other), str(tmp_path / "a" / "tiny"))
     cross_lines = [r.getMessage() for r in caplog.records if "cross-model" in r.getMessage()]
     assert cross_lines == [f"cross-model: the sharpener was trained on {tmp_path / 'a' / 'tiny'} and is applied to {other}"]
+
+
+def test_a_short_model_name_is_the_model_it_stands_for(tmp_path, caplog, monkeypatch):
+    """The shipped sharpener records its base model as "shapes-world": on that model, by either name or by its
+    path, sampling, dice.apply and the results table all see the same model, not a cross-model transfer."""
+    import logging
+
+    import dice
+    from diffusers import StableDiffusionPipeline
+
+    from dice.presets import SHAPES_WORLD, same_base_model
+    from dice.sample_cli import main as sample_main
+    from dice.shapes_world.scoring import DEFAULT_SHARPENER
+    from evaluation.table import is_cross_model
+
+    assert json.loads((DEFAULT_SHARPENER / "config.json").read_text())["base_model"] == "shapes-world"
+    assert same_base_model("shapes-world", SHAPES_WORLD) and same_base_model(SHAPES_WORLD + "/", "shapes-world")
+    monkeypatch.chdir(Path(SHAPES_WORLD).parent)
+    assert same_base_model("shapes-world", "./shapes-world")  # a relative spelling of the same folder
+    assert same_base_model("Lykon/DreamShaper", "lykon/dreamshaper") and not same_base_model("shapes-world", "Lykon/DreamShaper")
+    assert not same_base_model(None, SHAPES_WORLD)
+
+    caplog = dice_log(caplog, monkeypatch)
+    common = ["--sharpener_path", str(DEFAULT_SHARPENER), "--prompt", "a red circle next to a blue square", "--steps", "1"]
+    for outdir, model in (("implied", []), ("short", ["--model_name", "shapes-world"]),
+                          ("path", ["--pretrained_model_name_or_path", SHAPES_WORLD])):
+        options = json.loads((sample_main(common + ["--outdir", str(tmp_path / outdir)] + model) / "sampling_options.json").read_text())
+        assert options["base_model"] == SHAPES_WORLD and not is_cross_model(options), options
+    assert "cross-model" not in caplog.text
+    pipe = StableDiffusionPipeline.from_pretrained(SHAPES_WORLD)
+    with caplog.at_level(logging.INFO, logger="dice"):
+        dice.apply(pipe, str(DEFAULT_SHARPENER))
+    assert "cross-model" not in caplog.text
+    assert is_cross_model({"base_model": "Lykon/DreamShaper", "sharpener_base_model": "shapes-world"})

@@ -1,19 +1,28 @@
 """The shapes-world demo: ``python -m dice.demo`` (= ``bash launch.sh demo``), the paper in miniature on CPU.
 
-``train_sd15.py`` fits a sharpener now (``--preset toy``: 600 updates of 16, lr 1e-3 with a moving average of
-the weights); ``sample.py`` samples held-out prompts (half of them attribute combinations never seen in
-training) unguided, with CFG (w=5), with the converged sharpener shipped beside the model and with the one
-just trained, all from identical noise; ``evaluation/shapes_world.py`` scores them: prompt accuracy (every
-attribute of the prompt right) and a Fréchet distance on the world evaluator's features. It ends with the
-table, a grid PNG, and
+``train_sd15.py`` fits a sharpener now (``--preset toy-demo``, dice/presets.py); ``sample.py`` samples held-out
+prompts (half of them attribute combinations never seen in training) unguided, with CFG (w=5), with the converged
+sharpener shipped beside the model and with the one just trained, all from identical noise;
+``evaluation/shapes_world.py`` scores them: prompt accuracy (every attribute of the prompt right) and a Fréchet
+distance on the world evaluator's features. It ends with the table, a grid PNG, and
 
     accuracy_unguided=… accuracy_cfg=… accuracy_dice=… (shipped) accuracy_dice_now=… (trained now)
     cfg_gain_recovered = (accuracy_dice - accuracy_unguided) / (accuracy_cfg - accuracy_unguided)   (and _now)
     cfg_gap_closed = 1 - mean||z_dice - z_cfg|| / mean||z_uncond - z_cfg||   (final latents, shipped sharpener)
+
+The numbers depend on the bits of every CPU kernel, and those on the instruction set each library picks and on the
+thread count (measured: a forward pass of the world's UNet gives other bits under each of them). The demo pins them
+(PINNED_KERNELS, DEMO_THREADS) for its run, so that neither the environment nor the core count changes them; which
+CPUs print the README's numbers, and how far others land: docs/shapes_world.md, the demo.
+``python -m dice.shapes_world.demo RESULTS.json`` writes the table of a demo_result.json into README.md and
+docs/shapes_world.md (the committed one: docs/shapes_world/demo_result.json, written by ``--results_out``).
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 import shlex
 import shutil
 import time
@@ -38,6 +47,14 @@ from .scoring import DEFAULT_PIPELINE, DEFAULT_SHARPENER
 from .world import evaluation_prompts, write_imagefolder, write_prompt_file
 
 TOY_TRAIN_IMAGES = 4000
+TOY_PRESET = "toy-demo"
+# What each library reads to choose its CPU kernels: ATen's vectorised ops, oneDNN's convolutions, MKL's matrix
+# products. Each is read when first used, so they are set before the first op. Measured (docs/shapes_world.md, the
+# demo): this makes the demo's bits independent of the environment's settings and of the core count; MKL's
+# COMPATIBLE branch would also match a forward pass across CPU vendors, but costs 65% more time per training update
+# and still leaves a training step's gradients CPU-dependent, so MKL keeps its own choice (on AMD it takes AVX2 as AUTO).
+PINNED_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+DEMO_THREADS = 2  # the bits change with the thread count too (measured: pinned, 4 threads differ from 2)
 TOY_VALIDATION_PROMPTS = [
     "a red circle and a blue square", "a yellow triangle next to a green cross",
     "a white square on the left and a purple circle on the right", "a blue cross and a red triangle",
@@ -76,24 +93,59 @@ def training_samples(config) -> int:
     return int(config.step) * int(config.training_options["global_batch_size"])
 
 
+@contextlib.contextmanager
+def pinned_cpu_kernels():
+    """Run the block with PINNED_KERNELS and DEMO_THREADS; yields None when ATen took them, else why not (another
+    instruction set, or kernels already chosen in this process). The environment is restored afterwards."""
+    saved, threads = {name: os.environ.get(name) for name in PINNED_KERNELS}, torch.get_num_threads()
+    os.environ.update(PINNED_KERNELS)
+    torch.set_num_threads(DEMO_THREADS)
+    capability = torch.backends.cpu.get_cpu_capability()
+    try:
+        yield None if capability == "AVX2" else (
+            f"CPU kernels: {capability}, not the AVX2 the README's numbers were computed with (a CPU without AVX2, or "
+            "kernels already chosen in this process): the numbers may differ from the README's by a few points")
+    finally:
+        torch.set_num_threads(threads)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def demo_training_argv(data: Path, exps_root: str, seed: int = 0) -> list[str]:
+    """train_sd15.py's options for the demo's sharpener (its preset, 4 validation prompts for the grid)."""
+    return ["--pretrained_model_name_or_path", str(DEFAULT_PIPELINE), "--train_data_dir", str(data), "--preset", TOY_PRESET,
+            "--output_dir", exps_root, "--desc", "demo-toy", "--dataloader_num_workers", "0", "--seed", str(seed),
+            "--validation_prompts", *TOY_VALIDATION_PROMPTS]
+
+
 def run_toy(exps_root: str = "exps", max_train_steps: int | None = None, num_prompts: int = 256,
-            train_batch_size: int | None = None, grid_out: str | None = None) -> dict:
-    """The shapes-world demo; returns what it writes to demo_result.json."""
+            train_batch_size: int | None = None, grid_out: str | None = None, seed: int = 0,
+            results_out: str | None = None) -> dict:
+    """The shapes-world demo with the CPU kernels pinned; returns what it writes to demo_result.json."""
+    with pinned_cpu_kernels() as unpinned:
+        if unpinned:
+            print(unpinned, flush=True)
+        return _run_toy(exps_root, max_train_steps, num_prompts, train_batch_size, grid_out, seed, results_out, unpinned)
+
+
+def _run_toy(exps_root, max_train_steps, num_prompts, train_batch_size, grid_out, seed, results_out, unpinned) -> dict:
     start = time.time()
     assets = Path(exps_root) / "_demo_assets"
     data = write_imagefolder(assets / f"shapes-world-train-{TOY_TRAIN_IMAGES}", TOY_TRAIN_IMAGES, "train")
     prompt_file = write_prompt_file(assets / f"shapes-world-prompts-{num_prompts}.jsonl", num_prompts)
-    settings = preset("sd15", "toy")
+    settings = preset("sd15", TOY_PRESET)
     w = settings["guidance_scale"]
-    argv = ["--pretrained_model_name_or_path", str(DEFAULT_PIPELINE), "--train_data_dir", str(data), "--preset", "toy",
-            "--output_dir", exps_root, "--desc", "demo-toy", "--dataloader_num_workers", "0",
-            "--validation_prompts", *TOY_VALIDATION_PROMPTS]
+    argv = demo_training_argv(data, exps_root, seed)
     if max_train_steps:
         argv += ["--max_train_steps", str(max_train_steps), "--checkpointing_steps", str(max_train_steps)]
     if train_batch_size:
         argv += ["--train_batch_size", str(train_batch_size)]
     print(f"$ python train_sd15.py {shlex.join(argv)}", flush=True)
     run_dir = train_main("sd15", argv)
+    trained_at = time.time()
 
     folders, nfe = {}, {}
     for name, (options, evaluations_per_step) in TOY_METHODS.items():
@@ -102,6 +154,7 @@ def run_toy(exps_root: str = "exps", max_train_steps: int | None = None, num_pro
         print(f"$ python sample.py {shlex.join(sample_argv)}", flush=True)
         folders[name] = sample_main(sample_argv)
         nfe[name] = 20 * evaluations_per_step
+    sampled_at = time.time()
     scores = {}
     for name, folder in folders.items():
         print(f"$ python evaluation/shapes_world.py calc --images {shlex.quote(str(folder))} --results {run_dir / 'results.jsonl'}", flush=True)
@@ -124,7 +177,8 @@ def run_toy(exps_root: str = "exps", max_train_steps: int | None = None, num_pro
     baseline = [accuracy[m].value for m in ("unguided", "cfg")]
     per_image = [accuracy[m].per_image for m in ("unguided", "cfg")]
     result = {
-        "world": "shapes", "experiment": str(run_dir), "train_steps": max_train_steps or settings["max_train_steps"],
+        "world": "shapes", "experiment": str(run_dir), "preset": TOY_PRESET, "seed": seed,
+        "train_steps": max_train_steps or settings["max_train_steps"],
         "train_batch_size": train_batch_size or settings["train_batch_size"],
         "num_prompts": num_prompts, "guidance_scale": w, "grid": str(grid), "shipped_sharpener": str(DEFAULT_SHARPENER),
         "methods": {name: {"label": labels[name], "nfe": nfe[name], "folder": str(folders[name]),
@@ -139,32 +193,67 @@ def run_toy(exps_root: str = "exps", max_train_steps: int | None = None, num_pro
         "cfg_gain_recovered_now_ci95": list(gain_recovered_interval(*per_image, accuracy["dice_now"].per_image)),
         "cfg_gap_closed": cfg_gap_closed(latents["unguided"], latents["cfg"], latents["dice"]),
         "seconds": round(time.time() - start, 1),
+        "seconds_training": round(trained_at - start, 1), "seconds_sampling": round(sampled_at - trained_at, 1),
+        "cpu_kernels": {"pinned": not unpinned, **PINNED_KERNELS, "aten_capability": torch.backends.cpu.get_cpu_capability(),
+                        "threads": torch.get_num_threads()},
+        "torch": torch.__version__,
     }
     (run_dir / "demo_result.json").write_text(json.dumps(result, indent=2) + "\n")
+    if results_out:  # e.g. the committed docs/shapes_world/demo_result.json the README's table is rendered from
+        Path(results_out).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run_dir / "demo_result.json", results_out)
     print_toy_report(result)
     return result
 
 
 def print_toy_report(result: dict) -> None:
-    methods = result["methods"]
     print(f"\nDemo finished in {result['seconds']} s: {result['experiment']}")
     print(f"Shapes world, {result['num_prompts']} held-out prompts (half unseen combinations), DPM-Solver++ 20 steps, "
           "the same seeds for every method. Prompt accuracy: all four attributes right (world evaluator).\n")
-    print(f"| method | NFE | accuracy seen | unseen | pooled [95% CI] | FD (real vs real {methods['cfg']['fd_real_vs_real']:.1f}) |")
-    print("|---|---|---|---|---|---|")
+    print(f"Grid (a row per method, same prompts and seeds): {result['grid']}")
+    print(toy_report(result))
+
+
+def toy_report(result: dict) -> str:
+    """The table and the key=value lines the demo ends with; the README shows them as rendered from its results file."""
+    methods = result["methods"]
+    lines = [f"| method | NFE | accuracy seen | unseen | pooled [95% CI] | FD (real vs real {methods['cfg']['fd_real_vs_real']:.1f}) |",
+             "|---|---|---|---|---|---|"]
     for m in methods.values():
         lo, hi = m["accuracy_ci95"]
-        print(f"| {m['label']} | {m['nfe']} | {m['accuracy_seen']:.3f} | {m['accuracy_unseen']:.3f} | "
-              f"{m['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] | {m['fd']:.1f} |")
-    print(f"\nGrid (a row per method, same prompts and seeds): {result['grid']}")
+        lines.append(f"| {m['label']} | {m['nfe']} | {m['accuracy_seen']:.3f} | {m['accuracy_unseen']:.3f} | "
+                     f"{m['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] | {m['fd']:.1f} |")
     for key, which in (("cfg_gain_recovered", "shipped"), ("cfg_gain_recovered_now", "trained now")):
         lo, hi = result[f"{key}_ci95"]
-        print(f"DICE ({which}) recovers {result[key]:.0%} of CFG's accuracy gain (paired bootstrap 95% CI "
-              f"{lo:.0%} to {hi:.0%}) at half CFG's network evaluations.")
-    print(f"accuracy_unguided={methods['unguided']['accuracy']:.3f}")
-    print(f"accuracy_cfg={methods['cfg']['accuracy']:.3f}")
-    print(f"accuracy_dice={methods['dice']['accuracy']:.3f}")
-    print(f"accuracy_dice_now={methods['dice_now']['accuracy']:.3f}")
-    print(f"cfg_gain_recovered={result['cfg_gain_recovered']:.3f}")
-    print(f"cfg_gain_recovered_now={result['cfg_gain_recovered_now']:.3f}")
-    print(f"cfg_gap_closed={result['cfg_gap_closed']:.3f}")
+        lines.append(f"DICE ({which}) recovers {result[key]:.0%} of CFG's accuracy gain (paired bootstrap 95% CI "
+                     f"{lo:.0%} to {hi:.0%}) at half CFG's network evaluations.")
+    lines += [f"accuracy_{name}={methods[name]['accuracy']:.3f}" for name in ("unguided", "cfg", "dice", "dice_now")]
+    lines += [f"{key}={result[key]:.3f}" for key in ("cfg_gain_recovered", "cfg_gain_recovered_now", "cfg_gap_closed")]
+    return "\n".join(lines)
+
+
+# The README's and docs/shapes_world.md's copy of the demo's output, between these lines.
+REPORT_BEGIN = "<!-- the demo's output, rendered from docs/shapes_world/demo_result.json by python -m dice.shapes_world.demo -->"
+REPORT_END = "<!-- end of the demo's output -->"
+
+
+def render_report_block(text: str, result: dict) -> str:
+    """``text`` with the block between REPORT_BEGIN and REPORT_END replaced by the demo's report of ``result``."""
+    block = f"{REPORT_BEGIN}\n```\n{toy_report(result)}\n```\n{REPORT_END}"
+    pattern = re.compile(re.escape(REPORT_BEGIN) + ".*?" + re.escape(REPORT_END), flags=re.S)
+    if len(pattern.findall(text)) != 1:
+        raise ValueError("expected one block of the demo's output")
+    return pattern.sub(lambda _: block, text)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m dice.shapes_world.demo",
+                                     description="Write a demo_result.json's table into README.md and docs/shapes_world.md")
+    parser.add_argument("results", nargs="?", default="docs/shapes_world/demo_result.json")
+    args = parser.parse_args()
+    demo_result = json.loads(Path(args.results).read_text())
+    for markdown in (Path("README.md"), Path("docs/shapes_world.md")):
+        markdown.write_text(render_report_block(markdown.read_text(), demo_result))
+        print(f"wrote the demo's table into {markdown}")
