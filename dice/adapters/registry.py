@@ -16,6 +16,8 @@ _ADAPTERS = {
     "sd15": ("dice.adapters.sd15", "SD15Adapter"),
     "sdxl": ("dice.adapters.sdxl", "SDXLAdapter"),
     "pixart": ("dice.adapters.pixart", "PixArtAdapter"),
+    "pixart-sigma": ("dice.adapters.pixart_sigma", "PixArtSigmaAdapter"),
+    "sd3": ("dice.adapters.sd3", "SD3Adapter"),
 }
 # diffusers pipeline class names (model_index.json) -> family.
 _PIPELINE_FAMILIES = {
@@ -24,7 +26,9 @@ _PIPELINE_FAMILIES = {
     "StableDiffusionXLPipeline": "sdxl",
     "StableDiffusionXLImg2ImgPipeline": "sdxl",
     "PixArtAlphaPipeline": "pixart",
-    "PixArtSigmaPipeline": "pixart-sigma (unsupported)",
+    "PixArtSigmaPipeline": "pixart-sigma",
+    "StableDiffusion3Pipeline": "sd3",
+    "StableDiffusion3Img2ImgPipeline": "sd3",
 }
 # diffusers' single-file model types -> family.
 _SINGLE_FILE_FAMILIES = {
@@ -33,11 +37,19 @@ _SINGLE_FILE_FAMILIES = {
     "xl_base": "sdxl",
     "xl_refiner": "sdxl-refiner (unsupported)",
     "playground-v2-5": "playground (unsupported)",
+    "sd3": "sd3",
+    "sd35_medium": "sd3",
+    "sd35_large": "sd3",
 }
 
 
 def families() -> list[str]:
     return list(_ADAPTERS)
+
+
+def entry_script(family: str) -> str:
+    """The training script of a family: train_sd15.py, ..., train_pixart_sigma.py."""
+    return f"train_{family.replace('-', '_')}.py"
 
 
 def register_adapter(family: str, module: str, class_name: str) -> None:
@@ -95,6 +107,12 @@ def looks_like_file(model: str) -> bool:
 
 def read_pipeline_class(model: str, revision: str | None = None) -> str | None:
     """The ``_class_name`` in a model's ``model_index.json`` (local folder or hub cache), if found."""
+    index = read_model_index(model, revision)
+    return index.get("_class_name") if index else None
+
+
+def read_model_index(model: str, revision: str | None = None) -> dict | None:
+    """A model's ``model_index.json`` (local folder or hub cache), if found."""
     if not os.path.exists(model) and (os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1):
         raise ModelLoadError(
             f"base model '{model}' does not exist. Pass an existing diffusers folder, a .safetensors/.ckpt file, "
@@ -108,9 +126,9 @@ def read_pipeline_class(model: str, revision: str | None = None) -> str | None:
                 "folder. Pass the folder that holds model_index.json, a hub id, or a single "
                 ".safetensors/.ckpt file."
             )
-        return json.loads(index.read_text()).get("_class_name")
+        return json.loads(index.read_text())
     try:
-        return json.loads(Path(hf_hub_download(model, "model_index.json", revision=revision)).read_text()).get("_class_name")
+        return json.loads(Path(hf_hub_download(model, "model_index.json", revision=revision)).read_text())
     except Exception as err:  # noqa: BLE001 - the real load below reports other failures with their cause
 
         if isinstance(err, LocalEntryNotFoundError) and is_offline():

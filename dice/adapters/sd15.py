@@ -9,6 +9,7 @@ from .base import Adapter, Conditioning
 class SD15Adapter(Adapter):
     family = "sd15"
     pipeline_class_name = "StableDiffusionPipeline"
+    released_text_dim = 768  # CLIP ViT-L
 
     @property
     def text_dim(self) -> int:

@@ -1,7 +1,8 @@
 """DICE (the paper): a ~2M-parameter sharpener rewrites the prompt embedding; the denoiser stays frozen.
 
 The rule (paper section 3): ``c_dice = c + alpha * f(c, u)``, with the first token restored where it is the
-text encoder's begin-of-text token (CLIP; the same vector for every prompt). For a text encoder with an
+text encoder's begin-of-text token (CLIP; the same vector for every prompt), and, for a zero-padded encoding (SD3's
+CLIP columns padded to T5's width, an absent T5's zero tokens), the padding kept zero (:func:`sharpening_rule`). For a text encoder with an
 attention mask (PixArt-α's T5) the family records three choices that this file applies: whether the first
 token is restored, which tokens of u the sharpener attends to, and which mask the sharpened prompt gets.
 
@@ -25,20 +26,32 @@ from .base import Method
 
 def apply_sharpener(
     sharpener: nn.Module, c: torch.Tensor, u: torch.Tensor, alpha: float = 1.0,
-    u_mask: torch.Tensor | None = None, keep_first_token: bool = True,
+    u_mask: torch.Tensor | None = None, keep_first_token: bool = True, keep_zeros: bool = False,
 ) -> torch.Tensor:
-    """``c_dice = c + alpha * f(c, u)``; the first token (BOS) is restored unless told otherwise."""
+    """``c_dice = c + alpha * f(c, u)``; the first token (BOS) is restored unless told otherwise, and with
+    ``keep_zeros`` every entry that is exactly zero in ``c`` stays zero (the padding of a zero-padded encoding,
+    SD3). ``c`` and ``u`` may hold any number of tokens (the sharpener acts per token, attending over u)."""
     residual = sharpener(c, u, u_mask) if u_mask is not None else sharpener(c, u)
+    if keep_zeros:
+        residual = residual.to(c.dtype).masked_fill(c == 0, 0)
     sharpened = c + alpha * residual.to(c.dtype)
     if keep_first_token:
         sharpened = torch.cat([c[:, :1], sharpened[:, 1:]], dim=1)
     return sharpened
 
 
-def keeps_first_token(adapter: Adapter) -> bool:
+def keeps_first_token(adapter: Adapter | type[Adapter], options: dict | None = None) -> bool:
     """Whether the first token is restored after sharpening (and left unscaled by Scaling): CLIP's BOS
-    always; a family without one (PixArt's T5) only when its recorded ``keep_first_token`` says so."""
-    return adapter.first_token_is_bos or bool(adapter.options.get("keep_first_token"))
+    always; a family without one (PixArt's T5) only when its recorded ``keep_first_token`` says so.
+    An adapter class with the ``family_options`` of a checkpoint answers the same without a pipeline."""
+    options = adapter.options if options is None else options
+    return adapter.first_token_is_bos or bool(options.get("keep_first_token"))
+
+
+def sharpening_rule(adapter: Adapter | type[Adapter], options: dict | None = None) -> dict:
+    """The family's rule as :func:`apply_sharpener`'s keyword arguments (first token, zero padding), for a front end
+    that holds embeddings but no pipeline: ``sharpening_rule(adapter_class(config.family), config.family_options)``."""
+    return {"keep_first_token": keeps_first_token(adapter, options), "keep_zeros": adapter.zero_padded}
 
 
 def context_mask(adapter: Adapter, uncond: Conditioning) -> torch.Tensor | None:
@@ -49,7 +62,7 @@ def context_mask(adapter: Adapter, uncond: Conditioning) -> torch.Tensor | None:
 def sharpen(adapter: Adapter, sharpener: nn.Module, cond: Conditioning, uncond: Conditioning, alpha: float = 1.0) -> Conditioning:
     """The prompt's conditioning with its embedding sharpened by ``f(c, u)`` at strength ``alpha``."""
     embeds = apply_sharpener(sharpener, cond.embeds, uncond.embeds, alpha, u_mask=context_mask(adapter, uncond),
-                             keep_first_token=keeps_first_token(adapter))
+                             **sharpening_rule(adapter))
     if adapter.options.get("pixart_mask") == "full":  # every token of the sharpened prompt visible
         return cond.replace(embeds=embeds, mask=torch.ones_like(cond.mask))
     return cond.replace(embeds=embeds)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from dice.adapters import adapter_class
+from dice.adapters.registry import entry_script
 from dice.checkpoint import load_sharpener
 from dice.presets import preset
 from dice.residuals import fit_prompt_residuals
@@ -48,7 +49,7 @@ def held_out_prompts(count: int, seed: int = 1234) -> list[str]:
 
 
 def measure_gap(adapter, sharpener, prompts: list[str], guidance_scale: float, resolution: int, steps: int = 20) -> dict:
-    use_scheduler(adapter, "dpmsolver++")
+    use_scheduler(adapter)  # the family's sampler: the paper's DPM-Solver++ for epsilon models
     seeds = list(range(len(prompts)))
     common = dict(steps=steps, resolution=resolution, output_type="latent")
     z_uncond = generate(adapter, prompts, seeds, cfg_scale=1.0, **common)
@@ -71,7 +72,7 @@ def run(family: str = "sd15", exps_root: str = "exps", max_train_steps: int | No
             "--validation_inference_steps", "10"]
     if max_train_steps:
         argv += ["--max_train_steps", str(max_train_steps), "--checkpointing_steps", str(max_train_steps)]
-    print(f"$ python train_{family}.py {shlex.join(argv)}", flush=True)
+    print(f"$ python {entry_script(family)} {shlex.join(argv)}", flush=True)
     run_dir = train_main(family, argv)
 
     sharpener, config = load_sharpener(run_dir, family=family)
