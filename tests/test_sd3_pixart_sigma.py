@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from dice.adapters import adapter_class
 from dice.adapters.registry import detect_family, entry_script
 from dice.errors import UserError
-from dice.methods.dice import apply_sharpener, sharpen, sharpening_rule
+from dice.methods.dice import sharpen, sharpen_embeddings, sharpening_rule
 from dice.options import build_parser, resolve_options
 from dice.sharpener import Sharpener
 
@@ -41,7 +41,8 @@ def test_families_are_detected_and_named(tiny_model, no_t5):
 @pytest.mark.parametrize("t5", [True, False])
 def test_sd3_joint_embedding_and_rule(tiny_model, no_t5, t5):
     """[B, 77 + L, joint]: CLIP-L and CLIP-G side by side, zero-padded to the joint width, then L T5 tokens (zeros
-    without T5). Sharpened: the first token restored, the zeros kept, every other entry rewritten, pooled unchanged."""
+    without T5). Sharpened: the first token restored, the zeros kept, every other entry rewritten; the pooled vector
+    rewritten as one more token (default) or passed on unchanged (pooled_embedding="keep", SDXL's rule)."""
     adapter = adapter_class("sd3").from_pretrained(str(tiny_model("sd3") if t5 else no_t5))
     assert (adapter.pipe.text_encoder_3 is not None) == t5
     cond, uncond = adapter.encode_prompts(PROMPTS), adapter.encode_negative(["", "blurry"])
@@ -53,8 +54,17 @@ def test_sd3_joint_embedding_and_rule(tiny_model, no_t5, t5):
     assert torch.equal(sharpened.embeds[:, 0], cond.embeds[:, 0])  # CLIP's BOS
     assert (sharpened.embeds[zero] == 0).all()  # the padding stays padding
     assert (sharpened.embeds[:, 1:][~zero[:, 1:]] != cond.embeds[:, 1:][~zero[:, 1:]]).all()
-    assert torch.equal(sharpened.pooled, cond.pooled)
-    assert sharpening_rule(adapter) == sharpening_rule(adapter_class("sd3"), {}) == {"keep_first_token": True, "keep_zeros": True}
+    assert sharpened.pooled.shape == cond.pooled.shape and (sharpened.pooled != cond.pooled).all()
+    rule = {"keep_first_token": True, "keep_zeros": True, "sharpen_pooled": True}
+    assert sharpening_rule(adapter) == sharpening_rule(adapter_class("sd3"), {"pooled_embedding": "sharpen"}) == rule
+    # The pooled vector is the sequence's last token for the sharpener: the same layers rewrite it.
+    sharpener = sharpener_for(adapter)
+    as_token = lambda p: torch.nn.functional.pad(p, (0, JOINT - CLIP_WIDTH))[:, None]  # noqa: E731
+    joined = sharpener(torch.cat([cond.embeds, as_token(cond.pooled)], 1), torch.cat([uncond.embeds, as_token(uncond.pooled)], 1))
+    torch.testing.assert_close(sharpened.pooled, cond.pooled + joined[:, -1, :CLIP_WIDTH])
+    keep = adapter_class("sd3")(adapter.pipe, adapter.model, {"pooled_embedding": "keep"})
+    kept = sharpen(keep, sharpener, cond, uncond)
+    assert torch.equal(kept.pooled, cond.pooled) and not torch.equal(kept.embeds, sharpened.embeds)
 
 
 def test_sd3_sharpener_takes_token_counts_it_was_not_trained_on(tiny_model):
@@ -64,8 +74,10 @@ def test_sd3_sharpener_takes_token_counts_it_was_not_trained_on(tiny_model):
     cond, uncond = adapter.encode_prompts(PROMPTS), adapter.encode_negative(["", ""])
     sharpener = sharpener_for(adapter)
     c, u = cond.embeds[:, : CLIP_TOKENS + 7], uncond.embeds[:, : CLIP_TOKENS + 3]
-    out = apply_sharpener(sharpener, c, u, **sharpening_rule(adapter_class("sd3"), {}))
+    out, pooled = sharpen_embeddings(sharpener, c, u, c_pooled=cond.pooled, u_pooled=uncond.pooled,
+                                     **sharpening_rule(adapter_class("sd3"), {"pooled_embedding": "sharpen"}))
     assert out.shape == c.shape and torch.equal(out[:, 0], c[:, 0]) and (out[c == 0] == 0).all()
+    assert pooled.shape == cond.pooled.shape
     assert not torch.equal(out[:, 1:], c[:, 1:])
     x_t, t = torch.randn(2, 4, 16, 16), torch.tensor([300.0, 800.0])
     assert adapter.predict_noise(x_t, t, cond.replace(embeds=out)).shape == x_t.shape  # the transformer takes it
@@ -74,7 +86,8 @@ def test_sd3_sharpener_takes_token_counts_it_was_not_trained_on(tiny_model):
 def test_sd3_max_sequence_length_is_a_recorded_option(tiny_model, tiny_dataset):
     adapter = adapter_class("sd3").from_pretrained(str(tiny_model("sd3")), max_sequence_length=7)
     assert adapter.num_tokens == CLIP_TOKENS + 7 and adapter.encode_prompts(PROMPTS).embeds.shape[1] == CLIP_TOKENS + 7
-    assert adapter.describe()["family_options"] == {"flow_sigmas": "logit_normal", "max_sequence_length": 7}
+    assert adapter.describe()["family_options"] == {"flow_sigmas": "logit_normal", "max_sequence_length": 7,
+                                                    "pooled_embedding": "sharpen"}
     with pytest.raises(UserError, match="from 0 to 512"):
         build_parser("sd3").parse_args(["--pretrained_model_name_or_path", "x", "--train_data_dir", "y",
                                         "--max_sequence_length", "600"])
@@ -145,7 +158,7 @@ def test_sd3_train_resume_bit_identical_and_sample(tiny_model, no_t5, tiny_datas
     whole = load_file(str(run_dir / "checkpoint-4" / "sharpener.safetensors"))
     config = json.loads((run_dir / "checkpoint-4" / "sharpener.json").read_text())
     assert config["family"] == "sd3" and config["dim"] == JOINT and config["num_tokens"] == CLIP_TOKENS + 8
-    assert config["family_options"] == {"flow_sigmas": "uniform", "max_sequence_length": 8}
+    assert config["family_options"] == {"flow_sigmas": "uniform", "max_sequence_length": 8, "pooled_embedding": "sharpen"}
     assert config["training_options"]["guidance_scale"] == 5.0  # no model card for a local folder: the paper's w
     main("sd3", common + ["--resume_from_checkpoint", str(run_dir / "checkpoint-2")])
     resumed = load_file(str(run_dir / "checkpoint-4" / "sharpener.safetensors"))

@@ -13,8 +13,13 @@ DICE's rule here (dice.methods.dice), from the paper's reasoning, not tuned:
 - entries the encoding leaves exactly zero by construction stay zero: the padding of the CLIP columns (2048 to 4096)
   and, without T5, the T5 tokens. They carry no prompt information and the model only ever saw zeros there, so the
   sharpener rewrites what the text encoders produce, as for SDXL;
-- the pooled vector (both CLIPs' pooled outputs, [B, 2048]) goes to the transformer unchanged, as SDXL's does (the
-  teacher gets ``[u_pooled, c_pooled]``).
+- the pooled vector (both CLIPs' pooled outputs, [B, 2048]) is sharpened too (``--pooled_embedding sharpen``, the
+  default): it joins the sequence as one more token, zero-padded to 4096, for c and u alike, so the same sharpener
+  (the paper's layout, 5,248,000 parameters) rewrites it. The paper's reasoning is that the unguided model on the
+  rewritten text conditioning must reproduce CFG, and CFG changes both inputs the text gives SD3: the sequence and the
+  pooled vector, which (with the timestep) sets the modulation of every block of both streams, text and image. SDXL's
+  rule (the authors' code: its pooled vector passes unchanged) is ``--pooled_embedding keep``. The teacher gets
+  ``[u_pooled, c_pooled]`` either way.
 
 The guidance scale of the CFG teacher is the model card's for the models below (:data:`MODEL_CARDS`), else the
 paper's 5; ``--guidance_scale`` overrides it, and the checkpoint records it.
@@ -34,6 +39,7 @@ from .registry import looks_like_file, read_model_index
 # The stock pipeline's default T5 length (StableDiffusion3Pipeline.__call__ / encode_prompt); it refuses over 512.
 MAX_SEQUENCE_LENGTH = 256
 MAX_SEQUENCE_LENGTH_LIMIT = 512
+POOLED_CHOICES = ("sharpen", "keep")
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,8 @@ class SD3Adapter(FlowMatchingAdapter):
     released_text_dim = 4096  # T5-XXL's width, the joint attention width
     denoiser_component = "transformer"
     zero_padded = True
-    option_defaults = {**FlowMatchingAdapter.option_defaults, "max_sequence_length": MAX_SEQUENCE_LENGTH}
+    option_defaults = {**FlowMatchingAdapter.option_defaults, "max_sequence_length": MAX_SEQUENCE_LENGTH,
+                       "pooled_embedding": "sharpen"}
     embedding_kwargs = {
         "embeds": ("prompt_embeds", "negative_prompt_embeds"),
         "pooled": ("pooled_prompt_embeds", "negative_pooled_prompt_embeds"),
@@ -79,6 +86,8 @@ class SD3Adapter(FlowMatchingAdapter):
 
     def __init__(self, pipe, model, options=None):
         super().__init__(pipe, model, options)
+        if self.options["pooled_embedding"] not in POOLED_CHOICES:
+            raise ValueError(f"pooled_embedding must be one of {POOLED_CHOICES}, not {self.options['pooled_embedding']!r}")
         length = self.options["max_sequence_length"]
         if not isinstance(length, int) or not 0 <= length <= MAX_SEQUENCE_LENGTH_LIMIT:
             raise ValueError(f"max_sequence_length must be a whole number from 0 to {MAX_SEQUENCE_LENGTH_LIMIT}, not {length!r}")
@@ -90,6 +99,11 @@ class SD3Adapter(FlowMatchingAdapter):
             "--max_sequence_length", type=int_between(0, MAX_SEQUENCE_LENGTH_LIMIT), default=MAX_SEQUENCE_LENGTH,
             help="T5 tokens of the prompt embedding (the stock pipeline's 256; diffusers' SD3 training examples use 77). "
             "Recorded in the checkpoint; the sharpener also takes other lengths",
+        )
+        parser.add_argument(
+            "--pooled_embedding", choices=POOLED_CHOICES, default=cls.option_defaults["pooled_embedding"],
+            help="the pooled CLIP vector (it modulates every transformer block): 'sharpen' = rewritten by the sharpener as "
+            "one more token, 'keep' = passed on unchanged (SDXL's rule). Recorded in the checkpoint",
         )
 
     @classmethod

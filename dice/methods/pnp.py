@@ -48,9 +48,9 @@ class PnPMethod(Method):
     def unsupported_reason(cls, adapter_class):
         if adapter_class.family not in CONTROLNET_PIPELINES:
             return ("the PnP guide is a ControlNet made from a UNet (ControlNetModel.from_unet), and this family's denoiser "
-                    "is a transformer: diffusers has no PixArt ControlNet, and SD3's (SD3ControlNetModel) takes a "
-                    "VAE-encoded image into transformer blocks, another guide than the paper's; none is built here. "
-                    "Use --method gd or dice")
+                    "is a transformer with no ControlNet of that kind in diffusers (none for PixArt; SD3's SD3ControlNetModel "
+                    "feeds a VAE-encoded image into transformer blocks, another guide than the paper's), and none is built "
+                    "here. Use --method gd or dice")
         return None
 
     def build(self, adapter):
