@@ -50,8 +50,8 @@ from .sampling import (
 logger = logging.getLogger("dice")
 VAE_OPTION = "pretrained_vae_model_name_or_path"
 TRANSFORMER_OPTION = "pretrained_transformer_model_name_or_path"
-# Replacement components: family options a family has or has not (SDXL's VAE, PixArt-Sigma 512's transformer).
-COMPONENT_OPTIONS = (VAE_OPTION, TRANSFORMER_OPTION)
+# Replacement components: family options of one family (SDXL's VAE, PixArt-Sigma 512's transformer).
+COMPONENT_OPTIONS = {VAE_OPTION: "SDXL", TRANSFORMER_OPTION: "PixArt-Sigma"}
 
 
 def build_parser() -> ArgumentParser:
@@ -164,9 +164,9 @@ def resolve(args) -> dict:
             )
         family = config.family
     family = family or detected or "sd15"
-    for option in COMPONENT_OPTIONS:
+    for option, owner in COMPONENT_OPTIONS.items():
         if getattr(args, option) and option not in adapter_class(family).option_defaults:
-            raise UserError(f"--{option} does not apply to a {family} model. Drop it")
+            raise UserError(f"--{option} applies to {owner} only, and this is a {family} model. Drop it")
     scheduler = args.scheduler or adapter_class(family).default_scheduler
     adapter_class(family).check_scheduler(scheduler_choice(scheduler)[0])
     prompts = [(i, p) for i, p in enumerate(args.prompt)] if args.prompt else load_prompts(args.prompts)

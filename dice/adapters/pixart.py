@@ -22,6 +22,7 @@ import logging
 import torch
 
 from .base import Adapter, Conditioning
+from .t5 import KeepsT5Dtype
 from .text_cache import TextEmbeddingCache
 
 logger = logging.getLogger("dice")
@@ -32,11 +33,12 @@ MASK_CHOICES = ("prompt", "full")
 CONTEXT_MASK_CHOICES = ("all", "prompt")
 
 
-class PixArtAdapter(Adapter):
+class PixArtAdapter(KeepsT5Dtype, Adapter):
     family = "pixart"
     pipeline_class_name = "PixArtAlphaPipeline"
     released_text_dim = 4096  # T5-XXL
     denoiser_component = "transformer"
+    t5_component = "text_encoder"
     first_token_is_bos = False
     # The three choices DICE makes for T5's masked embeddings (module docstring; applied by dice.methods.dice).
     option_defaults = {"pixart_mask": "prompt", "keep_first_token": False, "pixart_context_mask": "all"}
@@ -82,19 +84,6 @@ class PixArtAdapter(Adapter):
         adapter = super().from_args(args, torch_dtype)
         adapter.text_cache_dir = getattr(args, "text_embedding_cache", None)
         return adapter
-
-    # ---- frozen modules --------------------------------------------------------------------
-    def frozen_modules(self):
-        # Everything but T5, which keeps the dtype from_pretrained gave it: transformers holds T5's
-        # feed-forward output layers in fp32 under fp16 (they overflow otherwise), and the base
-        # class's blanket cast would undo that. T5 is frozen in freeze() below.
-        return {name: m for name, m in super().frozen_modules().items() if name != "text_encoder"}
-
-    def freeze(self, device, dtype):
-        super().freeze(device, dtype)  # pipe.to(device) moves T5 too, without a cast
-        if self.pipe.text_encoder is not None:
-            self.pipe.text_encoder.requires_grad_(False).eval()
-        return self
 
     @property
     def resolution_multiple(self) -> int:

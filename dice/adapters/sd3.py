@@ -35,6 +35,7 @@ from ..errors import int_between
 from .base import Conditioning
 from .flow_matching import FlowMatchingAdapter
 from .registry import looks_like_file, read_model_index
+from .t5 import KeepsT5Dtype
 
 # The stock pipeline's default T5 length (StableDiffusion3Pipeline.__call__ / encode_prompt); it refuses over 512.
 MAX_SEQUENCE_LENGTH = 256
@@ -44,22 +45,21 @@ POOLED_CHOICES = ("sharpen", "keep")
 
 @dataclass(frozen=True)
 class ModelCard:
-    """What a model's card recommends for sampling: not paper facts (the paper has no SD3), the model makers'."""
+    """What a model's card recommends (guidance scale, size): not paper facts (the paper has no SD3), the makers'."""
 
     hub_id: str
     guidance_scale: float
-    steps: int
     resolution: int
     source: str
 
 
 # By the short name sample.py --model_name and launch.sh use.
 MODEL_CARDS: dict[str, ModelCard] = {
-    "sd3.5-large": ModelCard("stabilityai/stable-diffusion-3.5-large", 3.5, 28, 1024,
+    "sd3.5-large": ModelCard("stabilityai/stable-diffusion-3.5-large", 3.5, 1024,
                              "huggingface.co/stabilityai/stable-diffusion-3.5-large, its diffusers example"),
-    "sd3.5-medium": ModelCard("stabilityai/stable-diffusion-3.5-medium", 4.5, 40, 1024,
+    "sd3.5-medium": ModelCard("stabilityai/stable-diffusion-3.5-medium", 4.5, 1024,
                               "huggingface.co/stabilityai/stable-diffusion-3.5-medium, its diffusers example"),
-    "sd3-medium": ModelCard("stabilityai/stable-diffusion-3-medium-diffusers", 7.0, 28, 1024,
+    "sd3-medium": ModelCard("stabilityai/stable-diffusion-3-medium-diffusers", 7.0, 1024,
                             "huggingface.co/stabilityai/stable-diffusion-3-medium-diffusers, its diffusers example"),
 }
 
@@ -70,11 +70,12 @@ def model_card(model: str | None) -> ModelCard | None:
     return next((card for name, card in MODEL_CARDS.items() if wanted in (name, card.hub_id.lower())), None)
 
 
-class SD3Adapter(FlowMatchingAdapter):
+class SD3Adapter(KeepsT5Dtype, FlowMatchingAdapter):
     family = "sd3"
     pipeline_class_name = "StableDiffusion3Pipeline"
     released_text_dim = 4096  # T5-XXL's width, the joint attention width
     denoiser_component = "transformer"
+    t5_component = "text_encoder_3"
     zero_padded = True
     option_defaults = {**FlowMatchingAdapter.option_defaults, "max_sequence_length": MAX_SEQUENCE_LENGTH,
                        "pooled_embedding": "sharpen"}
@@ -118,18 +119,6 @@ class SD3Adapter(FlowMatchingAdapter):
     def default_guidance_scale(cls, model: str) -> float | None:
         card = model_card(model)
         return card.guidance_scale if card else None
-
-    # ---- frozen modules --------------------------------------------------------------------
-    def frozen_modules(self):
-        # T5 keeps the dtype from_pretrained gave it (transformers holds its feed-forward output layers in fp32
-        # under fp16, which overflow otherwise); frozen in freeze() below, as PixArt's.
-        return {name: m for name, m in super().frozen_modules().items() if name != "text_encoder_3"}
-
-    def freeze(self, device, dtype):
-        super().freeze(device, dtype)
-        if self.pipe.text_encoder_3 is not None:
-            self.pipe.text_encoder_3.requires_grad_(False).eval()
-        return self
 
     @property
     def resolution_multiple(self) -> int:
