@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+from .adapters.pixart_sigma import TRANSFORMER_OPTION
 from .checkpoint import read_config, resolve_trained_config
 from .errors import ArgumentParser, UserError, exit_on_user_error
 from .experiments import DEFAULT_ROOT
@@ -24,8 +25,7 @@ def model_id(name: str) -> str:
 
 
 def transformer_id(name: str) -> str:
-    transformers = {n: o["pretrained_transformer_model_name_or_path"] for n, o in MODEL_FAMILY_OPTIONS.items()
-                    if "pretrained_transformer_model_name_or_path" in o}
+    transformers = {n: o[TRANSFORMER_OPTION] for n, o in MODEL_FAMILY_OPTIONS.items() if TRANSFORMER_OPTION in o}
     if name not in transformers:
         raise UserError(f"no replacement transformer for '{name}'. Use one of {', '.join(transformers)}")
     return transformers[name]

@@ -3,9 +3,8 @@
 Each recipe runs through launch.sh exactly as the README writes it (`bash launch.sh train sd15`,
 `bash launch.sh table1 sdxl`, ...), with launch.sh's environment variables pointing at stand-ins:
 
-  MODELS_DIR    a tiny random pipeline of the right family for every model name of dice/presets.py (SD3 and PixArt-Sigma
-                included)
-                (dice/testkit/tiny.py), and one as a single .safetensors file for the transfer figure
+  MODELS_DIR    a tiny random pipeline of the right family for every model name of dice/presets.py
+                (dice/testkit/tiny.py; SD3 and PixArt-Sigma too), and one as a single .safetensors file for the transfer figure
   COCO          a tiny folder in MS-COCO 2017's layout (train2017/, val2017/, annotations/captions_*.json)
   DICE_PROMPTS_DIR  a few prompts for each HPS v2 style and DrawBench; PROMPT_LIMIT: 4 prompts of every set
   NGPUS, PRECISION, ACCELERATE_ARGS   one CPU process (the SLURM job: two processes, one machine)
