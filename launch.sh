@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The paper's recipes, end to end. Usage:
-#   bash launch.sh demo [toy|sd15|sdxl|pixart] [options]   CPU, no downloads: DICE on the trained shapes world (default),
+#   bash launch.sh demo [toy|sd15|sdxl|pixart|pixart-sigma|sd3] [options]   CPU, no downloads: DICE on the trained shapes world (default),
 #                                              or a random-weight plumbing demo of one family (ends with cfg_gap_closed=...)
 #   bash launch.sh demo-eval [EXP_ID]          sample the demo (DICE/CFG/unguided), score with --smoke_test, table
 #   bash launch.sh train  sd15|sdxl|pixart     train a sharpener on MS-COCO 2017 (the preset of Table 1's block)
+#   bash launch.sh train  sd3.5-medium|sd3.5-large|sd3-medium|pixart-sigma|pixart-sigma-512
+#                                              the families after the paper: its recipe at the model's size (SD3: the
+#                                              model card's w), same COCO
 #   bash launch.sh train-variants              DreamShaper, AbsoluteReality, Anime Pastel Dream (paper 4.1: + negative prompts)
 #   bash launch.sh sample EXP_ID               DICE, CFG (w=5) and unguided on the 5k COCO prompts
 #   bash launch.sh eval SAMPLE_FOLDER...       FID, CLIP score, aesthetic score -> results/results.jsonl
@@ -57,23 +60,34 @@ print(" ".join(m for m in ("torch", "diffusers", "transformers", "accelerate") i
   fi
 }
 
-model_of() {  # model name (dice/paper.py) -> its hub id, or its stand-in under MODELS_DIR
+model_of() {  # model name (dice/paper.py, dice/presets.py) -> its hub id, or its stand-in under MODELS_DIR
   if [ -n "${MODELS_DIR:-}" ]; then echo "$MODELS_DIR/$1"; else "$PYTHON" -m dice.recipes model "$1"; fi
 }
 
-train() {  # family [extra training args...]
-  local family=$1 model vae_model preset extra=(); shift
-  case "$family" in
-    sd15|pixart) ;;
+transformer_of() {  # model name -> the hub id of its replacement transformer (PixArt-Sigma 512), or its stand-in
+  if [ -n "${MODELS_DIR:-}" ]; then echo "$MODELS_DIR/$1"; else "$PYTHON" -m dice.recipes transformer "$1"; fi
+}
+
+train() {  # model name (a family of the paper, or a model after it) [extra training args...]
+  local name=$1 family=$1 model vae_model transformer extra=(); shift
+  case "$name" in
+    sd15|pixart|pixart-sigma) ;;
     sdxl) vae_model=$(model_of sdxl-vae); extra=(--pretrained_vae_model_name_or_path="$vae_model") ;;
-    *) echo "error: unknown family '$family'. Use sd15, sdxl or pixart" >&2; exit 2 ;;
+    pixart-sigma-512) family=pixart-sigma; name=pixart-sigma; transformer=$(transformer_of pixart-sigma-512)
+      extra=(--pretrained_transformer_model_name_or_path="$transformer" --preset=paper-512) ;;
+    sd3.5-medium|sd3.5-large|sd3-medium) family=sd3 ;;
+    *) echo "error: unknown model '$name'. Use sd15, sdxl, pixart, sd3.5-medium, sd3.5-large, sd3-medium, pixart-sigma or pixart-sigma-512" >&2; exit 2 ;;
   esac
-  model=$(model_of "$family")  # assigned, not inline: a failed lookup stops the script
-  preset=$("$PYTHON" -m dice.recipes table1-preset "$family")
-  echo "train $family: --preset $preset, the run behind Table 1's $family block (docs/authors_code.md); override with" \
-    "TRAIN_ARGS=--preset=..." >&2
-  "${LAUNCH[@]}" "$REPO/train_${family}.py" --pretrained_model_name_or_path="$model" \
-    --train_data_dir="$COCO" --n_gpus="$NGPUS" --preset="$preset" "${extra[@]}" "$@" "${TRAIN_EXTRA[@]}"
+  model=$(model_of "$name")  # assigned, not inline: a failed lookup stops the script
+  local preset=()
+  case "$name" in
+    sd15|sdxl|pixart)  # the run behind Table 1's block (dice/paper.py TABLE1_PRESETS)
+      preset=(--preset="$("$PYTHON" -m dice.recipes table1-preset "$name")")
+      echo "train $name: ${preset[0]}, the run behind Table 1's $name block (docs/authors_code.md); override with" \
+        "TRAIN_ARGS=--preset=..." >&2 ;;
+  esac
+  "${LAUNCH[@]}" "$REPO/train_${family//-/_}.py" --pretrained_model_name_or_path="$model" \
+    --train_data_dir="$COCO" --n_gpus="$NGPUS" "${preset[@]}" "${extra[@]}" "$@" "${TRAIN_EXTRA[@]}"
 }
 
 run_of() {  # desc -> the newest exps/NNNNN-<desc>, or nothing
@@ -168,7 +182,7 @@ table1() {  # block: the six rows of one Table-1 block -> results/table1-<block>
 
 sample_all() {  # experiment id: DICE + the two baselines of Table 1 on each of PROMPT_SETS (default: the 5k COCO prompts)
   local exp=$1 set w
-  w=$("$PYTHON" -m dice.recipes guidance-scale)
+  w=$("$PYTHON" -m dice.recipes guidance-scale "$exp")  # the w its teacher had (the paper's 5; SD3: the model card's)
   for set in ${PROMPT_SETS:-coco5k}; do
     # u (negative prompt) defaults to what the sharpener was trained with; the baselines below use "".
     "${LAUNCH[@]}" "$REPO/sample.py" --sharpener_path="$exp" --batch_gpu=16 --prompts="$set" "${LIMIT[@]}"
@@ -271,7 +285,7 @@ case "${1:-}" in
     check_python
     mkdir -p "${WORKDIR:-$REPO}" && cd "${WORKDIR:-$REPO}" ;;
   *)
-    sed -n '2,29p' "$0"; exit 2 ;;
+    sed -n '2,32p' "$0"; exit 2 ;;
 esac
 
 case "$1" in

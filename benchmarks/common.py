@@ -8,6 +8,10 @@ Setups:
   123M, VAE 84M) built from its configs in code with **random weights** (nothing can be downloaded).
 * ``sdxl-full``: SDXL base 1.0 (UNet 2.57B, CLIP ViT-L + OpenCLIP ViT-bigG text encoders, VAE).
 * ``pixart-full``: PixArt-alpha 512 (DiT 611M, Flan-T5-XXL encoder 4.76B, VAE).
+* ``sd3.5-medium-full``: Stable Diffusion 3.5 Medium (MMDiT-X transformer, CLIP-L and CLIP-G text encoders, the 16-channel
+  VAE, flow matching at shift 3) **without T5-XXL**: ``text_encoder_3=None``, a stock configuration in which the pipeline
+  fills T5's 256 tokens with zeros, so the transformer and the sharpener see the real shapes (77 + 256 tokens x 4096);
+  T5-XXL (4.76B parameters, 9.5 GB in bf16) does not fit beside the transformer in this machine's memory.
 
 Speed and memory depend on the architecture, not on the weight values, so the figures stand for
 the real models; image quality obviously does not. Each setup is wrapped in the real adapter of
@@ -34,13 +38,15 @@ if str(ROOT) not in sys.path:  # `python benchmarks/x.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SETUPS = ("tiny", "sd15-full", "sdxl-full", "pixart-full")
-FAMILIES = {"tiny": "sd15", "sd15-full": "sd15", "sdxl-full": "sdxl", "pixart-full": "pixart"}
+SETUPS = ("tiny", "sd15-full", "sdxl-full", "pixart-full", "sd3.5-medium-full")
+FAMILIES = {"tiny": "sd15", "sd15-full": "sd15", "sdxl-full": "sdxl", "pixart-full": "pixart", "sd3.5-medium-full": "sd3"}
 
 # The real architectures' configs, shared with the ComfyUI tests: dice/testkit/full_size.py.
 from dice.testkit.full_size import (  # noqa: E402
     PIXART_SCHEDULER_CONFIG, PIXART_T5_CONFIG, PIXART_TRANSFORMER_CONFIG, SD15_SCHEDULER_CONFIG, SD15_TEXT_CONFIG,
-    SD15_UNET_CONFIG, SD15_VAE_CONFIG, SDXL_SCHEDULER_CONFIG, SDXL_TEXT_2_CONFIG, SDXL_UNET_CONFIG, SDXL_VAE_CONFIG,
+    SD3_CLIP_G_CONFIG, SD3_CLIP_L_CONFIG, SD3_SCHEDULER_CONFIG, SD3_VAE_CONFIG, SD15_SCHEDULER_CONFIG, SD15_TEXT_CONFIG,
+    SD15_UNET_CONFIG, SD15_VAE_CONFIG, SD35_MEDIUM_TRANSFORMER_CONFIG, SDXL_SCHEDULER_CONFIG, SDXL_TEXT_2_CONFIG,
+    SDXL_UNET_CONFIG, SDXL_VAE_CONFIG,
 )
 
 
@@ -77,6 +83,8 @@ def build_full_pipeline(setup: str, device: str | torch.device = "cpu", seed: in
             return build_sdxl_full_pipeline(device, Path(tmp))
         if setup == "pixart-full":
             return build_pixart_full_pipeline(device, text_encoder_dtype)
+        if setup == "sd3.5-medium-full":
+            return build_sd35_medium_full_pipeline(device, Path(tmp), text_encoder_dtype)
     raise ValueError(f"unknown full-size setup {setup!r}")
 
 
@@ -136,6 +144,32 @@ def build_pixart_full_pipeline(device, text_encoder_dtype: torch.dtype | None = 
         vae = AutoencoderKL(**SD15_VAE_CONFIG)
     pipe = PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                                scheduler=DPMSolverMultistepScheduler(**PIXART_SCHEDULER_CONFIG))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_sd35_medium_full_pipeline(device, tmp: Path, dtype: torch.dtype | None = None):
+    """SD3.5 Medium without T5 (module docstring), every module built directly in ``dtype``: a 2.5B-parameter fp32
+    transformer (10 GB) would set the process's peak memory before any work is measured."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    tokenizer, tokenizer_2 = _clip_tokenizer(tmp / "tokenizer"), _clip_tokenizer(tmp / "tokenizer_2")
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or default_dtype)
+    try:
+        with torch.device(device):
+            text_encoder = _clip_text(CLIPTextModelWithProjection, SD3_CLIP_L_CONFIG, tokenizer)
+            text_encoder_2 = _clip_text(CLIPTextModelWithProjection, SD3_CLIP_G_CONFIG, tokenizer_2)
+            transformer = SD3Transformer2DModel(**SD35_MEDIUM_TRANSFORMER_CONFIG)
+            vae = AutoencoderKL(**SD3_VAE_CONFIG)
+    finally:
+        torch.set_default_dtype(default_dtype)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER_CONFIG), vae=vae,
+        text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+        text_encoder_3=None, tokenizer_3=None,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

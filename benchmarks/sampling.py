@@ -37,6 +37,7 @@ DEFAULTS = {
     "sd15-full": dict(batch=8, resolution=512, dtype="fp16", warmup=2, repeats=5, device=None),
     "sdxl-full": dict(batch=8, resolution=1024, dtype="fp16", warmup=2, repeats=5, device=None),
     "pixart-full": dict(batch=8, resolution=512, dtype="fp16", warmup=2, repeats=5, device=None),
+    "sd3.5-medium-full": dict(batch=8, resolution=1024, dtype="bf16", warmup=2, repeats=5, device=None),
 }
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -45,7 +46,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     common.common_arguments(p)
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="frozen model dtype (default: the setup's; the sharpener stays fp32 as in sample.py)")
-    p.add_argument("--steps", type=int, default=20, help="sampling steps (DPM-Solver++)")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps (the family's sampler: DPM-Solver++, SD3's flow Euler)")
     p.add_argument("--guidance_scale", type=float, default=5.0, help="w of the CFG mode")
     p.add_argument("--warmup", type=int, default=None, help="untimed generations per mode and output type")
     p.add_argument("--repeats", type=int, default=None, help="timed generations per mode and output type")
@@ -71,8 +72,8 @@ def main(argv=None) -> dict:
         p.error("--text_embedding_cache is PixArt-alpha's (pixart-full)")
     t0 = time.perf_counter()
     adapter = common.build_adapter(args.setup, device, DTYPES[dtype_name], seed=args.seed, **(
-        {"text_encoder_dtype": DTYPES[dtype_name]} if family == "pixart" else {}))
-    use_scheduler(adapter, "dpmsolver++")
+        {"text_encoder_dtype": DTYPES[dtype_name]} if family in ("pixart", "sd3") else {}))
+    use_scheduler(adapter)  # the family's: DPM-Solver++ (2M) for SD1.5 / SDXL / PixArt, SD3's own flow-matching Euler
     torch.manual_seed(args.seed)
     sharpener = Sharpener(adapter.text_dim).to(device).eval().requires_grad_(False)  # as load_sharpener leaves it
     build_seconds = time.perf_counter() - t0
@@ -127,17 +128,17 @@ def main(argv=None) -> dict:
     def encode():
         return adapter.encode_prompts(prompts), adapter.encode_negative([""] * batch)
 
-    def sharpen(cond, uncond):
+    def sharpen_once(cond, uncond):
         return sharpen(adapter, sharpener, cond.to(dtype=torch.float32), uncond.to(dtype=torch.float32))
 
     with torch.no_grad():
         cond, uncond = encode()
         for _ in range(5):
             encode()
-            sharpen(cond, uncond)
-        sharpen_s = [common.timed(lambda: sharpen(cond, uncond), device)[1] for _ in range(args.sharpen_repeats)]
+            sharpen_once(cond, uncond)
+        sharpen_s = [common.timed(lambda: sharpen_once(cond, uncond), device)[1] for _ in range(args.sharpen_repeats)]
         encode_s = [common.timed(encode, device)[1] for _ in range(args.sharpen_repeats)]
-        both_s = [common.timed(lambda: sharpen(*encode()), device)[1] for _ in range(args.sharpen_repeats)]
+        both_s = [common.timed(lambda: sharpen_once(*encode()), device)[1] for _ in range(args.sharpen_repeats)]
     def brief(seconds):
         return {k: v for k, v in common.summarize(seconds).items() if k != "all_s"} | {"n": len(seconds)}
 
@@ -156,7 +157,7 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "sampling",
         "setup": args.setup,
-        "what": "dice.sampling.generate: unguided vs CFG vs DICE (cfg 1 + sharpener), DPM-Solver++ 2M, same steps/batch/resolution",
+        "what": "dice.sampling.generate: unguided vs CFG vs DICE (cfg 1 + sharpener), the family's sampler, same steps/batch/resolution",
         **common.environment(device),
         "model_dtype": dtype_name,
         "text_embeddings": "dice's text-embedding cache (T5 unloaded, not timed)" if args.text_embedding_cache else "encoded live in every generation",
@@ -186,6 +187,11 @@ def main(argv=None) -> dict:
         result["notes"].append(
             "tiny setup: the sharpener (inner width 512) is far larger than the tiny UNet, so the DICE/CFG ratio and "
             "the sharpener share here do not stand for SD1.5; they check that the benchmark runs")
+    if family == "sd3":
+        result["text_embeddings"] = "CLIP-L and CLIP-G encoded live; T5-XXL absent (the stock pipeline's zeros in its 256 tokens)"
+        result["notes"].append(
+            "SD3.5 Medium without T5-XXL (text_encoder_3=None): the transformer and the sharpener see the real 77 + 256 "
+            "tokens x 4096; T5's encoding of the prompt (the same work in every mode) is left out of every generation")
     if device.type == "cpu":
         result["notes"].append(common.CPU_NOTE)
     common.write_result("sampling", args.setup, device, result, args.out, args.tag)

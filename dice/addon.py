@@ -36,7 +36,7 @@ logger = logging.getLogger("dice")
 _STATE = "_dice_applied_sharpener"
 # Arguments that change how the stock pipeline encodes prompts. The sharpener was trained on the
 # adapter's encoding, and with embeddings passed in the pipeline would silently ignore them: refused.
-_ENCODING_ARGUMENTS = ("prompt_2", "negative_prompt_2", "clip_skip")
+_ENCODING_ARGUMENTS = ("prompt_2", "negative_prompt_2", "prompt_3", "negative_prompt_3", "clip_skip")
 
 
 @dataclasses.dataclass
@@ -51,7 +51,8 @@ def apply(pipe, sharpener: Sharpener | str | int | os.PathLike, alpha: float = 1
           revision: str | None = None, exps_root: str | os.PathLike = DEFAULT_ROOT):
     """Make ``pipe`` sample with a DICE sharpener until :func:`remove`; returns ``pipe``.
 
-    ``pipe``: a stock diffusers SD1.5, SDXL or PixArt-alpha pipeline, in any dtype, on any device.
+    ``pipe``: a stock diffusers SD1.5, SDXL, PixArt-alpha, PixArt-Sigma or SD3 / SD3.5 pipeline, in any dtype, on any
+    device. (SD3: a ``max_sequence_length`` given to the call sets the T5 length of the encoding the sharpener reads.)
     ``sharpener``: a loaded :class:`Sharpener` (with its config) or what :func:`dice.load_sharpener`
     accepts: an experiment id under ``exps_root``, a checkpoint or Hub-layout folder, a Hub repo id
     (at ``revision``). ``alpha``: the strength, 1 as trained. Applying again replaces the sharpener.
@@ -109,7 +110,7 @@ def is_applied(pipe) -> bool:
 def _family_of(stock_class: type) -> str:
     found = next((f for c in stock_class.__mro__ if (f := family_of_pipeline_class(c.__name__))), None)
     if found not in families():
-        raise ValueError(f"dice.apply works on SD1.5, SDXL and PixArt-alpha pipelines; a {stock_class.__name__} is "
+        raise ValueError(f"dice.apply works on SD1.5, SDXL, PixArt-alpha, PixArt-Sigma and SD3 pipelines; a {stock_class.__name__} is "
                          f"{found or 'none of them'}.")
     return found
 
@@ -134,9 +135,13 @@ def _sharpened_call(self, *args, **kwargs):
         raise ValueError(f"{', '.join(refused)} would change the text encoding the sharpener was trained on. "
                          "Pass prompt_embeds of your own (they are sharpened), or dice.remove(pipe) first.")
     call.setdefault("guidance_scale", 1.0)  # unguided unless CFG is asked for
-    cond, uncond = _conditioning(state.adapter, call)
-    cond, uncond = sharpen_for_pipeline(state.adapter, cond, uncond, state.sharpener, state.alpha)
-    call.update(state.adapter.embedding_pipeline_kwargs(cond, uncond), prompt=None, negative_prompt=None)
+    adapter = state.adapter
+    if call.get("max_sequence_length") is not None and "max_sequence_length" in adapter.options:
+        # The caller's T5 length (SD3): encode at it; the sharpener takes any number of tokens.
+        adapter = type(adapter)(self, adapter.model, {**adapter.options, "max_sequence_length": call["max_sequence_length"]})
+    cond, uncond = _conditioning(adapter, call)
+    cond, uncond = sharpen_for_pipeline(adapter, cond, uncond, state.sharpener, state.alpha)
+    call.update(adapter.embedding_pipeline_kwargs(cond, uncond), prompt=None, negative_prompt=None)
     return stock_call(self, **call)
 
 

@@ -96,6 +96,7 @@ class FamilyFacts:
     class-level facts and the options the sharpener was trained with."""
 
     first_token_is_bos: bool
+    zero_padded: bool
     options: dict[str, Any]
     has_pooled: bool  # the family's Conditioning carries a pooled vector (SDXL)
     has_mask: bool  # ... and a token mask (PixArt-α's T5)
@@ -104,7 +105,7 @@ class FamilyFacts:
     def of(cls, config: SharpenerConfig) -> "FamilyFacts":
         adapter = adapter_class(config.family)
         recorded = {k: v for k, v in config.family_options.items() if v is not None}
-        return cls(adapter.first_token_is_bos, {**adapter.option_defaults, **recorded},
+        return cls(adapter.first_token_is_bos, adapter.zero_padded, {**adapter.option_defaults, **recorded},
                    "pooled" in adapter.embedding_kwargs, "mask" in adapter.embedding_kwargs)
 
 

@@ -2,7 +2,7 @@
 
 ``toy`` (the default) is the shapes world (dice/shapes_world/demo.py): a trained toy text-to-image model
 shipped in dice/assets/shapes_world, on which DICE, CFG and unguided sampling are trained, sampled and
-scored end to end. ``sd15``, ``sdxl`` and ``pixart`` are the random-weight plumbing demos
+scored end to end. ``sd15``, ``sdxl``, ``pixart``, ``pixart-sigma`` and ``sd3`` are the random-weight plumbing demos
 (dice/testkit/plumbing_demo.py): tiny random models whose images are noise; they report only
 cfg_gap_closed, which measures the distillation machinery, not image quality. ``--free_residual_steps N``
 also fits one free residual per held-out prompt (no sharpener; the same DICE loss, data and guidance scale)
@@ -24,12 +24,14 @@ from .errors import (
 )
 from .shapes_world.demo import run_toy
 from .testkit.plumbing_demo import run
+from .testkit.tiny import FAMILIES
 
 
 def cli(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(prog="python -m dice.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("world", nargs="?", default="toy", choices=["toy", "sd15", "sdxl", "pixart"],
-                        help="toy: the trained shapes world (default); sd15/sdxl/pixart: random-weight plumbing demos")
+    parser.add_argument("world", nargs="?", default="toy", choices=["toy", *FAMILIES],
+                        help="toy: the trained shapes world (default); a family (sd15, sdxl, pixart, pixart-sigma, sd3): "
+                        "its random-weight plumbing demo")
     parser.add_argument("--exps_root", default="exps", help="where the experiment folder goes")
     parser.add_argument("--max_train_steps", type=positive_int, default=None, help="override the preset's updates (toy: 200, plumbing: 600)")
     parser.add_argument("--train_batch_size", type=positive_int, default=None, help="toy: override the preset's batch (64)")

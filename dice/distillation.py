@@ -6,6 +6,9 @@
     loss    = || student - teacher ||^2
 
 GD's and PnP's students (the method's ``student_noise``) replace the third line; everything else is shared.
+The first line is the family's (``adapter.draw_timesteps`` / ``add_noise``): a flow-matching family (SD3) draws
+sigma from its training distribution, x_t = (1 - sigma) x_0 + sigma eps, and its network predicts the velocity
+eps - x_0, in which teacher and student are then compared (dice.adapters.flow_matching).
 Defaults are the paper's (squared error, a timestep per sample, mean over elements); the authors' code
 differs, and each difference is a named option (docs/authors_code.md: "paper / authors' code / this repo").
 """
@@ -35,9 +38,9 @@ def distillation_step(adapter: Adapter, method, module: torch.nn.Module, latents
     batch, device = len(latents), latents.device
     # 1. noise and timestep. Host draws go over with to_device: a plain .to("cuda") would make the host wait.
     if not shared_timestep:
-        t = torch.randint(0, adapter.num_train_timesteps, (batch,), generator=generator)
+        t = adapter.draw_timesteps(batch, generator)
     else:
-        t = torch.randint(0, adapter.num_train_timesteps, (1,), generator=shared_generator).expand(batch).contiguous()
+        t = adapter.draw_timesteps(1, shared_generator).expand(batch).contiguous()
     t = to_device(t, device)
     noise = to_device(torch.randn(latents.shape, generator=generator), device, latents.dtype)
     x_t = adapter.add_noise(latents, noise, t)

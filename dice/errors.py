@@ -106,6 +106,12 @@ positive_float = _number_type(float, lambda v: math.isfinite(v) and v > 0, "a fi
 non_negative_float = _number_type(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 probability = _number_type(float, lambda v: 0 <= v <= 1, "a probability between 0 and 1")
 fraction = _number_type(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+
+def int_between(low: int, high: int):
+    """An argparse type: a whole number from ``low`` to ``high``."""
+    return _number_type(int, lambda v: low <= v <= high, f"a whole number from {low} to {high}")
+
 # Every guidance scale (CFG's w, a teacher's w, GD / PnP's ω) is >= 1, where 1 means unguided. Below 1 is
 # refused rather than supported: the stock diffusers pipelines that sample treat any w <= 1 as no guidance
 # (`do_classifier_free_guidance = guidance_scale > 1`), so a smaller w would be recorded but not applied,

@@ -1,4 +1,4 @@
-"""The training command line: every option of train_sd15.py / train_sdxl.py / train_pixart.py, its preset value,
+"""The training command line: every option of train_sd15.py / train_sdxl.py / train_pixart.py / ..., its preset value,
 and every check that needs neither a model nor a file written (checked before anything is loaded)."""
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from . import experiments
 from .adapters import adapter_class
 from .adapters.base import COMPILE_CHOICES, absolute_if_local
+from .adapters.registry import entry_script
 from .distillation import LOSS_TYPES, REDUCTIONS
 from .errors import (
     ArgumentParser,
@@ -27,6 +28,7 @@ from .methods.base import OMEGA_DRAWS
 from .methods.gd import OMEGA_STUDENT_INPUTS
 from .paper import SHARPENER_HEADS, SHARPENER_INNER_DIM
 from .presets import PRESETS, preset
+from .sharpener import Sharpener
 
 # --denoiser_autocast choices -> torch dtype.
 DENOISER_AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -37,11 +39,19 @@ DEFAULT_VALIDATION_PROMPTS = [
 ]
 
 
+def sharpener_parameters(dim: int, inner_dim: int = SHARPENER_INNER_DIM, num_heads: int = SHARPENER_HEADS) -> int:
+    """Parameters of the paper's sharpener layout (A.1) for ``dim``-wide text embeddings (built on the meta device)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in Sharpener(dim, inner_dim, num_heads).parameters())
+
+
 def build_parser(family: str) -> ArgumentParser:
+    dim = adapter_class(family).released_text_dim
     p = ArgumentParser(
-        prog=f"train_{family}.py",
+        prog=entry_script(family),
         description=f"Train a DICE sharpener (or a GD / PnP baseline) for a frozen {family} model (run under "
-        "`accelerate launch`). Options left unset take the --preset's value.",
+        "`accelerate launch`). Options left unset take the --preset's value. The sharpener (paper A.1: width 512, 8 heads) "
+        f"of the released {family} models ({dim}-wide text embeddings) has {sharpener_parameters(dim):,} parameters.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     a = p.add_argument
@@ -74,7 +84,8 @@ def build_parser(family: str) -> ArgumentParser:
     a("--adam_beta2", type=fraction, default=0.999)
     a("--adam_weight_decay", type=non_negative_float, default=None, help="AdamW decoupled weight decay (0 = Adam, the paper)")
     a("--adam_epsilon", type=positive_float, default=1e-8)
-    a("--guidance_scale", type=guidance_scale, default=None, help="CFG scale w of the teacher (gd/pnp: a fixed ω instead of --guidance_scale_range)")
+    a("--guidance_scale", type=guidance_scale, default=None, help="CFG scale w of the teacher (default: the paper's 5, or "
+      "the model card's for a model that has one, e.g. SD3.5 Medium 4.5; gd/pnp: a fixed ω instead of --guidance_scale_range)")
     a("--guidance_scale_range", type=guidance_scale, nargs=2, metavar=("LOW", "HIGH"), default=None,
       help="gd/pnp: the teacher's CFG scale ω is drawn per sample uniformly from [LOW, HIGH) and given to the student")
     a("--loss_type", choices=LOSS_TYPES, default=None, help="mse (paper) or l1 (authors' SD1.5 script)")
@@ -119,7 +130,8 @@ def build_parser(family: str) -> ArgumentParser:
 
 # Options naming a model file or folder: recorded as absolute paths, so the run can be found again
 # from any directory (sample.py reads the base model from the checkpoint).
-LOCAL_MODEL_OPTIONS = ("pretrained_model_name_or_path", "single_file_config", "pretrained_vae_model_name_or_path")
+LOCAL_MODEL_OPTIONS = ("pretrained_model_name_or_path", "single_file_config", "pretrained_vae_model_name_or_path",
+                       "pretrained_transformer_model_name_or_path")
 
 
 def resolve_options(family: str, args: argparse.Namespace) -> argparse.Namespace:
@@ -143,6 +155,8 @@ def resolve_options(family: str, args: argparse.Namespace) -> argparse.Namespace
         raise UserError(f"--omega_student_input is GD's (the ω its student is told); --method {args.method} has no such "
                         "input. Drop --omega_student_input")
     fixed_scale = args.guidance_scale is not None
+    if not fixed_scale and not method.conditioned_on_scale:  # DICE: the model makers' scale where they give one
+        args.guidance_scale = adapter_class(family).default_guidance_scale(args.pretrained_model_name_or_path)
     for key, value in preset(family, args.preset, args.method).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)

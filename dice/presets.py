@@ -8,6 +8,7 @@ global batch, one timestep per global batch, fp16 autocast of the bf16 networks,
 Table-1 block: dice.paper.TABLE1_PRESETS.
 "toy": the shapes world's quick runs (table1 / figures toy); "toy-demo": its demo (`bash launch.sh demo`);
 "shapes-world": its shipped converged sharpener;
+SD3 and PixArt-Sigma (not in the paper) take the paper's recipe at their own size;
 "demo": the random-weight plumbing demos.
 Per-GPU batch sizes assume 8 processes; the global batch is batch x processes x accumulation.
 GD and PnP take the family's preset with the authors' baseline settings on top (METHOD_PRESETS, and with "authors"
@@ -19,6 +20,7 @@ import os
 from pathlib import Path
 
 from . import paper
+from .adapters import pixart_sigma, sd3
 
 _PAPER = paper.RECIPE
 _AUTHORS = {**paper.RECIPE, **paper.AUTHORS_RECIPE}
@@ -55,6 +57,18 @@ PRESETS: dict[str, dict[str, dict]] = {
         "authors": dict(_AUTHORS, resolution=paper.MODELS["pixart"].resolution, **paper.AUTHORS_FAMILY["pixart"]),
         "demo": _TINY,
     },
+    # Families the paper does not have: its recipe (and w = 5 unless the model's card gives a scale, dice.options)
+    # at the model's own size. PixArt-Sigma: 1024 (PixArt-Sigma-XL-2-1024-MS, default), 512 (the 512 transformer).
+    "pixart-sigma": {
+        "paper": dict(_PAPER, resolution=pixart_sigma.MODELS["pixart-sigma"][2]),
+        "paper-512": dict(_PAPER, resolution=pixart_sigma.MODELS["pixart-sigma-512"][2]),
+        "demo": _TINY,
+    },
+    # SD3 / SD3.5 at their 1024 px; the teacher's w is the model card's (SD3.5 Medium 4.5, Large 3.5, SD3 Medium 7).
+    "sd3": {
+        "paper": dict(_PAPER, resolution=sd3.MODEL_CARDS["sd3.5-medium"].resolution),
+        "demo": _TINY,
+    },
 }
 # GD and PnP on top of the family's preset (batch, resolution, updates, timesteps); a fixed --guidance_scale
 # replaces their drawn ω. With the authors' preset, also the way their GD / PnP scripts ran.
@@ -80,7 +94,14 @@ SHAPES_WORLD = str(Path(__file__).parent / "assets" / "shapes_world" / "shapes-w
 # DreamShaper PixelArt and 3D Animation Diffusion are civitai single files: pass the downloaded path.
 MODELS: dict[str, tuple[str, str]] = {
     **{name: (model.family, model.hub_ids[0]) for name, model in paper.MODELS.items()},
+    **{name: ("sd3", card.hub_id) for name, card in sd3.MODEL_CARDS.items()},
+    **{name: ("pixart-sigma", pipeline) for name, (pipeline, _, _) in pixart_sigma.MODELS.items()},
     "shapes-world": ("sd15", SHAPES_WORLD),
+}
+# Family options a short name brings with it: the 512 PixArt-Sigma checkpoint is a transformer in the 1024 pipeline.
+MODEL_FAMILY_OPTIONS: dict[str, dict] = {
+    name: {pixart_sigma.TRANSFORMER_OPTION: transformer}
+    for name, (_, transformer, _) in pixart_sigma.MODELS.items() if transformer
 }
 # Scaling's s per short name: Table 1's, the shapes world SD1.5's.
 EMBEDDING_SCALES = {**{name: m.embedding_scale for name, m in paper.MODELS.items() if m.embedding_scale},

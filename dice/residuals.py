@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .data import load_records, make_loader, step_generator
 from .distillation import cfg_teacher, distillation_loss
-from .methods.dice import sharpen
+from .methods.dice import sharpen, sharpening_rule
 from .sampling import generate
 
 
@@ -55,7 +55,7 @@ def _latent_batches(adapter, prompts, train_data_dir, guidance_scale, resolution
 def fit_prompt_residuals(adapter, prompts: list[str], train_data_dir: str | Path | None, guidance_scale: float,
                          resolution: int, steps: int, lr: float = 1e-2, seed: int = 0, history: list | None = None,
                          after_step=None) -> PromptResiduals:
-    """Fit free per-prompt residuals with the DICE loss (squared error, uniform timesteps, CFG target at
+    """Fit free per-prompt residuals with the DICE loss (squared error, the family's training timesteps, CFG target at
     ``guidance_scale``) on noised latents (of ``train_data_dir``'s images, else of the prompts' own CFG
     samples), on the adapter's device; one batch holds every prompt. ``history`` collects the losses;
     ``after_step(steps_done, residuals)`` is called after every step (e.g. to score the fit so far)."""
@@ -63,13 +63,14 @@ def fit_prompt_residuals(adapter, prompts: list[str], train_data_dir: str | Path
     device = adapter.device
     cond = adapter.encode_prompts(prompts)
     uncond = adapter.encode_negative([""] * len(prompts))
-    residuals = PromptResiduals(len(prompts), *cond.embeds.shape[1:]).to(device)
+    tokens = cond.embeds.shape[1] + int(sharpening_rule(adapter)["sharpen_pooled"])  # SD3: the pooled vector, one more
+    residuals = PromptResiduals(len(prompts), tokens, cond.embeds.shape[2]).to(device)
     optimizer = torch.optim.Adam(residuals.parameters(), lr=lr)
     batches = _latent_batches(adapter, prompts, train_data_dir, guidance_scale, resolution, seed)
     for step in tqdm(range(steps), desc="fitting free per-prompt residuals", leave=False):
         latents, sizes = next(batches)
         gen = step_generator(seed, step)
-        timesteps = torch.randint(0, adapter.num_train_timesteps, (len(prompts),), generator=gen).to(device)
+        timesteps = adapter.draw_timesteps(len(prompts), gen).to(device)
         noise = torch.randn(latents.shape, generator=gen).to(device, latents.dtype)
         x_t = adapter.add_noise(latents, noise, timesteps)
         teacher = cfg_teacher(adapter, x_t, timesteps, cond, uncond, guidance_scale, sizes.to(device))

@@ -32,7 +32,7 @@ from .methods.base import TrainedModel, count_parameters
 from .methods.dice import DiceMethod
 from .negatives import NegativePrompts
 from .paper import GUIDANCE_SCALE
-from .presets import MODELS, model_location, same_base_model
+from .presets import MODEL_FAMILY_OPTIONS, MODELS, model_location, same_base_model
 from .prompts import load_prompts
 from .runtime import needs_cpu_process_group, process_state
 from .sampling import (
@@ -49,6 +49,9 @@ from .sampling import (
 
 logger = logging.getLogger("dice")
 VAE_OPTION = "pretrained_vae_model_name_or_path"
+TRANSFORMER_OPTION = "pretrained_transformer_model_name_or_path"
+# Replacement components: family options of one family (SDXL's VAE, PixArt-Sigma 512's transformer).
+COMPONENT_OPTIONS = {VAE_OPTION: "SDXL", TRANSFORMER_OPTION: "PixArt-Sigma"}
 
 
 def build_parser() -> ArgumentParser:
@@ -65,11 +68,13 @@ def build_parser() -> ArgumentParser:
     a("--model_name", default=None, help=f"base model by short name ({', '.join(MODELS)}) or id/path; same as --pretrained_model_name_or_path. "
       "With a sharpener, a family name (sd15, sdxl, pixart) only names the family, as in the authors' sample.py: the base "
       "model is the sharpener's, and the folder also gets the authors' name <model_name>_<sharpener_id>_steps<N>_alpha<a>")
-    a("--family", default=None, choices=["sd15", "sdxl", "pixart"], help="model family when it cannot be detected (default: detected)")
+    a("--family", default=None, choices=families(), help="model family when it cannot be detected (default: detected)")
     a("--revision", default=None)
     a("--variant", default=None)
     a("--single_file_config", default=None, help="diffusers folder or hub id with the config of a single-file model")
     a("--pretrained_vae_model_name_or_path", default=None, help="SDXL: replacement VAE (default: the one the sharpener was trained with)")
+    a("--pretrained_transformer_model_name_or_path", default=None, help="PixArt-Sigma: replacement transformer, e.g. the 512 "
+      "checkpoint's (default: the one the sharpener was trained with; --model_name pixart-sigma-512 names it)")
     a("--alpha", type=finite_float, default=1.0, help="DICE strength (1 = as trained)")
     a("--cfg_scale", type=guidance_scale, default=1.0, help="CFG scale; 1 = unguided (one network evaluation per step)")
     a("--gd_scale", type=guidance_scale, default=None, help=f"GD / PnP: the guidance scale ω the trained model imitates "
@@ -78,7 +83,9 @@ def build_parser() -> ArgumentParser:
       "embedding by s (every token but CLIP's first, which is the same for every prompt; SDXL's pooled vector unchanged). "
       "Paper: SD1.5 1.2, DreamShaper 1.3, SDXL 1.5, PixArt-α 1.2")
     a("--steps", type=positive_int, default=20, help="sampling steps")
-    a("--scheduler", default="dpmsolver++", help=f"one of {sorted(SCHEDULERS)} or a diffusers scheduler class name")
+    a("--scheduler", default=None, help=f"one of {sorted(SCHEDULERS)} or a diffusers scheduler class name (default: the family's: "
+      "dpmsolver++, the paper's DPM-Solver++ 2M, for SD1.5 / SDXL / PixArt; flow_euler, the model's own flow-matching "
+      "Euler sampler at its shift, for SD3; recorded in sampling_options.json)")
     a("--negative_prompt", default=None, help="negative prompt: the CFG negative and DICE's sharpener context u. Default: "
       "u as the sharpener was trained (the empty prompt, or per image one of the negative prompts it was trained with); "
       "the empty prompt without a sharpener")
@@ -108,6 +115,7 @@ def resolve(args) -> dict:
     family = args.family
     if sharpener_spec is not None and model == args.model_name and model in families():
         family, model = family or model, None  # the authors' --model_name: the family; the base model is the sharpener's
+    implied_options = MODEL_FAMILY_OPTIONS.get(model, {})
     if model in MODELS:
         family, model = family or MODELS[model][0], MODELS[model][1]
     config = weights = sharpener = name = method = trained_folder = None
@@ -156,9 +164,11 @@ def resolve(args) -> dict:
             )
         family = config.family
     family = family or detected or "sd15"
-    if args.pretrained_vae_model_name_or_path and VAE_OPTION not in adapter_class(family).option_defaults:
-        raise UserError(f"--pretrained_vae_model_name_or_path applies to SDXL only, and this is a {family} model. Drop it")
-    scheduler_choice(args.scheduler)
+    for option, owner in COMPONENT_OPTIONS.items():
+        if getattr(args, option) and option not in adapter_class(family).option_defaults:
+            raise UserError(f"--{option} applies to {owner} only, and this is a {family} model. Drop it")
+    scheduler = args.scheduler or adapter_class(family).default_scheduler
+    adapter_class(family).check_scheduler(scheduler_choice(scheduler)[0])
     prompts = [(i, p) for i, p in enumerate(args.prompt)] if args.prompt else load_prompts(args.prompts)
     prompt_set_size = len(prompts)
     prompts = prompts[: args.num_images]
@@ -166,7 +176,8 @@ def resolve(args) -> dict:
         raise UserError(f"--prompts '{args.prompts}' holds no prompts. Put one prompt per line in it (blank lines are skipped)")
     check_output_dir(args.outdir, "--outdir")
     uses_trained_negatives = sharpener is not None  # GD and PnP sample without CFG: no u at all
-    return {"family": family, "model": model, "sharpener": str(weights) if sharpener is not None else None,
+    return {"family": family, "model": model, "implied_options": implied_options, "scheduler": scheduler,
+            "sharpener": str(weights) if sharpener is not None else None,
             "sharpener_module": sharpener, "config": config,
             "prompts": prompts, "negatives": negative_prompts(args, config if uses_trained_negatives else None, prompts),
             "sharpener_name": name if sharpener is not None else None, "method": method,
@@ -214,9 +225,10 @@ def main(argv: list[str] | None = None) -> Path:
     precision = args.mixed_precision or ("fp16" if state.device.type == "cuda" else "no")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
 
-    family_options = dict(config.family_options) if config else {}
-    if args.pretrained_vae_model_name_or_path:
-        family_options[VAE_OPTION] = absolute_if_local(args.pretrained_vae_model_name_or_path)
+    family_options = {**(config.family_options if config else {}), **plan["implied_options"]}
+    for option in COMPONENT_OPTIONS:
+        if getattr(args, option):
+            family_options[option] = absolute_if_local(getattr(args, option))
     trained_options = config.training_options if config and same_model else {}
     adapter = adapter_class(plan["family"]).from_pretrained(
         plan["model"], revision=args.revision or (config.base_model_revision if same_model else None),
@@ -240,7 +252,7 @@ def main(argv: list[str] | None = None) -> Path:
         trained = TrainedModel(distilled, distilled.load(plan["trained_folder"], config, state.device, dtype), config)
     if args.enable_xformers_memory_efficient_attention:
         adapter.enable_xformers()
-    use_scheduler(adapter, args.scheduler)
+    use_scheduler(adapter, plan["scheduler"])
 
     gd_scale = args.gd_scale if args.gd_scale is not None else GUIDANCE_SCALE
     per_step = trained.method.evaluations_per_step(adapter, trained.module) if trained else 1
@@ -248,7 +260,7 @@ def main(argv: list[str] | None = None) -> Path:
         "family": plan["family"], "base_model": plan["model"], "family_options": dict(adapter.options),
         "method": method_name(trained.method.name if trained else None, args.cfg_scale, args.embedding_scale),
         "cfg_scale": args.cfg_scale, "alpha": args.alpha if sharpener is not None else None,
-        "steps": args.steps, "nfe": nfe(args.steps, per_step, args.cfg_scale), "scheduler": args.scheduler,
+        "steps": args.steps, "nfe": nfe(args.steps, per_step, args.cfg_scale), "scheduler": plan["scheduler"],
         "resolution": resolution, "seed": args.seed, "negative_prompt": negative_option,
         "prompts": "cli" if args.prompt else args.prompts, "num_images": len(prompts), "sharpener": plan["sharpener"],
         "sharpener_step": config.step if sharpener is not None else None,

@@ -30,8 +30,11 @@ from .methods.scaling import scale_prompt_embedding
 from .paper import GUIDANCE_SCALE
 
 SCHEDULERS = {
-    # name -> (diffusers class, config overrides). DPM-Solver++ 2M is the paper's sampler (SPEC section 5).
+    # name -> (diffusers class, config overrides). DPM-Solver++ 2M is the paper's sampler (SPEC section 5); each
+    # family says which it samples with by default (Adapter.default_scheduler) and what a scheduler needs beyond
+    # the model's own config (Adapter.scheduler_overrides: flow sigmas for a flow-matching family).
     "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "flow_euler": ("FlowMatchEulerDiscreteScheduler", {}),  # flow matching's own sampler (SD3's stock scheduler)
     "ddim": ("DDIMScheduler", {}),
     "euler": ("EulerDiscreteScheduler", {}),
     "euler_a": ("EulerAncestralDiscreteScheduler", {}),
@@ -59,16 +62,19 @@ def scheduler_choice(name: str) -> tuple[str, dict]:
     raise UnknownScheduler(f"unknown scheduler {name!r}. Use one of {sorted(SCHEDULERS)} or a diffusers *Scheduler class name")
 
 
-def make_scheduler(name: str, base_config):
-    """A sampling scheduler built from the base model's own scheduler config (its noise schedule)."""
+def make_scheduler(name: str, adapter: Adapter):
+    """A sampling scheduler built from the base model's own scheduler config (its noise schedule), with what the
+    family needs on top (flow sigmas and the model's shift for a flow-matching model)."""
     import diffusers
 
     class_name, overrides = scheduler_choice(name)
-    return getattr(diffusers, class_name).from_config(base_config, **overrides)
+    family_overrides = adapter.scheduler_overrides(class_name)
+    return getattr(diffusers, class_name).from_config(adapter.noise_scheduler.config, **overrides, **family_overrides)
 
 
-def use_scheduler(adapter: Adapter, name: str = "dpmsolver++") -> None:
-    adapter.pipe.scheduler = make_scheduler(name, adapter.noise_scheduler.config)
+def use_scheduler(adapter: Adapter, name: str | None = None) -> None:
+    """Sample with the scheduler ``name`` (default: the family's, the paper's DPM-Solver++ for epsilon models)."""
+    adapter.pipe.scheduler = make_scheduler(name or adapter.default_scheduler, adapter)
 
 
 def image_seed(base_seed: int, index: int) -> int:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from . import experiments
 from .adapters import Conditioning, adapter_class
 from .adapters.base import hub_revision
+from .adapters.registry import entry_script
 from .checkpoint import checkpoint_config, read_config
 from .data import load_records, make_loader, step_generator
 from .distillation import distillation_step
@@ -306,7 +307,7 @@ def _check_resumable(saved, resume: Path, family: str, args) -> None:
         theirs.update(sharpener_inner_dim=saved.inner_dim, sharpener_heads=saved.num_heads)
     differ = [f"{name} {theirs[name]} (this command: {ours[name]})" for name in ours if theirs[name] != ours[name]]
     if differ:
-        script = f"train_{saved.family}.py"
+        script = entry_script(saved.family)
         raise UserError(f"--resume_from_checkpoint '{resume}' was trained with {', '.join(differ)}, so this run cannot "
                         f"continue it. Resume it with {script} and its own options (training_options.json of its run), "
                         "or start a new run without --resume_from_checkpoint")
@@ -436,7 +437,7 @@ def _check_replicas_identical(accelerator, model) -> str:
 def _validation_grid(adapter, trained: TrainedModel, args, negatives: NegativePrompts, run_dir: Path, step: int) -> None:
     if not args.validation_prompts:
         return
-    use_scheduler(adapter, "dpmsolver++")
+    use_scheduler(adapter)  # the family's sampler: the paper's DPM-Solver++ for epsilon models
     prompts = list(args.validation_prompts)
     seeds = list(range(len(prompts)))  # fixed seeds: grids of different steps are comparable
     # u as in training (and as sample.py draws it), for the CFG teacher and DICE alike.

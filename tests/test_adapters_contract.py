@@ -1,4 +1,4 @@
-"""One contract every family adapter must keep, run on the tiny sd15 / sdxl / pixart pipelines."""
+"""One contract every family adapter must keep, run on the tiny sd15 / sdxl / pixart / pixart-sigma / sd3 pipelines."""
 from __future__ import annotations
 
 import pytest
@@ -13,9 +13,10 @@ from dice.methods.dice import sharpen
 from dice.methods.dice import keeps_first_token
 from dice.distillation import cfg_teacher
 
-FAMILIES = ["sd15", "sdxl", "pixart"]
+FAMILIES = ["sd15", "sdxl", "pixart", "pixart-sigma", "sd3"]
 # (tokens, width) of the sharpened sequence in the tiny configs of dice/testkit/tiny.py.
-TINY_SHAPES = {"sd15": (77, 32), "sdxl": (77, 32 + 32), "pixart": (120, 32)}
+TINY_SHAPES = {"sd15": (77, 32), "sdxl": (77, 32 + 32), "pixart": (120, 32), "pixart-sigma": (300, 32), "sd3": (77 + 256, 48)}
+T5_MASKED = ("pixart", "pixart-sigma")  # a T5 attention mask, no BOS token
 PROMPTS = ["a red ball on a green field", "a photo of a cat"]
 
 
@@ -54,8 +55,8 @@ def test_encode_shapes(family_adapter):
     assert (adapter.num_tokens, adapter.text_dim) == (tokens, dim)
     cond = adapter.encode_prompts(PROMPTS)
     assert cond.embeds.shape == (2, tokens, dim)
-    assert (cond.pooled is not None) == (family == "sdxl")
-    assert (cond.mask is not None) == (family == "pixart")
+    assert (cond.pooled is not None) == (family in ("sdxl", "sd3"))
+    assert (cond.mask is not None) == (family in T5_MASKED)
     assert adapter.describe()["family"] == family
 
 
@@ -95,7 +96,7 @@ def test_student_and_apply_rule(family_adapter):
     assert sharpened.embeds.shape == cond.embeds.shape
     assert not torch.allclose(sharpened.embeds[:, 1:], cond.embeds[:, 1:])
     first_kept = torch.equal(sharpened.embeds[:, 0], cond.embeds[:, 0])
-    assert first_kept == keeps_first_token(adapter) == (family != "pixart")  # T5 has no BOS token
+    assert first_kept == keeps_first_token(adapter) == (family not in T5_MASKED)  # T5 has no BOS token
     assert torch.equal(sharpen(adapter, sharpener, cond, uncond, alpha=0.0).embeds, cond.embeds)
     x_t, t, sizes = noisy_inputs(adapter)
     assert adapter.predict_noise(x_t, t, sharpened, sizes).shape == x_t.shape

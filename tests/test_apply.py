@@ -1,4 +1,4 @@
-"""dice.apply / dice.remove on stock diffusers pipelines (tiny SD1.5, SDXL, PixArt-alpha)."""
+"""dice.apply / dice.remove on stock diffusers pipelines (tiny SD1.5, SDXL, PixArt-alpha, PixArt-Sigma, SD3)."""
 from __future__ import annotations
 
 import logging
@@ -15,7 +15,9 @@ from dice import Sharpener
 PROMPTS = ["a red cat", "a dog under a tree"]
 SEEDS = [3, 4]
 # Non-default family options: the ones recorded in the checkpoint must reach the pipeline's encoding.
-OPTIONS = {"sd15": {}, "sdxl": {"empty_prompt": "zeros"}, "pixart": {"pixart_context_mask": "prompt", "keep_first_token": True}}
+OPTIONS = {"sd15": {}, "sdxl": {"empty_prompt": "zeros"}, "pixart": {"pixart_context_mask": "prompt", "keep_first_token": True},
+           "pixart-sigma": {"pixart_mask": "full"}, "sd3": {"max_sequence_length": 12}}
+FAMILIES = list(OPTIONS)
 
 
 def stock_pipeline(tiny_model, family):
@@ -36,7 +38,7 @@ def sharpener_for(tiny_model, family, seed=0, base_model=None, **options) -> Sha
 def call_kwargs(adapter, family, **extra):
     """Fixed noise, few steps, tiny size; PixArt's tiny transformer has no resolution bins."""
     kwargs = dict(latents=initial_noise(adapter, SEEDS, 16), num_inference_steps=2, height=16, width=16, output_type="latent")
-    if family == "pixart":
+    if family in ("pixart", "pixart-sigma"):
         kwargs.update(use_resolution_binning=False, clean_caption=False)
     return {**kwargs, **extra}
 
@@ -45,7 +47,9 @@ def denoiser_batches(pipe, run):
     """Run ``run()`` and return the batch size of every denoiser evaluation."""
     denoiser = pipe.transformer if hasattr(pipe, "transformer") else pipe.unet
     batches = []
-    hook = denoiser.register_forward_hook(lambda module, args, out: batches.append(args[0].shape[0]))
+    hook = denoiser.register_forward_hook(  # SD3's pipeline passes the latents by keyword
+        lambda module, args, kwargs, out: batches.append((args[0] if args else kwargs["hidden_states"]).shape[0]),
+        with_kwargs=True)
     try:
         result = run()
     finally:
@@ -53,7 +57,7 @@ def denoiser_batches(pipe, run):
     return result, batches
 
 
-@pytest.mark.parametrize("family", ["sd15", "sdxl", "pixart"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_applied_pipeline_samples_as_generate_and_remove_restores_it(tiny_model, family, tmp_path):
     pipe = stock_pipeline(tiny_model, family)
     sharpener = sharpener_for(tiny_model, family, **OPTIONS[family])
@@ -84,7 +88,7 @@ def test_applied_pipeline_samples_as_generate_and_remove_restores_it(tiny_model,
     assert torch.equal(pipe(PROMPTS, guidance_scale=1.0, **kwargs).images, stock_unguided)
 
 
-@pytest.mark.parametrize("family", ["sd15", "sdxl", "pixart"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_alpha_zero_is_unguided_and_applying_again_replaces(tiny_model, family):
     pipe = stock_pipeline(tiny_model, family)
     adapter = adapter_class(family)(pipe, str(tiny_model(family)))

@@ -87,6 +87,19 @@ def test_the_demos_reach_their_modules(tmp_path):
     assert recorded(tmp_path / "eval", "demo-eval", "3", "--steps", "2") == ["-m dice.testkit.demo_eval 3 --steps 2"]
 
 
+def test_train_takes_the_models_after_the_paper(tmp_path):
+    """`train sd3.5-medium` runs train_sd3.py on that model; `train pixart-sigma-512` puts the 512 transformer into the
+    PixArt-Sigma 1024 pipeline at the 512 preset."""
+    (sd3,) = recorded(tmp_path, "train", "sd3.5-medium", MODELS_DIR="/models")
+    assert "train_sd3.py --pretrained_model_name_or_path=/models/sd3.5-medium " in sd3
+    (tmp_path / "sigma").mkdir()
+    (sigma,) = recorded(tmp_path / "sigma", "train", "pixart-sigma-512", MODELS_DIR="/models")
+    assert "train_pixart_sigma.py --pretrained_model_name_or_path=/models/pixart-sigma " in sigma
+    assert "--pretrained_transformer_model_name_or_path=/models/pixart-sigma-512 --preset=paper-512" in sigma
+    proc = launch("train", "flux-dev", PYTHON=sys.executable)
+    assert proc.returncode == 2 and "unknown model 'flux-dev'" in proc.stderr
+
+
 def test_model_ids_come_from_the_presets(tmp_path):
     from dice.paper import VAES
     from dice.presets import MODELS

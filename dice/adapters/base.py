@@ -21,6 +21,7 @@ from torch import nn
 from ..runtime import to_device
 from .registry import (
     ModelLoadError,
+    entry_script,
     family_of_pipeline_class,
     family_of_single_file,
     is_offline,
@@ -115,13 +116,27 @@ class Adapter:
     # The stock pipeline decodes in fp32 when the pipeline runs in fp16 and the VAE's config says force_upcast (SDXL);
     # encode_images does the same for encoding.
     upcasts_fp16_vae: ClassVar[bool] = False
-    # Class names of the denoiser's repeated blocks, compiled one by one by compile_denoiser("regional").
-    repeated_blocks: ClassVar[tuple[str, ...]] = ("BasicTransformerBlock", "ResnetBlock2D")
     # Parts of the stock pipeline that change generated pixels after decoding, switched off at loading as the
     # authors' runs had them off: name -> the from_pretrained / from_single_file keywords that switch it off.
     # (SD1.5: the safety checker blacks out every image it flags; the authors commented out run_safety_checker
     # and loaded validation pipelines with safety_checker=None.)
     output_filters: ClassVar[dict[str, dict[str, Any]]] = {}
+    # The width of the text embedding of the family's released models (the sharpener's size, --help and the docs).
+    released_text_dim: ClassVar[int]
+    # The stock encoding leaves some entries of the embedding exactly zero by construction, not by content (SD3 pads
+    # its CLIP columns up to T5's width, and fills an absent T5 with zeros): the sharpener keeps them zero.
+    zero_padded: ClassVar[bool] = False
+    # Class names of the denoiser's repeated blocks, compiled one by one by compile_denoiser("regional").
+    repeated_blocks: ClassVar[tuple[str, ...]] = ("BasicTransformerBlock", "ResnetBlock2D")
+    # The diffusion process, asked for by dice.distillation (noise, timesteps) and dice.sampling (the sampler).
+    # The defaults are DDPM's epsilon prediction, as SD1.5, SDXL and PixArt-alpha were trained; a flow-matching
+    # family overrides them (dice.adapters.flow_matching).
+    # What the denoiser predicts, so what the CFG teacher and the student are compared in.
+    prediction_type: ClassVar[str] = "epsilon"
+    # The diffusers scheduler of the forward (noising) process, built from the model's own scheduler config.
+    training_scheduler: ClassVar[str] = "DDPMScheduler"
+    # The sampler used unless one is asked for (a name of dice.sampling.SCHEDULERS): the paper's DPM-Solver++ (2M).
+    default_scheduler: ClassVar[str] = "dpmsolver++"
 
     def __init__(self, pipe, model: str, options: dict[str, Any] | None = None):
         unknown = set(options or {}) - set(self.option_defaults)
@@ -135,10 +150,10 @@ class Adapter:
         # Training's --denoiser_autocast: the frozen denoiser's calls (and PnP's guide) under torch.autocast to this
         # dtype, as the authors called their bf16-cast networks under torch.autocast("cuda") (fp16). None: as cast.
         self.denoiser_autocast: torch.dtype | None = None
-        from diffusers import DDPMScheduler
+        import diffusers
 
         # The forward (noising) process of the model's own training schedule.
-        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.noise_scheduler = getattr(diffusers, self.training_scheduler).from_config(pipe.scheduler.config)
 
     # ---- loading ---------------------------------------------------------------------------
     @classmethod
@@ -168,7 +183,7 @@ class Adapter:
             if found is not None and found != cls.family:
                 raise ModelLoadError(
                     f"'{model}' looks like a {found} checkpoint, but this is the {cls.family} trainer/"
-                    f"sampler. Use the {found} entry point (train_{found}.py) or a {cls.family} model."
+                    f"sampler. Use the {found} entry point ({entry_script(found)}) or a {cls.family} model."
                 )
             # The single file's components come from its config folder (or the hub repo diffusers picks for it).
             index = _model_index_or_none(single_file_config, revision) if single_file_config else None
@@ -195,7 +210,7 @@ class Adapter:
                 looks = f"a {found} model" if found else f"a {class_name}"
                 raise ModelLoadError(
                     f"'{model}' is {looks} ({class_name}), not a {cls.family} model. "
-                    + (f"Use train_{found}.py / --family {found}." if found else "Supported: SD1.5, SDXL, PixArt-alpha.")
+                    + (f"Use {entry_script(found)} / --family {found}." if found else "Supported: SD1.5, SDXL, PixArt-alpha, PixArt-Sigma, SD3/3.5.")
                 )
             try:
                 pipe = cls.pipeline_class().from_pretrained(model, revision=revision, variant=variant, **kwargs)
@@ -225,6 +240,12 @@ class Adapter:
     @classmethod
     def add_arguments(cls, parser) -> None:
         """Family-specific command-line options (their values land in ``self.options``)."""
+
+    @classmethod
+    def default_guidance_scale(cls, model: str) -> float | None:
+        """The CFG teacher's scale for ``model`` when none is given, where the model's makers recommend one (SD3's
+        model cards); None: the preset's, the paper's w = 5."""
+        return None
 
     @classmethod
     def from_args(cls, args, torch_dtype: torch.dtype | None = None) -> "Adapter":
@@ -367,7 +388,13 @@ class Adapter:
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         return ((latents - shift) * vae.config.scaling_factor).to(dtype)
 
+    def draw_timesteps(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        """``count`` training timesteps, drawn on the host with ``generator``: uniform over the model's training
+        timesteps (the paper's Algorithm 1, as DDPM trained the model)."""
+        return torch.randint(0, self.num_train_timesteps, (count,), generator=generator)
+
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """``x_t`` of clean latents at ``timesteps``: the model's own forward process."""
         return self.noise_scheduler.add_noise(latents, noise, timesteps)
 
     @property
@@ -387,7 +414,8 @@ class Adapter:
         self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, sizes: torch.Tensor | None = None,
         denoiser: nn.Module | None = None, **extra,
     ) -> torch.Tensor:
-        """The predicted noise for noisy latents ``x_t`` at timesteps ``t`` [B].
+        """The denoiser's prediction for noisy latents ``x_t`` at timesteps ``t`` [B]: the noise, or the velocity of a
+        flow-matching family (``prediction_type``).
 
         ``denoiser``: another module called the same way (a method's trainable student; default the
         frozen base denoiser); ``extra``: further keyword arguments of that call (GD's ``timestep_cond``,
@@ -406,6 +434,16 @@ class Adapter:
     def noise_of(self, output: torch.Tensor) -> torch.Tensor:
         """The noise prediction within the denoiser's output (PixArt also predicts the variance)."""
         return output
+
+    @classmethod
+    def check_scheduler(cls, class_name: str) -> None:
+        """Refuse, in one line, a sampling scheduler (a diffusers class name) that cannot sample this family."""
+
+    def scheduler_overrides(self, class_name: str) -> dict[str, Any]:
+        """What a sampling scheduler of ``class_name`` needs beyond the model's own scheduler config (checked
+        first with :meth:`check_scheduler`); nothing for epsilon prediction."""
+        self.check_scheduler(class_name)
+        return {}
 
     # ---- back to the stock pipeline --------------------------------------------------------
     def pipeline_kwargs(self, cond: Conditioning, uncond: Conditioning) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import logging
 import torch
 
 from .base import Adapter, Conditioning
+from .t5 import KeepsT5Dtype
 from .text_cache import TextEmbeddingCache
 
 logger = logging.getLogger("dice")
@@ -32,10 +33,12 @@ MASK_CHOICES = ("prompt", "full")
 CONTEXT_MASK_CHOICES = ("all", "prompt")
 
 
-class PixArtAdapter(Adapter):
+class PixArtAdapter(KeepsT5Dtype, Adapter):
     family = "pixart"
     pipeline_class_name = "PixArtAlphaPipeline"
+    released_text_dim = 4096  # T5-XXL
     denoiser_component = "transformer"
+    t5_component = "text_encoder"
     first_token_is_bos = False
     # The three choices DICE makes for T5's masked embeddings (module docstring; applied by dice.methods.dice).
     option_defaults = {"pixart_mask": "prompt", "keep_first_token": False, "pixart_context_mask": "all"}
@@ -44,6 +47,7 @@ class PixArtAdapter(Adapter):
         "mask": ("prompt_attention_mask", "negative_prompt_attention_mask"),
     }
     repeated_blocks = ("BasicTransformerBlock",)
+    max_sequence_length = MAX_SEQUENCE_LENGTH  # the T5 tokens the model was trained on
 
     def __init__(self, pipe, model, options=None):
         super().__init__(pipe, model, options)
@@ -59,7 +63,7 @@ class PixArtAdapter(Adapter):
         parser.add_argument(
             "--pixart_mask", choices=MASK_CHOICES, default=d["pixart_mask"],
             help="attention mask of the sharpened prompt at the transformer (student, DICE sampling): 'prompt' = "
-            "the T5 mask (padding invisible), 'full' = all 120 tokens visible",
+            "the T5 mask (padding invisible), 'full' = all tokens visible (120 for PixArt-alpha, 300 for PixArt-Sigma)",
         )
         parser.add_argument(
             "--keep_first_token", action=argparse.BooleanOptionalAction, default=d["keep_first_token"],
@@ -81,19 +85,6 @@ class PixArtAdapter(Adapter):
         adapter.text_cache_dir = getattr(args, "text_embedding_cache", None)
         return adapter
 
-    # ---- frozen modules --------------------------------------------------------------------
-    def frozen_modules(self):
-        # Everything but T5, which keeps the dtype from_pretrained gave it: transformers holds T5's
-        # feed-forward output layers in fp32 under fp16 (they overflow otherwise), and the base
-        # class's blanket cast would undo that. T5 is frozen in freeze() below.
-        return {name: m for name, m in super().frozen_modules().items() if name != "text_encoder"}
-
-    def freeze(self, device, dtype):
-        super().freeze(device, dtype)  # pipe.to(device) moves T5 too, without a cast
-        if self.pipe.text_encoder is not None:
-            self.pipe.text_encoder.requires_grad_(False).eval()
-        return self
-
     @property
     def resolution_multiple(self) -> int:
         # The transformer cuts the latent into patch_size x patch_size patches.
@@ -106,16 +97,16 @@ class PixArtAdapter(Adapter):
 
     @property
     def num_tokens(self) -> int:
-        return MAX_SEQUENCE_LENGTH
+        return self.max_sequence_length
 
     @torch.no_grad()
     def _encode_live(self, prompts: list[str]) -> Conditioning:
         if self.pipe.text_encoder is None:
             raise RuntimeError("the T5 text encoder was unloaded (text embedding cache in use) and cannot encode new prompts")
-        # The stock encoder: lower-case + strip (clean_caption=False), 120 tokens, T5 mask.
+        # The stock encoder: lower-case + strip (clean_caption=False), the family's T5 length, T5 mask.
         embeds, mask, _, _ = self.pipe.encode_prompt(
             list(prompts), do_classifier_free_guidance=False, device=self.pipe.text_encoder.device,
-            clean_caption=False, max_sequence_length=MAX_SEQUENCE_LENGTH,
+            clean_caption=False, max_sequence_length=self.max_sequence_length,
         )
         return Conditioning(embeds=embeds, mask=mask).to(self.device)
 

@@ -16,6 +16,8 @@ _ADAPTERS = {
     "sd15": ("dice.adapters.sd15", "SD15Adapter"),
     "sdxl": ("dice.adapters.sdxl", "SDXLAdapter"),
     "pixart": ("dice.adapters.pixart", "PixArtAdapter"),
+    "pixart-sigma": ("dice.adapters.pixart_sigma", "PixArtSigmaAdapter"),
+    "sd3": ("dice.adapters.sd3", "SD3Adapter"),
 }
 # diffusers pipeline class names (model_index.json) -> family.
 _PIPELINE_FAMILIES = {
@@ -24,7 +26,9 @@ _PIPELINE_FAMILIES = {
     "StableDiffusionXLPipeline": "sdxl",
     "StableDiffusionXLImg2ImgPipeline": "sdxl",
     "PixArtAlphaPipeline": "pixart",
-    "PixArtSigmaPipeline": "pixart-sigma (unsupported)",
+    "PixArtSigmaPipeline": "pixart-sigma",
+    "StableDiffusion3Pipeline": "sd3",
+    "StableDiffusion3Img2ImgPipeline": "sd3",
 }
 # diffusers' single-file model types -> family.
 _SINGLE_FILE_FAMILIES = {
@@ -33,11 +37,19 @@ _SINGLE_FILE_FAMILIES = {
     "xl_base": "sdxl",
     "xl_refiner": "sdxl-refiner (unsupported)",
     "playground-v2-5": "playground (unsupported)",
+    "sd3": "sd3",
+    "sd35_medium": "sd3",
+    "sd35_large": "sd3",
 }
 
 
 def families() -> list[str]:
     return list(_ADAPTERS)
+
+
+def entry_script(family: str) -> str:
+    """The training script of a family: train_sd15.py, ..., train_pixart_sigma.py."""
+    return f"train_{family.replace('-', '_')}.py"
 
 
 def register_adapter(family: str, module: str, class_name: str) -> None:

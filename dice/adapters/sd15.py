@@ -9,6 +9,7 @@ from .base import Adapter, Conditioning
 class SD15Adapter(Adapter):
     family = "sd15"
     pipeline_class_name = "StableDiffusionPipeline"
+    released_text_dim = 768  # CLIP ViT-L
     # The stock pipeline blacks out every image its safety checker flags, which would enter FID, CLIP, AS and HPS as
     # black images; the authors' pipeline had run_safety_checker commented out, their validation safety_checker=None.
     output_filters = {"safety_checker": {"safety_checker": None, "requires_safety_checker": False}}

@@ -25,6 +25,7 @@ SIZE_CONDITIONING_CHOICES = ("target", "image")
 class SDXLAdapter(Adapter):
     family = "sdxl"
     pipeline_class_name = "StableDiffusionXLPipeline"
+    released_text_dim = 2048  # CLIP ViT-L + OpenCLIP ViT-bigG
     option_defaults = {
         # The null embedding u of the empty prompt: "encoded" = the encoders' output for "" (the authors'
         # training code), "zeros" = all-zero sequence and pooled vector (stock SDXL's

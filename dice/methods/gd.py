@@ -9,7 +9,7 @@ sinusoidal embedding the stock SD / SDXL pipelines compute (``get_guidance_scale
 with ``time_cond_proj_dim`` (diffusers' own LCM / guidance-distillation input), which adds a bias-free
 linear map of it to the timestep features. So a trained GD UNet is a stock ``UNet2DConditionModel``
 that the stock pipeline samples with ``guidance_scale=ω`` at one evaluation per step. We zero that map
-at the start, so the student starts as exactly the unguided base model. PixArt-α's transformer has no
+at the start, so the student starts as exactly the unguided base model. PixArt's and SD3's transformers have no
 such input: :class:`GuidanceEmbedded` adds the same map at the same place with a forward hook.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ GUIDANCE_EMBEDDING_DIM = 256
 GUIDANCE_EMBEDDING_FILE = "guidance_embedding.safetensors"
 # Denoisers without a guidance-scale input (no time_cond_proj_dim) -> the submodule whose output is the
 # timestep's sinusoidal features, where GD adds its ω-embedding.
-TIMESTEP_PROJECTIONS = {"PixArtTransformer2DModel": "adaln_single.emb.time_proj"}
+TIMESTEP_PROJECTIONS = {"PixArtTransformer2DModel": "adaln_single.emb.time_proj", "SD3Transformer2DModel": "time_text_embed.time_proj"}
 
 
 def timestep_projection_path(denoiser: nn.Module) -> str | None:

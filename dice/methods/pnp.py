@@ -47,8 +47,10 @@ class PnPMethod(Method):
     @classmethod
     def unsupported_reason(cls, adapter_class):
         if adapter_class.family not in CONTROLNET_PIPELINES:
-            return ("diffusers has no ControlNet for this family (for PixArt-α only a research example outside the "
-                    "package), and this repository does not build one. Use --method gd or dice")
+            return ("the PnP guide is a ControlNet made from a UNet (ControlNetModel.from_unet), and this family's denoiser "
+                    "is a transformer with no ControlNet of that kind in diffusers (none for PixArt; SD3's SD3ControlNetModel "
+                    "feeds a VAE-encoded image into transformer blocks, another guide than the paper's), and none is built "
+                    "here. Use --method gd or dice")
         return None
 
     def build(self, adapter):

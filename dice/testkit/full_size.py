@@ -64,3 +64,15 @@ PIXART_T5_CONFIG = dict(
     layer_norm_epsilon=1e-6,
 )
 PIXART_SCHEDULER_CONFIG = dict(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", num_train_timesteps=1000)
+# stabilityai/stable-diffusion-3.5-medium (transformer/, vae/, text_encoder/ and _2/, scheduler/ config.json): MMDiT-X,
+# 24 blocks of width 1536, dual attention in blocks 0-12, RMS-normalised q/k, positions up to 384 x 384 patches.
+SD35_MEDIUM_TRANSFORMER_CONFIG = dict(
+    sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64, num_attention_heads=24,
+    joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16,
+    pos_embed_max_size=384, dual_attention_layers=tuple(range(13)), qk_norm="rms_norm",
+)
+SD3_VAE_CONFIG = dict(SD15_VAE_CONFIG, latent_channels=16, sample_size=1024, scaling_factor=1.5305, shift_factor=0.0609,
+                      use_quant_conv=False, use_post_quant_conv=False)
+SD3_CLIP_L_CONFIG = SD15_TEXT_CONFIG  # CLIP ViT-L/14 with its 768-wide projection (CLIPTextModelWithProjection)
+SD3_CLIP_G_CONFIG = SDXL_TEXT_2_CONFIG  # OpenCLIP ViT-bigG/14 with its 1280-wide projection
+SD3_SCHEDULER_CONFIG = dict(num_train_timesteps=1000, shift=3.0)

@@ -4,7 +4,7 @@ Each recipe runs through launch.sh exactly as the README writes it (`bash launch
 `bash launch.sh table1 sdxl`, ...), with launch.sh's environment variables pointing at stand-ins:
 
   MODELS_DIR    a tiny random pipeline of the right family for every model name of dice/presets.py
-                (dice/testkit/tiny.py), and one as a single .safetensors file for the transfer figure
+                (dice/testkit/tiny.py; SD3 and PixArt-Sigma too), and one as a single .safetensors file for the transfer figure
   COCO          a tiny folder in MS-COCO 2017's layout (train2017/, val2017/, annotations/captions_*.json)
   DICE_PROMPTS_DIR  a few prompts for each HPS v2 style and DrawBench; PROMPT_LIMIT: 4 prompts of every set
   NGPUS, PRECISION, ACCELERATE_ARGS   one CPU process (the SLURM job: two processes, one machine)
@@ -234,9 +234,14 @@ FIGURES = ("quality_vs_nfe", "alpha_sweep", "dice_cfg_sweep", "training_curve", 
 
 # ---- the recipes ------------------------------------------------------------------------------------
 
+# launch.sh train's models: the paper's families, and the families after it (SD3.5 through its short name, PixArt-Sigma
+# through its 512 checkpoint: a transformer put into the 1024 pipeline).
+TRAINED_MODELS = ("sd15", "sdxl", "pixart", "sd3.5-medium", "pixart-sigma-512")
+
+
 def rehearse_train(r: Rehearsal) -> None:
-    for family in ("sd15", "sdxl", "pixart"):
-        r.run(f"train {family}", ["train", family], lambda f=family: trained(r.work, r.runs[f"train {f}"][0]))
+    for name in TRAINED_MODELS:
+        r.run(f"train {name}", ["train", name], lambda n=name: trained(r.work, r.runs[f"train {n}"][0]))
 
 
 def rehearse_train_variants(r: Rehearsal) -> None:
