@@ -22,7 +22,9 @@ def test_slurm_job_and_an_interrupted_block_rehearse(tmp_path):
                           env=dict(os.environ, PYTHON=sys.executable), capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "Rehearsal passed" in proc.stdout and "killed with GD at checkpoint-" in proc.stdout
-    job = next((root / "work" / "exps").glob("*-sd15-sd15-paper"))
+    from dice.paper import TABLE1_PRESETS  # `launch.sh train sd15` trains the run behind Table 1's block
+
+    (job,) = (root / "work" / "exps").glob(f"*-sd15-sd15-{TABLE1_PRESETS['sd15']}")
     assert json.loads((job / "training_options.json").read_text())["num_processes"] == 2
     for work in ("work", "interrupted"):
         table = json.loads((root / work / "results" / "table1-sd15.json").read_text())

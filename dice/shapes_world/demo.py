@@ -46,6 +46,8 @@ from .folder_scores import calc_shapes_world
 from .scoring import DEFAULT_PIPELINE, DEFAULT_SHARPENER
 from .world import evaluation_prompts, write_imagefolder, write_prompt_file
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
 TOY_TRAIN_IMAGES = 4000
 TOY_PRESET = "toy-demo"
 # What each library reads to choose its CPU kernels: ATen's vectorised ops, oneDNN's convolutions, MKL's matrix
@@ -180,7 +182,8 @@ def _run_toy(exps_root, max_train_steps, num_prompts, train_batch_size, grid_out
         "world": "shapes", "experiment": str(run_dir), "preset": TOY_PRESET, "seed": seed,
         "train_steps": max_train_steps or settings["max_train_steps"],
         "train_batch_size": train_batch_size or settings["train_batch_size"],
-        "num_prompts": num_prompts, "guidance_scale": w, "grid": str(grid), "shipped_sharpener": str(DEFAULT_SHARPENER),
+        "num_prompts": num_prompts, "guidance_scale": w, "grid": str(grid),
+        "shipped_sharpener": DEFAULT_SHARPENER.relative_to(REPO_ROOT).as_posix(),  # the same on every clone
         "methods": {name: {"label": labels[name], "nfe": nfe[name], "folder": str(folders[name]),
                            "accuracy": accuracy[name].value,
                            **{k: accuracy[name].options[k] for k in ("accuracy_ci95", "accuracy_seen", "accuracy_unseen")},
