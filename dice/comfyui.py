@@ -117,7 +117,7 @@ def sd3_context(u: torch.Tensor, options: dict) -> torch.Tensor:
     if t5_tokens != length:
         logger.warning(
             "DICE: u has %d T5 tokens where the sharpener was trained with %d (--max_sequence_length): its output differs "
-            "slightly from diffusers'. For the trained layout, put a T5TokenizerOptions node with min_length %d between "
+            "from the library's (diffusers' layout). For the trained layout, put a T5TokenizerOptions node with min_length %d between "
             "the CLIP loader and the text encoders", t5_tokens, length, length)
     return u
 
