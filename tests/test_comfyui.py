@@ -74,17 +74,22 @@ def server(host, sd15, hub_home):
         yield running
 
 
-def sd15_graph(sd15, **changes) -> dict:
-    """The shipped SD1.5 example workflow on the test checkpoint, at 64 px and 2 steps (the CPU's budget)."""
-    graph = host_tools.load_workflow("dice_sd15")
+def example_graph(name: str, models: dict, **changes) -> dict:
+    """The shipped example workflow ``name`` on the test checkpoint and sharpener in ``models``, at 64 px and 2 steps
+    (the CPU's budget); ``changes``: node id -> inputs."""
+    graph = host_tools.load_workflow(name)
     assert graph["7"]["inputs"]["cfg"] == 1.0 and graph["7"]["inputs"]["positive"] == ["5", 0]
-    graph["1"]["inputs"]["ckpt_name"] = sd15["checkpoint"]
-    graph["4"]["inputs"]["sharpener_name"] = sd15["sharpener"]
+    graph["1"]["inputs"]["ckpt_name"] = models["checkpoint"]
+    graph["4"]["inputs"]["sharpener_name"] = models["sharpener"]
     graph["6"]["inputs"].update(width=64, height=64)
     graph["7"]["inputs"]["steps"] = 2
     for node, inputs in changes.items():
         graph[node]["inputs"].update(inputs)
     return graph
+
+
+def sd15_graph(sd15, **changes) -> dict:
+    return example_graph("dice_sd15", sd15, **changes)
 
 
 def without_node(graph: dict) -> dict:
@@ -112,29 +117,42 @@ def test_the_nodes_are_listed_with_tooltips(server, sd15):
                                                                                   "dice-sdxl/model.safetensors"]
 
 
-def test_sd15_example_workflow_runs_at_cfg_1_and_the_node_changes_the_image(server, sd15):
-    entry = server.run(sd15_graph(sd15))
+def check_the_node_runs_and_changes_the_image(server, graph) -> None:
+    """``graph(**changes)``, an example workflow at 64 px, runs at cfg 1 with the DICE nodes executed; its image
+    differs from the graph without them, and at strength 0 equals it."""
+    entry = server.run(graph())
     with_dice = image_of(server, entry)
     assert with_dice.shape == (64, 64, 3)
     cached = {node for data in host_tools.messages(entry, "execution_cached") for node in data["nodes"]}
     assert not {"4", "5"} & cached, "the DICE nodes were not executed"
-    plain = image_of(server, server.run(without_node(sd15_graph(sd15))))
-    # Random weights: the UNet reads its text weakly, yet the sharpened conditioning changes pixels (measured: 0.3 levels
-    # of 255 on average); strength 0 gives the prompt's own conditioning back: the image without the node, exactly.
+    plain = image_of(server, server.run(without_node(graph())))
+    # Random weights: the model reads its text weakly, yet the sharpened conditioning changes pixels (SD1.5, measured:
+    # 0.3 levels of 255 on average); strength 0 gives the prompt's own conditioning back: the image without the node.
     assert not np.array_equal(with_dice, plain), "the sharpened conditioning did not change the image"
-    zero = image_of(server, server.run(sd15_graph(sd15, **{"5": {"strength": 0.0}})))
+    zero = image_of(server, server.run(graph(**{"5": {"strength": 0.0}})))
     assert np.array_equal(zero, plain)
 
 
-def test_a_mismatched_sharpener_is_one_line_in_the_error_and_the_server_goes_on(server, sd15):
-    entry = server.run(sd15_graph(sd15, **{"4": {"sharpener_name": "dice-sdxl/model.safetensors"}}))
+def check_a_mismatch_is_one_line_and_the_server_goes_on(server, graph, sharpener_name: str, *needles: str) -> None:
+    """``graph(**changes)`` with another family's sharpener stops at the apply node with one line naming both
+    families; the next prompt on the same server runs."""
+    entry = server.run(graph(**{"4": {"sharpener_name": sharpener_name}}))
     assert entry["status"]["status_str"] == "error"
     (error,) = host_tools.messages(entry, "execution_error")
     assert error["node_type"] == "ApplyDiceSharpener" and error["exception_type"].endswith("SharpenerMismatch")
     message = error["exception_message"].strip()
-    assert "\n" not in message and "trained for sdxl" in message and "sd15" in message, message
+    assert "\n" not in message and all(needle in message for needle in needles), message
     assert server.alive()
-    assert server.run(sd15_graph(sd15, **{"7": {"seed": 1}}))["status"]["status_str"] == "success"
+    assert server.run(graph(**{"7": {"seed": 1}}))["status"]["status_str"] == "success"
+
+
+def test_sd15_example_workflow_runs_at_cfg_1_and_the_node_changes_the_image(server, sd15):
+    check_the_node_runs_and_changes_the_image(server, lambda **changes: sd15_graph(sd15, **changes))
+
+
+def test_a_mismatched_sharpener_is_one_line_in_the_error_and_the_server_goes_on(server, sd15):
+    check_a_mismatch_is_one_line_and_the_server_goes_on(server, lambda **changes: sd15_graph(sd15, **changes),
+                                                        "dice-sdxl/model.safetensors", "trained for sdxl", "sd15")
 
 
 def test_the_path_loader_takes_a_folder_and_a_hub_id_from_the_cache(server, sd15):
@@ -318,39 +336,18 @@ def test_sd3_without_t5_node_output_equals_our_sharpened_embedding(host, sd3, tm
 def sd3_graph(sd3, **changes) -> dict:
     """The shipped SD3 example workflow on the test checkpoint, its TripleCLIPLoader swapped for a DualCLIPLoader of
     CLIP-L/G (no T5 here), at 64 px and 2 steps."""
-    graph = host_tools.load_workflow("dice_sd3")
-    assert graph["7"]["inputs"]["cfg"] == 1.0 and graph["7"]["inputs"]["positive"] == ["5", 0]
+    graph = example_graph("dice_sd3", sd3, **changes)
     assert graph["11"]["class_type"] == "TripleCLIPLoader" and graph["12"]["inputs"]["min_length"] == 256
     graph["11"] = {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": sd3["clip"][0], "clip_name2": sd3["clip"][1],
                                                               "type": "sd3"}}
-    graph["1"]["inputs"]["ckpt_name"] = sd3["checkpoint"]
-    graph["4"]["inputs"]["sharpener_name"] = sd3["sharpener"]
-    graph["6"]["inputs"].update(width=64, height=64)
-    graph["7"]["inputs"]["steps"] = 2
-    for node, inputs in changes.items():
-        graph[node]["inputs"].update(inputs)
     return graph
 
 
 def test_sd3_example_workflow_runs_at_cfg_1_and_the_node_changes_the_image(server, sd3):
-    entry = server.run(sd3_graph(sd3))
-    with_dice = image_of(server, entry)
-    assert with_dice.shape == (64, 64, 3)
-    cached = {node for data in host_tools.messages(entry, "execution_cached") for node in data["nodes"]}
-    assert not {"4", "5"} & cached, "the DICE nodes were not executed"
-    plain = image_of(server, server.run(without_node(sd3_graph(sd3))))
-    assert not np.array_equal(with_dice, plain), "the sharpened conditioning did not change the image"
-    zero = image_of(server, server.run(sd3_graph(sd3, **{"5": {"strength": 0.0}})))
-    assert np.array_equal(zero, plain)
+    check_the_node_runs_and_changes_the_image(server, lambda **changes: sd3_graph(sd3, **changes))
 
 
 def test_a_pixart_sharpener_on_sd3_conditioning_is_one_line_and_the_server_goes_on(server, sd3):
     """Both are 4096 wide: the family is told by the pooled vector (SD3 has one, PixArt none)."""
-    entry = server.run(sd3_graph(sd3, **{"4": {"sharpener_name": sd3["pixart_sharpener"]}}))
-    assert entry["status"]["status_str"] == "error"
-    (error,) = host_tools.messages(entry, "execution_error")
-    assert error["node_type"] == "ApplyDiceSharpener" and error["exception_type"].endswith("SharpenerMismatch")
-    message = error["exception_message"].strip()
-    assert "\n" not in message and "trained for pixart" in message and "sd3" in message, message
-    assert server.alive()
-    assert server.run(sd3_graph(sd3, **{"7": {"seed": 1}}))["status"]["status_str"] == "success"
+    check_a_mismatch_is_one_line_and_the_server_goes_on(server, lambda **changes: sd3_graph(sd3, **changes),
+                                                        sd3["pixart_sharpener"], "trained for pixart", "sd3")

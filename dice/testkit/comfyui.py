@@ -391,8 +391,8 @@ def write_text_encoders(pipe, folder: str | os.PathLike) -> tuple[Path, Path]:
     """The pipeline's CLIP-L and CLIP-G (SDXL's, SD3's) as the files DualCLIPLoader reads (transformers' names, fp16):
     ``clip_l.safetensors``, ``clip_g.safetensors``."""
     folder = Path(folder)
-    return (_save_fp16(pipe.text_encoder, folder / "clip_l.safetensors", text_model_keys),
-            _save_fp16(pipe.text_encoder_2, folder / "clip_g.safetensors", text_model_keys))
+    return (_save_text_encoder(pipe.text_encoder, folder / "clip_l.safetensors"),
+            _save_text_encoder(pipe.text_encoder_2, folder / "clip_g.safetensors"))
 
 
 def write_sd3_parts(pipe, folder: str | os.PathLike) -> tuple[Path, Path]:
@@ -406,14 +406,14 @@ def write_sd3_parts(pipe, folder: str | os.PathLike) -> tuple[Path, Path]:
     return paths
 
 
-def _save_fp16(module, path: Path, keys) -> Path:
-    """A transformers ``module``'s weights in fp16 (``keys`` renames them), cast in place and back (fp16 values:
-    exact), not copied beside it: bigG is 2.8 GB in fp32."""
+def _save_text_encoder(module, path: Path) -> Path:
+    """A transformers CLIP text encoder's weights in fp16 under the names ComfyUI reads, cast in place and back (fp16
+    values: exact), not copied beside it: bigG is 2.8 GB in fp32."""
     path.parent.mkdir(parents=True, exist_ok=True)
     dtype = module.dtype
     module.to(torch.float16)
     try:
-        save_file({k: v.detach().contiguous() for k, v in keys(module.state_dict()).items()}, str(path))
+        save_file({k: v.detach().contiguous() for k, v in text_model_keys(module.state_dict()).items()}, str(path))
     finally:
         module.to(dtype)
     return path
@@ -474,9 +474,9 @@ def _model_widgets(node: dict):
     names = {"CheckpointLoaderSimple": "checkpoints", "LoadDiceSharpener": "dice"}
     if node["type"] in names:
         yield names[node["type"]], node["widgets_values"][0]
-    if node["type"] in ("DualCLIPLoader", "TripleCLIPLoader"):
-        for value in node["widgets_values"][:{"DualCLIPLoader": 2, "TripleCLIPLoader": 3}[node["type"]]]:
-            yield "text_encoders", value
+    files = {"DualCLIPLoader": 2, "TripleCLIPLoader": 3}.get(node["type"], 0)  # its first widgets name text encoders
+    for value in node.get("widgets_values", [])[:files]:
+        yield "text_encoders", value
 
 
 async def _photograph(url: str, debug_port: int, ui: dict, name: str, width: int, height: int, aiohttp) -> str:
