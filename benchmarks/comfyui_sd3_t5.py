@@ -11,9 +11,9 @@ for the same encoders, prompts and sharpener (random, the paper's layout, 4096 w
   difference ``|r_node - r_lib| / |r_lib|`` of the DICE residual ``r = sharpened - raw`` on the CLIP tokens, on the
   prompt's real T5 tokens and on the pooled vector; and how much ComfyUI's raw T5 tokens differ from diffusers' (T5
   runs without an attention mask in both, so its real tokens see the padding).
-* ``t5_tokenizer_options``: ComfyUI with ``T5TokenizerOptions`` min_length 256 (the trained layout): largest
-  absolute difference (0 up to float rounding).
-* ``without_t5``: ComfyUI without T5 (the node puts diffusers' zero tokens back into u): largest absolute difference.
+* ``t5_tokenizer_options``: ComfyUI with ``T5TokenizerOptions`` min_length 256 (the trained layout): the largest
+  absolute difference, beside the largest absolute value of the library's output (0 up to float rounding).
+* ``without_t5``: ComfyUI without T5 (the node puts diffusers' zero tokens back into u): the same.
 
 Setups: ``tiny``: dice's tiny SD3 at SD3's real text widths (CLIP-L 768, CLIP-G 1280, T5 4096; two small layers
 each; its tiny vocabulary); ``full``: the real CLIP-L, OpenCLIP bigG and T5-XXL architectures with random weights in
@@ -48,6 +48,11 @@ def relative(node: torch.Tensor, library: torch.Tensor) -> float:
     return round(((node - library).norm() / library.norm()).item(), 4)
 
 
+def largest_difference(node: torch.Tensor, library: torch.Tensor) -> dict:
+    """The largest absolute difference, and the largest absolute value of the library's tensor to judge it by."""
+    return {"max_abs": (node - library).abs().max().item(), "of_max_value": library.abs().max().item()}
+
+
 def node_output(sharpener, cond, uncond) -> tuple[torch.Tensor, torch.Tensor]:
     """The node on ComfyUI-shaped conditionings (its tensors, batch by batch as CLIPTextEncode gives them)."""
     (out,) = sharpen_conditioning(sharpener, [[cond.embeds, {"pooled_output": cond.pooled}]],
@@ -59,7 +64,9 @@ def node_output(sharpener, cond, uncond) -> tuple[torch.Tensor, torch.Tensor]:
 def measure(pipe, sharpener, prompts: list[str]) -> dict:
     def encoded(length):
         adapter = adapter_class("sd3")(pipe, "random-sd3", {"max_sequence_length": length})
-        return adapter, adapter.encode_prompts(prompts), adapter.encode_negative([""] * len(prompts))
+        u = adapter.encode_negative([""])  # encoded once, as ComfyUI's u; the library gets it once per prompt
+        return adapter, adapter.encode_prompts(prompts), u.replace(embeds=u.embeds.expand(len(prompts), -1, -1),
+                                                                   pooled=u.pooled.expand(len(prompts), -1))
 
     library, cond, uncond = encoded(TRAINED_LENGTH)
     ours = sharpen(library, sharpener.module, cond.to(dtype=torch.float32), uncond.to(dtype=torch.float32))
@@ -68,11 +75,11 @@ def measure(pipe, sharpener, prompts: list[str]) -> dict:
     if real_t5 is None:
         _, c, u = encoded(0)  # ComfyUI without T5: the CLIP tokens alone
         embeds, pooled = node_output(sharpener, c.to(dtype=torch.float32), u.to(dtype=torch.float32))
-        return {"without_t5": {"max_abs_tokens": (embeds - ours.embeds[:, :CLIP_TOKENS]).abs().max().item(),
-                               "max_abs_pooled": (pooled - ours.pooled).abs().max().item()}}
+        return {"without_t5": {"tokens": largest_difference(embeds, ours.embeds[:, :CLIP_TOKENS]),
+                               "pooled": largest_difference(pooled, ours.pooled)}}
     embeds, pooled = node_output(sharpener, cond.to(dtype=torch.float32), uncond.to(dtype=torch.float32))
-    result["t5_tokenizer_options"] = {"max_abs_tokens": (embeds - ours.embeds).abs().max().item(),
-                                      "max_abs_pooled": (pooled - ours.pooled).abs().max().item()}
+    result["t5_tokenizer_options"] = {"tokens": largest_difference(embeds, ours.embeds),
+                                      "pooled": largest_difference(pooled, ours.pooled)}
     _, c, u = encoded(COMFYUI_LENGTH)
     c, u = c.to(dtype=torch.float32), u.to(dtype=torch.float32)
     embeds, pooled = node_output(sharpener, c, u)
