@@ -3,7 +3,7 @@ loaders and CLIPTextEncode, then the DICE nodes as ComfyUI loaded them from cust
 sharpened conditioning to a safetensors file, and what the dicts carried to a JSON beside it.
 
     python comfyui_encode.py SPEC.json OUT.safetensors
-SPEC: {"clip": {"checkpoint": NAME} | {"dual_clip": [NAME1, NAME2], "type": "sdxl"}, "sharpener": NAME,
+SPEC: {"clip": {"checkpoint": NAME} | {"dual_clip": [NAME1, NAME2], "type": "sdxl" | "sd3"}, "sharpener": NAME,
        "prompts": [...], "u": "", "strength": 1.0}
 """
 import asyncio
@@ -36,10 +36,13 @@ for index, prompt in enumerate(spec["prompts"]):
     (sharpened,) = apply(sharpener, positive, u, spec["strength"])
     (raw_tensor, raw_dict), (new_tensor, new_dict) = positive[0], sharpened[0]
     tensors[f"raw_{index}"], tensors[f"dice_{index}"] = raw_tensor, new_tensor
+    pooled_kept = new_dict.get("pooled_output") is raw_dict.get("pooled_output")
     if raw_dict.get("pooled_output") is not None:
         tensors[f"pooled_{index}"] = raw_dict["pooled_output"]
-    carried.append({"entries": len(sharpened), "keys": sorted(raw_dict) == sorted(new_dict),
-                    "same_values": all(new_dict[k] is raw_dict[k] for k in raw_dict)})
+        if not pooled_kept:  # the family's rule rewrites it (SD3)
+            tensors[f"dice_pooled_{index}"] = new_dict["pooled_output"]
+    carried.append({"entries": len(sharpened), "keys": sorted(raw_dict) == sorted(new_dict), "pooled_kept": pooled_kept,
+                    "same_values": all(new_dict[k] is raw_dict[k] for k in raw_dict if k != "pooled_output")})
 save_file({k: v.contiguous() for k, v in tensors.items()}, out_path)
 with open(out_path + ".json", "w") as f:
     json.dump(carried, f)

@@ -36,8 +36,20 @@ from safetensors.torch import save_file
 from ..checkpoint import SharpenerConfig, save_sharpener
 from ..errors import ArgumentParser, UserError, exit_on_user_error
 from ..sharpener import Sharpener
-from .full_size import SD15_SCHEDULER_CONFIG, SD15_TEXT_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG, SDXL_TEXT_2_CONFIG
+from .full_size import (
+    SD3_CLIP_G_CONFIG,
+    SD3_CLIP_L_CONFIG,
+    SD3_SCHEDULER_CONFIG,
+    SD3_T5_CONFIG,
+    SD3_VAE_CONFIG,
+    SD15_SCHEDULER_CONFIG,
+    SD15_TEXT_CONFIG,
+    SD15_UNET_CONFIG,
+    SD15_VAE_CONFIG,
+    SDXL_TEXT_2_CONFIG,
+)
 from .single_file import save_single_file, text_model_keys
+from .tiny import build_tiny_pipeline
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 NODE_FOLDER = REPOSITORY / "comfyui_dice"
@@ -306,20 +318,105 @@ def build_sdxl_text(host: Path, seed: int = 0):
     return pipe
 
 
-def write_sdxl_text_encoders(pipe, folder: str | os.PathLike) -> tuple[Path, Path]:
-    """The pipeline's two text encoders as the files DualCLIPLoader reads (transformers' names, fp16):
+# The slim SD3 MMDiT ComfyUI still recognises as SD3 (16 latent channels; its width is 64 per block, as SD3's):
+# two blocks of two 64-wide heads, the real text widths (T5's 4096 joint attention, the 2048-wide pooled vector).
+SLIM_SD3_TRANSFORMER = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+                            attention_head_dim=64, num_attention_heads=2, joint_attention_dim=4096,
+                            caption_projection_dim=128, pooled_projection_dim=2048, pos_embed_max_size=192)
+
+
+def build_sd3_text(host: Path, seed: int = 0, t5: bool = False, dtype: torch.dtype | None = None):
+    """A random-weight SD3 pipeline whose CLIP-L and OpenCLIP bigG are full size, CLIP-L's projection the identity as
+    SD3 ships it (diffusers' single-file loader sets the same; ComfyUI reads CLIP-L's pooled output unprojected), with
+    the slim MMDiT :data:`SLIM_SD3_TRANSFORMER` and the real SD3 VAE. Without T5 (``text_encoder_3=None``, a stock
+    configuration) unless ``t5``: then T5-XXL's real encoder with the host's T5 tokenizer. ``dtype``: every module
+    built in it (T5-XXL is 19 GB in fp32); otherwise fp32 with the weights rounded to fp16 values."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel, T5TokenizerFast
+
+    torch.manual_seed(seed)
+    tokenizer, tokenizer_2 = clip_tokenizer(host), clip_tokenizer(host, pad_token="!")
+    tokenizer_3 = T5TokenizerFast.from_pretrained(str(host / "comfy" / "text_encoders" / "t5_tokenizer")) if t5 else None
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or default_dtype)
+    try:
+        text_encoder = _clip(CLIPTextModelWithProjection, SD3_CLIP_L_CONFIG, tokenizer)
+        with torch.no_grad():
+            text_encoder.text_projection.weight.copy_(torch.eye(SD3_CLIP_L_CONFIG["hidden_size"]))
+        text_encoder_2 = _clip(CLIPTextModelWithProjection, SD3_CLIP_G_CONFIG, tokenizer_2)
+        text_encoder_3 = T5EncoderModel(T5Config(**SD3_T5_CONFIG, pad_token_id=tokenizer_3.pad_token_id,
+                                                 eos_token_id=tokenizer_3.eos_token_id, decoder_start_token_id=0)) if t5 else None
+        transformer, vae = SD3Transformer2DModel(**SLIM_SD3_TRANSFORMER), AutoencoderKL(**SD3_VAE_CONFIG)
+    finally:
+        torch.set_default_dtype(default_dtype)
+    if dtype is None:
+        _fp16_values(*filter(None, (text_encoder, text_encoder_2, text_encoder_3, transformer, vae)))
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER_CONFIG), vae=vae,
+        text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+        text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_sd3_at_real_widths(t5: bool = True, seed: int = 0):
+    """dice's tiny SD3 (:mod:`dice.testkit.tiny`) at SD3's real text widths, which ComfyUI's SD3 conditioning is
+    recognised by: CLIP-L 768 and CLIP-G 1280 wide (pooled 2048), T5 4096 wide (or none), two small layers each."""
+    from diffusers import SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    pipe = build_tiny_pipeline("sd3", seed=seed)
+
+    def clip(tokenizer, width):
+        return CLIPTextModelWithProjection(CLIPTextConfig(
+            hidden_size=width, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, projection_dim=width,
+            vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)).eval()
+
+    width = SD3_T5_CONFIG["d_model"]
+    t5_model = T5EncoderModel(T5Config(
+        d_model=width, d_kv=8, d_ff=37, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+        vocab_size=len(pipe.tokenizer_3), pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)).eval() if t5 else None
+    config = {**pipe.transformer.config, "joint_attention_dim": width,
+              "pooled_projection_dim": SD3_CLIP_L_CONFIG["hidden_size"] + SD3_CLIP_G_CONFIG["hidden_size"]}
+    pipe.register_modules(text_encoder=clip(pipe.tokenizer, SD3_CLIP_L_CONFIG["hidden_size"]),
+                          text_encoder_2=clip(pipe.tokenizer_2, SD3_CLIP_G_CONFIG["hidden_size"]),
+                          text_encoder_3=t5_model, tokenizer_3=pipe.tokenizer_3 if t5 else None,
+                          transformer=SD3Transformer2DModel.from_config(config))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def write_text_encoders(pipe, folder: str | os.PathLike) -> tuple[Path, Path]:
+    """The pipeline's CLIP-L and CLIP-G (SDXL's, SD3's) as the files DualCLIPLoader reads (transformers' names, fp16):
     ``clip_l.safetensors``, ``clip_g.safetensors``."""
     folder = Path(folder)
+    return (_save_text_encoder(pipe.text_encoder, folder / "clip_l.safetensors"),
+            _save_text_encoder(pipe.text_encoder_2, folder / "clip_g.safetensors"))
+
+
+def write_sd3_parts(pipe, folder: str | os.PathLike) -> tuple[Path, Path]:
+    """The pipeline's MMDiT and VAE as the diffusers-layout files ComfyUI's UNETLoader (models/diffusion_models) and
+    VAELoader (models/vae) read, fp16: ``sd3_mmdit.safetensors``, ``sd3_vae.safetensors``."""
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, encoder in (("clip_l", pipe.text_encoder), ("clip_g", pipe.text_encoder_2)):
-        dtype = encoder.dtype
-        encoder.to(torch.float16)  # in place and back (fp16 values: exact), not a copy beside it: bigG is 2.8 GB in fp32
-        save_file({k: v.detach().contiguous() for k, v in text_model_keys(encoder.state_dict()).items()},
-                  str(folder / f"{name}.safetensors"))
-        encoder.to(dtype)
-        paths.append(folder / f"{name}.safetensors")
-    return paths[0], paths[1]
+    paths = folder / "sd3_mmdit.safetensors", folder / "sd3_vae.safetensors"
+    for module, path in zip((pipe.transformer, pipe.vae), paths):  # small: copied to fp16
+        save_file({k: v.detach().half().contiguous() for k, v in module.state_dict().items()}, str(path))
+    return paths
+
+
+def _save_text_encoder(module, path: Path) -> Path:
+    """A transformers CLIP text encoder's weights in fp16 under the names ComfyUI reads, cast in place and back (fp16
+    values: exact), not copied beside it: bigG is 2.8 GB in fp32."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dtype = module.dtype
+    module.to(torch.float16)
+    try:
+        save_file({k: v.detach().contiguous() for k, v in text_model_keys(module.state_dict()).items()}, str(path))
+    finally:
+        module.to(dtype)
+    return path
 
 
 def write_random_sharpener(folder: str | os.PathLike, family: str, dim: int, seed: int = 0,
@@ -377,9 +474,9 @@ def _model_widgets(node: dict):
     names = {"CheckpointLoaderSimple": "checkpoints", "LoadDiceSharpener": "dice"}
     if node["type"] in names:
         yield names[node["type"]], node["widgets_values"][0]
-    if node["type"] == "DualCLIPLoader":
-        yield "text_encoders", node["widgets_values"][0]
-        yield "text_encoders", node["widgets_values"][1]
+    files = {"DualCLIPLoader": 2, "TripleCLIPLoader": 3}.get(node["type"], 0)  # its first widgets name text encoders
+    for value in node.get("widgets_values", [])[:files]:
+        yield "text_encoders", value
 
 
 async def _photograph(url: str, debug_port: int, ui: dict, name: str, width: int, height: int, aiohttp) -> str:

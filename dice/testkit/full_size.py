@@ -75,4 +75,5 @@ SD3_VAE_CONFIG = dict(SD15_VAE_CONFIG, latent_channels=16, sample_size=1024, sca
                       use_quant_conv=False, use_post_quant_conv=False)
 SD3_CLIP_L_CONFIG = SD15_TEXT_CONFIG  # CLIP ViT-L/14 with its 768-wide projection (CLIPTextModelWithProjection)
 SD3_CLIP_G_CONFIG = SDXL_TEXT_2_CONFIG  # OpenCLIP ViT-bigG/14 with its 1280-wide projection
+SD3_T5_CONFIG = PIXART_T5_CONFIG  # T5-XXL v1.1's encoder (text_encoder_3): Flan-T5-XXL's architecture
 SD3_SCHEDULER_CONFIG = dict(num_train_timesteps=1000, shift=3.0)
