@@ -25,7 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-VALIDATION_PROMPTS, VALIDATION_PROMPT_SEED, VALIDATION_IMAGE_SEED = 512, 1, 500000
+from demo_recipe import score, validation_sampling  # noqa: E402 - the epsilon demo's validation set and scoring
+
 TRAIN_IMAGES = 4000
 # The options every candidate shares: the shipped recipe's batch and average, the flow world's teacher and encoding.
 BASE = {"train_batch_size": 64, "learning_rate": 1e-3, "lr_scheduler": "constant", "lr_warmup_steps": 0, "ema_decay": 0.999,
@@ -35,19 +36,13 @@ BASE = {"train_batch_size": 64, "learning_rate": 1e-3, "lr_scheduler": "constant
 def validate(name: str, overrides: dict, score_at: list[int], out: Path, work: Path, seed: int = 0) -> dict:
     from dice.experiments import latest_checkpoint
     from dice.sample_cli import main as sample_main
-    from dice.shapes_world.folder_scores import calc_shapes_world
     from dice.shapes_world.scoring import DEFAULT_FLOW_PIPELINE
-    from dice.shapes_world.world import write_imagefolder, write_prompt_file
+    from dice.shapes_world.world import write_imagefolder
     from dice.training import main as train_main
     from evaluation.metrics.guidance_gap import gain_recovered, gain_recovered_interval
 
     results = json.loads(out.read_text()) if out.is_file() else {"validation": {}, "candidates": {}}
-    prompts = write_prompt_file(work / "validation-prompts.jsonl", VALIDATION_PROMPTS, seed=VALIDATION_PROMPT_SEED)
-    sampling = ["--prompts", str(prompts), "--seed", str(VALIDATION_IMAGE_SEED), "--batch_gpu", "64"]
-
-    def score(folder) -> dict:
-        accuracy = calc_shapes_world(folder)[0]
-        return {"accuracy": accuracy.value, "per_image": [int(v) for v in accuracy.per_image]}
+    sampling = validation_sampling(work)
 
     def save():
         out.write_text(json.dumps(results) + "\n")

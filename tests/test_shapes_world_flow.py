@@ -10,7 +10,7 @@ import torch
 from dice.shapes_world import model as world_model
 from dice.shapes_world import world
 from dice.shapes_world.model import FLOW_GUIDANCE_SCALE
-from dice.shapes_world.scoring import DEFAULT_EVALUATOR, DEFAULT_FLOW_PIPELINE, DEFAULT_PIPELINE, load_flow_pipeline
+from dice.shapes_world.scoring import DEFAULT_EVALUATOR, DEFAULT_FLOW_PIPELINE, DEFAULT_FLOW_SHARPENER, DEFAULT_PIPELINE, load_flow_pipeline
 
 ASSETS = DEFAULT_PIPELINE.parent
 # CFG (w=3) leads unguided sampling by at least this much accuracy on the demo's first 64 prompts (measured on the
@@ -155,6 +155,8 @@ def test_shipped_flow_model_matches_its_checksums_and_recipe():
     for name, digest in report["reused_sha256"].items():
         assert sha256(ASSETS / name) == digest, name
     assert sum(p.stat().st_size for p in DEFAULT_FLOW_PIPELINE.rglob("*") if p.is_file()) <= 10e6
+    # Its shipped sharpener (fp32 as trained, 4.7 MB) too.
+    assert sum(p.stat().st_size for p in DEFAULT_FLOW_SHARPENER.rglob("*") if p.is_file()) <= 6e6
 
 
 def test_cfg_beats_unguided_sampling_on_the_flow_world(flow_pipe):
@@ -205,3 +207,22 @@ def test_flow_demo_runs_end_to_end_on_the_flow_world(tmp_path, capsys, monkeypat
     assert [line.split("=")[0] for line in out[-len(keys):]] == keys
     assert out[-1] == f"cfg_gap_closed={result['cfg_gap_closed']:.3f}"
     assert any(line.startswith("Shapes world (shapes-flow), 4 held-out prompts") and "flow-matching Euler" in line for line in out)
+
+
+def test_the_docs_show_the_committed_flow_demo_result():
+    """docs/shapes_world.md's flow demo table is the committed demo_result_flow.json as the demo prints it, from a run
+    of the demo as shipped (its preset, 256 prompts, the shipped sharpener, pinned CPU kernels)."""
+    from dice.presets import preset
+    from dice.shapes_world.demo import DEMO_WORLDS, PINNED_KERNELS, render_report_block
+
+    repo = DEFAULT_FLOW_PIPELINE.parents[3]
+    result = json.loads((repo / "docs" / "shapes_world" / "demo_result_flow.json").read_text())
+    text = (repo / "docs" / "shapes_world.md").read_text()
+    assert render_report_block(text, result) == text, "run python -m dice.shapes_world.demo docs/shapes_world/demo_result_flow.json"
+    world = DEMO_WORLDS["shapes-flow"]
+    settings = preset(world.family, world.preset)
+    assert (result["world"], result["preset"], result["seed"], result["num_prompts"]) == ("shapes-flow", world.preset, 0, 256)
+    assert (result["train_steps"], result["train_batch_size"]) == (settings["max_train_steps"], settings["train_batch_size"])
+    assert result["cpu_kernels"] == {"pinned": True, **PINNED_KERNELS, "aten_capability": "AVX2", "threads": 2}
+    shipped = json.loads((DEFAULT_FLOW_SHARPENER / "recipe.json").read_text())
+    assert result["methods"]["dice"]["training_samples"] == shipped["training_samples"]  # the sharpener shipped now
