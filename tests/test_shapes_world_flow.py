@@ -1,4 +1,5 @@
-"""The flow-matching shapes world: the shipped StableDiffusion3Pipeline folder, its pretraining, and that CFG matters on it."""
+"""The flow-matching shapes world: the shipped StableDiffusion3Pipeline folder, its pretraining, that CFG matters on it,
+and the DICE demo on it (python -m dice.demo shapes-flow)."""
 from __future__ import annotations
 
 import json
@@ -179,7 +180,10 @@ def test_cfg_beats_unguided_sampling_on_the_flow_world(flow_pipe):
 def test_flow_demo_runs_end_to_end_on_the_flow_world(tmp_path, capsys, monkeypatch):
     """`python -m dice.demo shapes-flow` at a tiny size (64 training images, 1 update of 2, 4 prompts): it trains
     train_sd3.py with the flow world's demo preset (w=3, 8 zero T5 rows), samples every row with the flow sampler and
-    ends with the same key=value lines as the epsilon world's demo."""
+    ends with the same key=value lines as the epsilon world's demo. Run as if no sharpener were shipped (the branch
+    the epsilon world's demo test does not take; the shipped one is the committed run's, tested below)."""
+    import dataclasses
+
     from dice.demo import cli
     from dice.shapes_world import demo
 
@@ -187,6 +191,8 @@ def test_flow_demo_runs_end_to_end_on_the_flow_world(tmp_path, capsys, monkeypat
     # One thread: the pinned two spin against other jobs on a loaded machine (measured: 70 s against 24 s at load 4.5);
     # the thread count changes bits, not the path this tests.
     monkeypatch.setattr(demo, "DEMO_THREADS", 1)
+    flow_world = dataclasses.replace(demo.DEMO_WORLDS["shapes-flow"], shipped=tmp_path / "no-shipped-sharpener")
+    monkeypatch.setitem(demo.DEMO_WORLDS, "shapes-flow", flow_world)
     cli(["shapes-flow", "--exps_root", str(tmp_path), "--max_train_steps", "1", "--train_batch_size", "2", "--num_prompts", "4"])
     out = capsys.readouterr().out.rstrip().splitlines()
     run_dir = tmp_path / "00000-demo-shapes-flow"
@@ -195,15 +201,15 @@ def test_flow_demo_runs_end_to_end_on_the_flow_world(tmp_path, capsys, monkeypat
     assert (options["guidance_scale"], options["max_sequence_length"]) == (FLOW_GUIDANCE_SCALE, world_model.FLOW_T5_TOKENS)
     assert options["pretrained_model_name_or_path"] == str(DEFAULT_FLOW_PIPELINE)
     assert (result["world"], result["preset"], result["guidance_scale"]) == ("shapes-flow", demo.DEMO_WORLDS["shapes-flow"].preset, 3.0)
-    shipped = demo.DEMO_WORLDS["shapes-flow"].shipped.is_dir()
-    rows = ["unguided", "cfg", *(["dice"] if shipped else []), "dice_now"]
+    rows = ["unguided", "cfg", "dice_now"]
     assert list(result["methods"]) == rows
     assert {m: r["nfe"] for m, r in result["methods"].items()} == {m: 40 if m == "cfg" else 20 for m in rows}
     assert result["methods"]["cfg"]["label"] == "CFG w=3" and result["methods"]["dice_now"]["training_samples"] == 2
     for name in rows:
         manifest = Path(result["methods"][name]["folder"]) / "manifest.jsonl"
         assert len(manifest.read_text().splitlines()) == 4
-    keys = [f"accuracy_{m}" for m in rows] + ["cfg_gain_recovered"] * shipped + ["cfg_gain_recovered_now", "cfg_gap_closed"]
+    assert result["shipped_sharpener"] is None and "cfg_gain_recovered" not in result
+    keys = [f"accuracy_{m}" for m in rows] + ["cfg_gain_recovered_now", "cfg_gap_closed"]
     assert [line.split("=")[0] for line in out[-len(keys):]] == keys
     assert out[-1] == f"cfg_gap_closed={result['cfg_gap_closed']:.3f}"
     assert any(line.startswith("Shapes world (shapes-flow), 4 held-out prompts") and "flow-matching Euler" in line for line in out)
@@ -219,9 +225,9 @@ def test_the_docs_show_the_committed_flow_demo_result():
     result = json.loads((repo / "docs" / "shapes_world" / "demo_result_flow.json").read_text())
     text = (repo / "docs" / "shapes_world.md").read_text()
     assert render_report_block(text, result) == text, "run python -m dice.shapes_world.demo docs/shapes_world/demo_result_flow.json"
-    world = DEMO_WORLDS["shapes-flow"]
-    settings = preset(world.family, world.preset)
-    assert (result["world"], result["preset"], result["seed"], result["num_prompts"]) == ("shapes-flow", world.preset, 0, 256)
+    flow_world = DEMO_WORLDS["shapes-flow"]
+    settings = preset(flow_world.family, flow_world.preset)
+    assert (result["world"], result["preset"], result["seed"], result["num_prompts"]) == ("shapes-flow", flow_world.preset, 0, 256)
     assert (result["train_steps"], result["train_batch_size"]) == (settings["max_train_steps"], settings["train_batch_size"])
     assert result["cpu_kernels"] == {"pinned": True, **PINNED_KERNELS, "aten_capability": "AVX2", "threads": 2}
     shipped = json.loads((DEFAULT_FLOW_SHARPENER / "recipe.json").read_text())
