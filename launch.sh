@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The paper's recipes, end to end. Usage:
-#   bash launch.sh demo [toy|sd15|sdxl|pixart|pixart-sigma|sd3] [options]   CPU, no downloads: DICE on the trained shapes world (default),
+#   bash launch.sh demo [toy|shapes-flow|sd15|sdxl|pixart|pixart-sigma|sd3] [options]   CPU, no downloads: DICE on the trained shapes
+#                                              world (default), on its flow-matching twin (shapes-flow, SD3 architecture),
 #                                              or a random-weight plumbing demo of one family (ends with cfg_gap_closed=...)
 #   bash launch.sh demo-eval [EXP_ID]          sample the demo (DICE/CFG/unguided), score with --smoke_test, table
 #   bash launch.sh train  sd15|sdxl|pixart     train a sharpener on MS-COCO 2017 (the preset of Table 1's block)

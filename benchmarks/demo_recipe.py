@@ -116,22 +116,32 @@ def hashes(threads: int) -> dict:
             **{name: os.environ.get(name) for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")}}
 
 
+def validation_sampling(work: Path) -> list[str]:
+    """sample.py's options for the validation prompts and their image seeds (the prompt file is written into ``work``)."""
+    from dice.shapes_world.world import write_prompt_file
+
+    prompts = write_prompt_file(work / "validation-prompts.jsonl", VALIDATION_PROMPTS, seed=VALIDATION_PROMPT_SEED)
+    return ["--prompts", str(prompts), "--seed", str(VALIDATION_IMAGE_SEED), "--batch_gpu", "64"]
+
+
+def score(folder) -> dict:
+    """A sample folder's world accuracy and every image's 0/1, for paired intervals."""
+    from dice.shapes_world.folder_scores import calc_shapes_world
+
+    accuracy = calc_shapes_world(folder)[0]
+    return {"accuracy": accuracy.value, "per_image": [int(v) for v in accuracy.per_image]}
+
+
 def validate(name: str, overrides: dict, out: Path, work: Path, seed: int = 0) -> dict:
     from dice.sample_cli import main as sample_main
     from dice.shapes_world.demo import TOY_TRAIN_IMAGES, demo_training_argv
-    from dice.shapes_world.folder_scores import calc_shapes_world
     from dice.shapes_world.scoring import DEFAULT_PIPELINE
-    from dice.shapes_world.world import write_imagefolder, write_prompt_file
+    from dice.shapes_world.world import write_imagefolder
     from dice.training import main as train_main
     from evaluation.metrics.guidance_gap import gain_recovered, gain_recovered_interval
 
     results = json.loads(out.read_text()) if out.is_file() else {"validation": {}, "candidates": {}}
-    prompts = write_prompt_file(work / "validation-prompts.jsonl", VALIDATION_PROMPTS, seed=VALIDATION_PROMPT_SEED)
-    sampling = ["--prompts", str(prompts), "--seed", str(VALIDATION_IMAGE_SEED), "--batch_gpu", "64"]
-
-    def score(folder) -> dict:
-        accuracy = calc_shapes_world(folder)[0]
-        return {"accuracy": accuracy.value, "per_image": [int(v) for v in accuracy.per_image]}
+    sampling = validation_sampling(work)
 
     for baseline, options in (("unguided", []), ("cfg", ["--cfg_scale", "5"])):
         if baseline not in results["validation"]:

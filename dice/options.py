@@ -160,6 +160,9 @@ def resolve_options(family: str, args: argparse.Namespace) -> argparse.Namespace
     for key, value in preset(family, args.preset, args.method).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    for key, value in adapter_class(family).option_defaults.items():  # a family option neither given nor preset
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
     if fixed_scale and method.conditioned_on_scale:
         args.guidance_scale_range = None  # a fixed ω given: the preset's range does not apply
     for key in LOCAL_MODEL_OPTIONS:

@@ -26,6 +26,16 @@ _PAPER = paper.RECIPE
 _AUTHORS = {**paper.RECIPE, **paper.AUTHORS_RECIPE}
 _TINY = dict(_PAPER, resolution=32, max_train_steps=600, checkpointing_steps=300)  # the plumbing demos
 
+# The flow-matching shapes world (python -m dice.shapes_world pretrain --family flow; docs/shapes_world.md): an
+# SD3-architecture model without T5, pretrained with 8 all-zero T5 rows, so it is encoded and sampled with
+# max_sequence_length 8; CFG's w = 3 was chosen for it on validation prompts. Every preset on it starts from these.
+SHAPES_WORLD_FLOW = str(Path(__file__).parent / "assets" / "shapes_world" / "shapes-world-flow")
+SHAPES_WORLD_FLOW_OPTIONS = {"max_sequence_length": 8}
+SHAPES_WORLD_FLOW_GUIDANCE_SCALE = 3.0
+_FLOW_WORLD = dict(_PAPER, resolution=32, guidance_scale=SHAPES_WORLD_FLOW_GUIDANCE_SCALE, **SHAPES_WORLD_FLOW_OPTIONS)
+# The DICE recipe on it, chosen on validation prompts of their own seed (docs/shapes_world.md, DICE under flow matching).
+_FLOW_DICE = dict(learning_rate=1e-3, flow_sigmas="logit_normal", pooled_embedding="sharpen")
+
 PRESETS: dict[str, dict[str, dict]] = {
     "sd15": {
         "paper": dict(_PAPER, resolution=paper.MODELS["sd15"].resolution),
@@ -68,6 +78,18 @@ PRESETS: dict[str, dict[str, dict]] = {
     "sd3": {
         "paper": dict(_PAPER, resolution=sd3.MODEL_CARDS["sd3.5-medium"].resolution),
         "demo": _TINY,
+        # The flow shapes world's, as the epsilon world's sd15 presets of the same names: "toy" its quick runs
+        # (train_sd3.py --preset toy; a `launch.sh table1` block for it is not written yet), "toy-demo" its demo
+        # (`bash launch.sh demo shapes-flow`), "shapes-world" its shipped sharpener (python -m dice.shapes_world
+        # sharpener --family flow).
+        "toy": dict(_FLOW_WORLD, **_FLOW_DICE, max_train_steps=600, checkpointing_steps=600, ema_decay=0.99),
+        "toy-demo": dict(_FLOW_WORLD, **_FLOW_DICE, train_batch_size=64, max_train_steps=200, checkpointing_steps=200,
+                         ema_decay=0.99),
+        # The shipped flow sharpener: the epsilon world's shipped recipe (batch 64, EMA 0.999) for the budget the
+        # shared machine left for it, 250 updates (the epsilon world's: 2,250; docs/shapes_world.md, DICE under flow matching).
+        # A constant learning rate: raising the updates continues this run unchanged (the command resumes).
+        "shapes-world": dict(_FLOW_WORLD, **_FLOW_DICE, train_batch_size=64, ema_decay=0.999, max_train_steps=250,
+                             checkpointing_steps=250),
     },
 }
 # GD and PnP on top of the family's preset (batch, resolution, updates, timesteps); a fixed --guidance_scale
@@ -97,12 +119,14 @@ MODELS: dict[str, tuple[str, str]] = {
     **{name: ("sd3", card.hub_id) for name, card in sd3.MODEL_CARDS.items()},
     **{name: ("pixart-sigma", pipeline) for name, (pipeline, _, _) in pixart_sigma.MODELS.items()},
     "shapes-world": ("sd15", SHAPES_WORLD),
+    "shapes-world-flow": ("sd3", SHAPES_WORLD_FLOW),
 }
-# Family options a short name brings with it: the 512 PixArt-Sigma checkpoint is a transformer in the 1024 pipeline.
+# Family options a short name brings with it: the 512 PixArt-Sigma checkpoint is a transformer in the 1024 pipeline;
+# the flow shapes world is encoded with its 8 zero T5 rows.
 MODEL_FAMILY_OPTIONS: dict[str, dict] = {
     name: {pixart_sigma.TRANSFORMER_OPTION: transformer}
     for name, (_, transformer, _) in pixart_sigma.MODELS.items() if transformer
-}
+} | {"shapes-world-flow": SHAPES_WORLD_FLOW_OPTIONS}
 # Scaling's s per short name: Table 1's, the shapes world SD1.5's.
 EMBEDDING_SCALES = {**{name: m.embedding_scale for name, m in paper.MODELS.items() if m.embedding_scale},
                     "shapes-world": paper.MODELS["sd15"].embedding_scale}

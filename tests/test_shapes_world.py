@@ -89,26 +89,29 @@ def test_shipped_weights_match_their_checksums_and_recipe():
     recipe = json.loads((ASSETS / "recipe.json").read_text())
     assert recipe["unet_steps_done"] == recipe["recipe"]["unet_steps"]  # the model is the recipe's, not a time-boxed cut
     # The model (4.5 MB, fp16) and the converged sharpener (4.5 MB, fp32 as trained) stay small enough for git
-    # (the flow-matching model beside them has its own bound, tests/test_shapes_world_flow.py).
-    flow = ASSETS / "shapes-world-flow"
-    assert sum(p.stat().st_size for p in ASSETS.rglob("*") if p.is_file() and flow not in p.parents) < 12e6
+    # (the flow-matching model and its sharpener beside them have their own bound, tests/test_shapes_world_flow.py).
+    flow = (ASSETS / "shapes-world-flow", ASSETS / "sharpener-flow")
+    assert sum(p.stat().st_size for p in ASSETS.rglob("*") if p.is_file() and not set(flow) & set(p.parents)) < 12e6
 
 
-def test_shipped_sharpener_is_its_recipe():
+@pytest.mark.parametrize("world", ["eps", "flow"])
+def test_shipped_sharpener_is_its_recipe(world):
     from dice.checkpoint import load_sharpener
     from dice.presets import preset
-    from dice.shapes_world.shipped_sharpener import SHIPPED_PRESET
+    from dice.shapes_world.shipped_sharpener import SHIPPED, SHIPPED_PRESET
 
-    recipe = json.loads((DEFAULT_SHARPENER / "recipe.json").read_text())
-    assert recipe["preset"] == SHIPPED_PRESET and recipe["recipe"] == preset("sd15", SHIPPED_PRESET)
-    assert recipe["command"] == "python -m dice.shapes_world sharpener --out dice/assets/shapes_world"
-    sharpener, config = load_sharpener(DEFAULT_SHARPENER, family="sd15")
+    shipped = SHIPPED[world]
+    recipe = json.loads((shipped.folder / "recipe.json").read_text())
+    assert recipe["preset"] == SHIPPED_PRESET and recipe["recipe"] == preset(shipped.family, SHIPPED_PRESET)
+    assert recipe["command"] == shipped.command
+    sharpener, config = load_sharpener(shipped.folder, family=shipped.family)
     assert config.step == recipe["updates"] == recipe["recipe"]["max_train_steps"]  # the whole recipe, not a cut
-    assert config.base_model == "shapes-world"
+    assert config.base_model == shipped.model_name
     trained = config.training_options
     # Trained with the preset's values (the schedule is constant: the run's own length does not change them).
+    family_options = ("max_sequence_length", "flow_sigmas", "pooled_embedding") if world == "flow" else ()
     for key in ("learning_rate", "lr_scheduler", "lr_warmup_steps", "adam_weight_decay", "guidance_scale", "loss_type",
-                "loss_reduction", "shared_timestep", "resolution", "ema_decay", "gradient_accumulation_steps"):
+                "loss_reduction", "shared_timestep", "resolution", "ema_decay", "gradient_accumulation_steps", *family_options):
         assert trained[key] == recipe["recipe"][key], key
     assert trained["global_batch_size"] == recipe["recipe"]["train_batch_size"] and trained["seed"] == 0
     assert recipe["training_samples"] == config.step * trained["global_batch_size"]

@@ -1,7 +1,9 @@
-"""The flow-matching shapes world: the shipped StableDiffusion3Pipeline folder, its pretraining, and that CFG matters on it."""
+"""The flow-matching shapes world: the shipped StableDiffusion3Pipeline folder, its pretraining, that CFG matters on it,
+and the DICE demo on it (python -m dice.demo shapes-flow)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch
 from dice.shapes_world import model as world_model
 from dice.shapes_world import world
 from dice.shapes_world.model import FLOW_GUIDANCE_SCALE
-from dice.shapes_world.scoring import DEFAULT_EVALUATOR, DEFAULT_FLOW_PIPELINE, DEFAULT_PIPELINE, load_flow_pipeline
+from dice.shapes_world.scoring import DEFAULT_EVALUATOR, DEFAULT_FLOW_PIPELINE, DEFAULT_FLOW_SHARPENER, DEFAULT_PIPELINE, load_flow_pipeline
 
 ASSETS = DEFAULT_PIPELINE.parent
 # CFG (w=3) leads unguided sampling by at least this much accuracy on the demo's first 64 prompts (measured on the
@@ -154,6 +156,8 @@ def test_shipped_flow_model_matches_its_checksums_and_recipe():
     for name, digest in report["reused_sha256"].items():
         assert sha256(ASSETS / name) == digest, name
     assert sum(p.stat().st_size for p in DEFAULT_FLOW_PIPELINE.rglob("*") if p.is_file()) <= 10e6
+    # Its shipped sharpener (fp32 as trained, 4.7 MB) too.
+    assert sum(p.stat().st_size for p in DEFAULT_FLOW_SHARPENER.rglob("*") if p.is_file()) <= 6e6
 
 
 def test_cfg_beats_unguided_sampling_on_the_flow_world(flow_pipe):
@@ -171,3 +175,60 @@ def test_cfg_beats_unguided_sampling_on_the_flow_world(flow_pipe):
         _, predicted = ev.predict(model, to_uint8(sample_flow(flow_pipe, prompts, seeds, scale)))
         accuracy[name] = (predicted == labels).all(dim=1).double().mean().item()
     assert accuracy["cfg"] - accuracy["unguided"] >= CFG_MARGIN, accuracy
+
+
+def test_flow_demo_runs_end_to_end_on_the_flow_world(tmp_path, capsys, monkeypatch):
+    """`python -m dice.demo shapes-flow` at a tiny size (64 training images, 1 update of 2, 4 prompts): it trains
+    train_sd3.py with the flow world's demo preset (w=3, 8 zero T5 rows), samples every row with the flow sampler and
+    ends with the same key=value lines as the epsilon world's demo. Run as if no sharpener were shipped (the branch
+    the epsilon world's demo test does not take; the shipped one is the committed run's, tested below)."""
+    import dataclasses
+
+    from dice.demo import cli
+    from dice.shapes_world import demo
+
+    monkeypatch.setattr(demo, "TOY_TRAIN_IMAGES", 64)
+    # One thread: the pinned two spin against other jobs on a loaded machine (measured: 70 s against 24 s at load 4.5);
+    # the thread count changes bits, not the path this tests.
+    monkeypatch.setattr(demo, "DEMO_THREADS", 1)
+    flow_world = dataclasses.replace(demo.DEMO_WORLDS["shapes-flow"], shipped=tmp_path / "no-shipped-sharpener")
+    monkeypatch.setitem(demo.DEMO_WORLDS, "shapes-flow", flow_world)
+    cli(["shapes-flow", "--exps_root", str(tmp_path), "--max_train_steps", "1", "--train_batch_size", "2", "--num_prompts", "4"])
+    out = capsys.readouterr().out.rstrip().splitlines()
+    run_dir = tmp_path / "00000-demo-shapes-flow"
+    result = json.loads((run_dir / "demo_result.json").read_text())
+    options = json.loads((run_dir / "training_options.json").read_text())
+    assert (options["guidance_scale"], options["max_sequence_length"]) == (FLOW_GUIDANCE_SCALE, world_model.FLOW_T5_TOKENS)
+    assert options["pretrained_model_name_or_path"] == str(DEFAULT_FLOW_PIPELINE)
+    assert (result["world"], result["preset"], result["guidance_scale"]) == ("shapes-flow", demo.DEMO_WORLDS["shapes-flow"].preset, 3.0)
+    rows = ["unguided", "cfg", "dice_now"]
+    assert list(result["methods"]) == rows
+    assert {m: r["nfe"] for m, r in result["methods"].items()} == {m: 40 if m == "cfg" else 20 for m in rows}
+    assert result["methods"]["cfg"]["label"] == "CFG w=3" and result["methods"]["dice_now"]["training_samples"] == 2
+    for name in rows:
+        manifest = Path(result["methods"][name]["folder"]) / "manifest.jsonl"
+        assert len(manifest.read_text().splitlines()) == 4
+    assert result["shipped_sharpener"] is None and "cfg_gain_recovered" not in result
+    keys = [f"accuracy_{m}" for m in rows] + ["cfg_gain_recovered_now", "cfg_gap_closed"]
+    assert [line.split("=")[0] for line in out[-len(keys):]] == keys
+    assert out[-1] == f"cfg_gap_closed={result['cfg_gap_closed']:.3f}"
+    assert any(line.startswith("Shapes world (shapes-flow), 4 held-out prompts") and "flow-matching Euler" in line for line in out)
+
+
+def test_the_docs_show_the_committed_flow_demo_result():
+    """docs/shapes_world.md's flow demo table is the committed demo_result_flow.json as the demo prints it, from a run
+    of the demo as shipped (its preset, 256 prompts, the shipped sharpener, pinned CPU kernels)."""
+    from dice.presets import preset
+    from dice.shapes_world.demo import DEMO_WORLDS, PINNED_KERNELS, render_report_block
+
+    repo = DEFAULT_FLOW_PIPELINE.parents[3]
+    result = json.loads((repo / "docs" / "shapes_world" / "demo_result_flow.json").read_text())
+    text = (repo / "docs" / "shapes_world.md").read_text()
+    assert render_report_block(text, result) == text, "run python -m dice.shapes_world.demo docs/shapes_world/demo_result_flow.json"
+    flow_world = DEMO_WORLDS["shapes-flow"]
+    settings = preset(flow_world.family, flow_world.preset)
+    assert (result["world"], result["preset"], result["seed"], result["num_prompts"]) == ("shapes-flow", flow_world.preset, 0, 256)
+    assert (result["train_steps"], result["train_batch_size"]) == (settings["max_train_steps"], settings["train_batch_size"])
+    assert result["cpu_kernels"] == {"pinned": True, **PINNED_KERNELS, "aten_capability": "AVX2", "threads": 2}
+    shipped = json.loads((DEFAULT_FLOW_SHARPENER / "recipe.json").read_text())
+    assert result["methods"]["dice"]["training_samples"] == shipped["training_samples"]  # the sharpener shipped now

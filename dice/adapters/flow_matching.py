@@ -48,10 +48,10 @@ class FlowMatchingAdapter(Adapter):
     @classmethod
     def add_arguments(cls, parser) -> None:
         parser.add_argument(
-            "--flow_sigmas", choices=FLOW_SIGMA_CHOICES, default=FlowMatchingAdapter.option_defaults["flow_sigmas"],
+            "--flow_sigmas", choices=FLOW_SIGMA_CHOICES, default=None,
             help="training noise levels: 'logit_normal' = the distribution the model was trained with (SD3: "
             "logit-normal at the model's shift), 'uniform' = uniform steps at the model's shift (what the Euler "
-            "sampler visits)",
+            f"sampler visits). Unset: the preset's, else '{FlowMatchingAdapter.option_defaults['flow_sigmas']}'",
         )
 
     # ---- the diffusion process -------------------------------------------------------------

@@ -96,15 +96,17 @@ class SD3Adapter(KeepsT5Dtype, FlowMatchingAdapter):
     @classmethod
     def add_arguments(cls, parser) -> None:
         super().add_arguments(parser)
+        # Unset (None): the --preset's value if it has one (the flow shapes world's 8 zero T5 rows), else option_defaults.
         parser.add_argument(
-            "--max_sequence_length", type=int_between(0, MAX_SEQUENCE_LENGTH_LIMIT), default=MAX_SEQUENCE_LENGTH,
-            help="T5 tokens of the prompt embedding (the stock pipeline's 256; diffusers' SD3 training examples use 77). "
-            "Recorded in the checkpoint; the sharpener also takes other lengths",
+            "--max_sequence_length", type=int_between(0, MAX_SEQUENCE_LENGTH_LIMIT), default=None,
+            help=f"T5 tokens of the prompt embedding (unset: the preset's, else the stock pipeline's {MAX_SEQUENCE_LENGTH}; "
+            "diffusers' SD3 training examples use 77). Recorded in the checkpoint; the sharpener also takes other lengths",
         )
         parser.add_argument(
-            "--pooled_embedding", choices=POOLED_CHOICES, default=cls.option_defaults["pooled_embedding"],
+            "--pooled_embedding", choices=POOLED_CHOICES, default=None,
             help="the pooled CLIP vector (it modulates every transformer block): 'sharpen' = rewritten by the sharpener as "
-            "one more token, 'keep' = passed on unchanged (SDXL's rule). Recorded in the checkpoint",
+            "one more token, 'keep' = passed on unchanged (SDXL's rule). Unset: the preset's, else "
+            f"'{cls.option_defaults['pooled_embedding']}'. Recorded in the checkpoint",
         )
 
     @classmethod

@@ -6,7 +6,7 @@ around the same VAE and text encoder), ``pretrain`` trains them and the attribut
 nothing, and ``scoring`` turns generated images into prompt accuracy and a Fréchet distance. The
 trained models ship in ``dice/assets/shapes_world/``.
 """
-from .scoring import DEFAULT_EVALUATOR, DEFAULT_FLOW_PIPELINE, DEFAULT_PIPELINE, DEFAULT_SHARPENER
+from .scoring import DEFAULT_EVALUATOR, DEFAULT_FLOW_PIPELINE, DEFAULT_FLOW_SHARPENER, DEFAULT_PIPELINE, DEFAULT_SHARPENER
 from .world import (
     COLOURS,
     SHAPES,
@@ -22,6 +22,6 @@ from .world import (
 )
 
 __all__ = [
-    "COLOURS", "DEFAULT_EVALUATOR", "DEFAULT_FLOW_PIPELINE", "DEFAULT_PIPELINE", "DEFAULT_SHARPENER", "SHAPES", "TEMPLATES", "Combination", "evaluation_prompts",
+    "COLOURS", "DEFAULT_EVALUATOR", "DEFAULT_FLOW_PIPELINE", "DEFAULT_FLOW_SHARPENER", "DEFAULT_PIPELINE", "DEFAULT_SHARPENER", "SHAPES", "TEMPLATES", "Combination", "evaluation_prompts",
     "parse_caption", "render", "scenes", "unseen_combinations", "write_imagefolder", "write_prompt_file",
 ]

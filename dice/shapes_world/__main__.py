@@ -6,6 +6,7 @@
     python -m dice.shapes_world prompts --out prompts.jsonl --num_prompts 256   # held-out prompts for sample.py
     python -m dice.shapes_world quality                                       # unguided vs CFG accuracy of a model
     python -m dice.shapes_world sharpener --out dice/assets/shapes_world      # the shipped converged DICE sharpener
+    python -m dice.shapes_world sharpener --family flow --out dice/assets/shapes_world   # the flow-matching world's
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from ..errors import (ArgumentParser, UserError, check_output_dir, check_output_
 from .model import FLOW_SAMPLERS
 from .pretrain import RECIPES, pretrain
 from .scoring import ASSETS, DEFAULT_EVALUATOR, DEFAULT_PIPELINE, measure_quality
-from .shipped_sharpener import build
+from .shipped_sharpener import SHIPPED, build
 from .world import write_imagefolder, write_prompt_file
 
 
@@ -65,7 +66,10 @@ def main(argv: list[str] | None = None) -> None:
                          f"flow-matching Euler for the flow world; flow world: one of {', '.join(FLOW_SAMPLERS)})")
     quality.add_argument("--sampling_shift", type=positive_float, default=None, help="flow world: sample with this scheduler shift instead of the model's")
     sharpener = commands.add_parser("sharpener", help="train and export the shipped DICE sharpener (resumes an interrupted run)")
-    sharpener.add_argument("--out", required=True, help="the assets folder: writes sharpener/ and refreshes SHA256SUMS")
+    sharpener.add_argument("--out", required=True, help="the assets folder: writes sharpener/ (--family flow: sharpener-flow/) "
+                           "and refreshes SHA256SUMS")
+    sharpener.add_argument("--family", choices=tuple(SHIPPED), default="eps",
+                           help="eps: the epsilon world's sharpener (default); flow: the flow-matching world's")
     sharpener.add_argument("--work", default="data/shapes_world-sharpener", help="training images and the run folder")
     sharpener.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
@@ -96,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         print(write_imagefolder(args.out, args.num_images, args.split, args.seed))
     elif args.command == "sharpener":
         check_output_dir(args.work, "--work")
-        build(args.out, args.work, args.threads)
+        build(args.out, args.work, args.threads, args.family)
     elif args.command == "prompts":
         print(write_prompt_file(args.out, args.num_prompts, args.seed))
     else:

@@ -1,4 +1,6 @@
 """The shapes-world demo: ``python -m dice.demo`` (= ``bash launch.sh demo``), the paper in miniature on CPU.
+``python -m dice.demo shapes-flow`` (= ``bash launch.sh demo shapes-flow``) runs the same demo on the flow-matching
+world (an SD3-architecture model; its own preset, w=3 and sampler, DEMO_WORLDS), printing the same table and lines.
 
 ``train_sd15.py`` fits a sharpener now (``--preset toy-demo``, dice/presets.py); ``sample.py`` samples held-out
 prompts (half of them attribute combinations never seen in training) unguided, with CFG (w=5), with the converged
@@ -9,6 +11,9 @@ distance on the world evaluator's features. It ends with the table, a grid PNG, 
     accuracy_unguided=… accuracy_cfg=… accuracy_dice=… (shipped) accuracy_dice_now=… (trained now)
     cfg_gain_recovered = (accuracy_dice - accuracy_unguided) / (accuracy_cfg - accuracy_unguided)   (and _now)
     cfg_gap_closed = 1 - mean||z_dice - z_cfg|| / mean||z_uncond - z_cfg||   (final latents, shipped sharpener)
+
+A world without a shipped sharpener (DemoWorld.shipped absent) gets no shipped row, no ``accuracy_dice`` and no
+shipped ``cfg_gain_recovered``; its cfg_gap_closed is then the trained-now sharpener's.
 
 The numbers depend on the bits of every CPU kernel, and those on the instruction set each library picks and on the
 thread count (measured: a forward pass of the world's UNet gives other bits under each of them). The demo pins them
@@ -26,6 +31,7 @@ import re
 import shlex
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +49,7 @@ from evaluation.metrics.guidance_gap import cfg_gap_closed, gain_recovered, gain
 from evaluation.metrics.images import open_image_collection
 
 from .folder_scores import calc_shapes_world
-from .scoring import DEFAULT_PIPELINE, DEFAULT_SHARPENER
+from .scoring import DEFAULT_FLOW_PIPELINE, DEFAULT_FLOW_SHARPENER, DEFAULT_PIPELINE, DEFAULT_SHARPENER
 from .world import evaluation_prompts, write_imagefolder, write_prompt_file
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -69,6 +75,27 @@ TOY_METHODS = {
     "cfg": (["--sharpener_path", "{run}", "--alpha", "0", "--cfg_scale", "{w}"], 2),
     "dice": (["--sharpener_path", "{shipped}"], 1),
     "dice_now": (["--sharpener_path", "{run}"], 1),
+}
+
+
+
+@dataclass(frozen=True)
+class DemoWorld:
+    """A shapes-world model the demo runs on: its family, files, demo preset and sampler."""
+
+    name: str  # demo_result.json's "world"
+    family: str  # the adapter family: train_<family>.py and the preset's family
+    pipeline: Path
+    shipped: Path  # its converged sharpener
+    preset: str
+    desc: str  # the run folder's suffix
+    sampler: str  # the family's default sampler (sample.py), as the report names it
+
+
+DEMO_WORLDS = {
+    "toy": DemoWorld("shapes", "sd15", DEFAULT_PIPELINE, DEFAULT_SHARPENER, TOY_PRESET, "demo-toy", "DPM-Solver++ 20 steps"),
+    "shapes-flow": DemoWorld("shapes-flow", "sd3", DEFAULT_FLOW_PIPELINE, DEFAULT_FLOW_SHARPENER, "toy-demo", "demo-shapes-flow",
+                             "flow-matching Euler 20 steps"),
 }
 
 
@@ -116,42 +143,50 @@ def pinned_cpu_kernels():
                 os.environ[name] = value
 
 
-def demo_training_argv(data: Path, exps_root: str, seed: int = 0) -> list[str]:
-    """train_sd15.py's options for the demo's sharpener (its preset, 4 validation prompts for the grid)."""
-    return ["--pretrained_model_name_or_path", str(DEFAULT_PIPELINE), "--train_data_dir", str(data), "--preset", TOY_PRESET,
-            "--output_dir", exps_root, "--desc", "demo-toy", "--dataloader_num_workers", "0", "--seed", str(seed),
+def demo_training_argv(data: Path, exps_root: str, seed: int = 0, world: DemoWorld = DEMO_WORLDS["toy"]) -> list[str]:
+    """train_sd15.py's (the world's train_<family>.py's) options for the demo's sharpener (its preset, 4 validation
+    prompts for the grid)."""
+    return ["--pretrained_model_name_or_path", str(world.pipeline), "--train_data_dir", str(data), "--preset", world.preset,
+            "--output_dir", exps_root, "--desc", world.desc, "--dataloader_num_workers", "0", "--seed", str(seed),
             "--validation_prompts", *TOY_VALIDATION_PROMPTS]
 
 
 def run_toy(exps_root: str = "exps", max_train_steps: int | None = None, num_prompts: int = 256,
             train_batch_size: int | None = None, grid_out: str | None = None, seed: int = 0,
-            results_out: str | None = None) -> dict:
-    """The shapes-world demo with the CPU kernels pinned; returns what it writes to demo_result.json."""
+            results_out: str | None = None, world: str = "toy") -> dict:
+    """The shapes-world demo (``world``: a key of DEMO_WORLDS) with the CPU kernels pinned; returns what it writes to
+    demo_result.json."""
     with pinned_cpu_kernels() as unpinned:
         if unpinned:
             print(unpinned, flush=True)
-        return _run_toy(exps_root, max_train_steps, num_prompts, train_batch_size, grid_out, seed, results_out, unpinned)
+        return _run_toy(exps_root, max_train_steps, num_prompts, train_batch_size, grid_out, seed, results_out, unpinned,
+                        DEMO_WORLDS[world])
 
 
-def _run_toy(exps_root, max_train_steps, num_prompts, train_batch_size, grid_out, seed, results_out, unpinned) -> dict:
+def _run_toy(exps_root, max_train_steps, num_prompts, train_batch_size, grid_out, seed, results_out, unpinned,
+             world: DemoWorld) -> dict:
     start = time.time()
     assets = Path(exps_root) / "_demo_assets"
     data = write_imagefolder(assets / f"shapes-world-train-{TOY_TRAIN_IMAGES}", TOY_TRAIN_IMAGES, "train")
     prompt_file = write_prompt_file(assets / f"shapes-world-prompts-{num_prompts}.jsonl", num_prompts)
-    settings = preset("sd15", TOY_PRESET)
+    settings = preset(world.family, world.preset)
     w = settings["guidance_scale"]
-    argv = demo_training_argv(data, exps_root, seed)
+    argv = demo_training_argv(data, exps_root, seed, world)
     if max_train_steps:
         argv += ["--max_train_steps", str(max_train_steps), "--checkpointing_steps", str(max_train_steps)]
     if train_batch_size:
         argv += ["--train_batch_size", str(train_batch_size)]
-    print(f"$ python train_sd15.py {shlex.join(argv)}", flush=True)
-    run_dir = train_main("sd15", argv)
+    print(f"$ python train_{world.family}.py {shlex.join(argv)}", flush=True)
+    run_dir = train_main(world.family, argv)
     trained_at = time.time()
 
     folders, nfe = {}, {}
+    shipped = world.shipped.is_dir()  # a world's row of its converged sharpener, where one is shipped
     for name, (options, evaluations_per_step) in TOY_METHODS.items():
-        sample_argv = [a.format(w=f"{w:g}", run=run_dir, shipped=DEFAULT_SHARPENER) for a in options]
+        if name == "dice" and not shipped:
+            print(f"no shipped sharpener at {world.shipped}: its row is left out", flush=True)
+            continue
+        sample_argv = [a.format(w=f"{w:g}", run=run_dir, shipped=world.shipped) for a in options]
         sample_argv += ["--prompts", str(prompt_file), "--outdir", str(run_dir / "samples"), "--batch_gpu", "64"]
         print(f"$ python sample.py {shlex.join(sample_argv)}", flush=True)
         folders[name] = sample_main(sample_argv)
@@ -164,13 +199,14 @@ def _run_toy(exps_root, max_train_steps, num_prompts, train_batch_size, grid_out
         for result in scores[name]:
             append_result(run_dir / "results.jsonl", result)
 
-    adapter = adapter_class("sd15").from_pretrained(str(DEFAULT_PIPELINE))
+    adapter = adapter_class(world.family).from_pretrained(str(world.pipeline))
     latents = {name: folder_latents(adapter, folder) for name, folder in folders.items()}
     accuracy = {name: s[0] for name, s in scores.items()}
-    samples = {"dice": training_samples(load_sharpener(DEFAULT_SHARPENER)[1]),
-               "dice_now": training_samples(load_sharpener(run_dir)[1])}
-    labels = {"unguided": "unguided", "cfg": f"CFG w={w:g}", "dice": f"DICE (shipped, {samples['dice']:,} samples)",
-              "dice_now": f"DICE (trained now, {samples['dice_now']:,} samples)"}
+    samples = {"dice_now": training_samples(load_sharpener(run_dir)[1]),
+               **({"dice": training_samples(load_sharpener(world.shipped)[1])} if shipped else {})}
+    labels = {"unguided": "unguided", "cfg": f"CFG w={w:g}", "dice_now": f"DICE (trained now, {samples['dice_now']:,} samples)",
+              **({"dice": f"DICE (shipped, {samples['dice']:,} samples)"} if shipped else {})}
+    gains = {f"cfg_gain_recovered{suffix}": name for name, suffix in (("dice", ""), ("dice_now", "_now")) if name in folders}
     grid = toy_grid(folders, [f"{labels[m]} (NFE {nfe[m]})" for m in folders], evaluation_prompts(num_prompts),
                     run_dir / "demo_grid.png")
     if grid_out:  # e.g. the README's copy
@@ -179,22 +215,21 @@ def _run_toy(exps_root, max_train_steps, num_prompts, train_batch_size, grid_out
     baseline = [accuracy[m].value for m in ("unguided", "cfg")]
     per_image = [accuracy[m].per_image for m in ("unguided", "cfg")]
     result = {
-        "world": "shapes", "experiment": str(run_dir), "preset": TOY_PRESET, "seed": seed,
+        "world": world.name, "experiment": str(run_dir), "preset": world.preset, "seed": seed,
         "train_steps": max_train_steps or settings["max_train_steps"],
         "train_batch_size": train_batch_size or settings["train_batch_size"],
-        "num_prompts": num_prompts, "guidance_scale": w, "grid": str(grid),
-        "shipped_sharpener": DEFAULT_SHARPENER.relative_to(REPO_ROOT).as_posix(),  # the same on every clone
+        "num_prompts": num_prompts, "guidance_scale": w, "sampler": world.sampler, "grid": str(grid),
+        # relative to the clone: the same on every machine
+        "shipped_sharpener": Path(world.shipped).resolve().relative_to(REPO_ROOT).as_posix() if shipped else None,
         "methods": {name: {"label": labels[name], "nfe": nfe[name], "folder": str(folders[name]),
                            "accuracy": accuracy[name].value,
                            **{k: accuracy[name].options[k] for k in ("accuracy_ci95", "accuracy_seen", "accuracy_unseen")},
                            "fd": scores[name][1].value, "fd_real_vs_real": scores[name][1].options["fd_real_vs_real"],
                            **({"training_samples": samples[name]} if name in samples else {})}
                     for name in folders},
-        "cfg_gain_recovered": gain_recovered(*baseline, accuracy["dice"].value),
-        "cfg_gain_recovered_ci95": list(gain_recovered_interval(*per_image, accuracy["dice"].per_image)),
-        "cfg_gain_recovered_now": gain_recovered(*baseline, accuracy["dice_now"].value),
-        "cfg_gain_recovered_now_ci95": list(gain_recovered_interval(*per_image, accuracy["dice_now"].per_image)),
-        "cfg_gap_closed": cfg_gap_closed(latents["unguided"], latents["cfg"], latents["dice"]),
+        **{key: gain_recovered(*baseline, accuracy[name].value) for key, name in gains.items()},
+        **{f"{key}_ci95": list(gain_recovered_interval(*per_image, accuracy[name].per_image)) for key, name in gains.items()},
+        "cfg_gap_closed": cfg_gap_closed(latents["unguided"], latents["cfg"], latents["dice" if shipped else "dice_now"]),
         "seconds": round(time.time() - start, 1),
         "seconds_training": round(trained_at - start, 1), "seconds_sampling": round(sampled_at - trained_at, 1),
         "cpu_kernels": {"pinned": not unpinned, **PINNED_KERNELS, "aten_capability": torch.backends.cpu.get_cpu_capability(),
@@ -211,7 +246,8 @@ def _run_toy(exps_root, max_train_steps, num_prompts, train_batch_size, grid_out
 
 def print_toy_report(result: dict) -> None:
     print(f"\nDemo finished in {result['seconds']} s: {result['experiment']}")
-    print(f"Shapes world, {result['num_prompts']} held-out prompts (half unseen combinations), DPM-Solver++ 20 steps, "
+    world = "Shapes world" if result["world"] == "shapes" else f"Shapes world ({result['world']})"
+    print(f"{world}, {result['num_prompts']} held-out prompts (half unseen combinations), {result['sampler']}, "
           "the same seeds for every method. Prompt accuracy: all four attributes right (world evaluator).\n")
     print(f"Grid (a row per method, same prompts and seeds): {result['grid']}")
     print(toy_report(result))
@@ -226,24 +262,35 @@ def toy_report(result: dict) -> str:
         lo, hi = m["accuracy_ci95"]
         lines.append(f"| {m['label']} | {m['nfe']} | {m['accuracy_seen']:.3f} | {m['accuracy_unseen']:.3f} | "
                      f"{m['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] | {m['fd']:.1f} |")
-    for key, which in (("cfg_gain_recovered", "shipped"), ("cfg_gain_recovered_now", "trained now")):
+    gains = [key for key in ("cfg_gain_recovered", "cfg_gain_recovered_now") if key in result]  # no shipped: no first
+    for key in gains:
         lo, hi = result[f"{key}_ci95"]
+        which = "trained now" if key.endswith("_now") else "shipped"
         lines.append(f"DICE ({which}) recovers {result[key]:.0%} of CFG's accuracy gain (paired bootstrap 95% CI "
                      f"{lo:.0%} to {hi:.0%}) at half CFG's network evaluations.")
-    lines += [f"accuracy_{name}={methods[name]['accuracy']:.3f}" for name in ("unguided", "cfg", "dice", "dice_now")]
-    lines += [f"{key}={result[key]:.3f}" for key in ("cfg_gain_recovered", "cfg_gain_recovered_now", "cfg_gap_closed")]
+    lines += [f"accuracy_{name}={methods[name]['accuracy']:.3f}" for name in ("unguided", "cfg", "dice", "dice_now") if name in methods]
+    lines += [f"{key}={result[key]:.3f}" for key in (*gains, "cfg_gap_closed")]
     return "\n".join(lines)
 
 
 # The README's and docs/shapes_world.md's copy of the demo's output, between these lines.
 REPORT_BEGIN = "<!-- the demo's output, rendered from docs/shapes_world/demo_result.json by python -m dice.shapes_world.demo -->"
 REPORT_END = "<!-- end of the demo's output -->"
+# The flow world's demo (docs/shapes_world.md's copy): the same, with its own markers.
+FLOW_REPORT_BEGIN = ("<!-- the flow demo's output, rendered from docs/shapes_world/demo_result_flow.json by "
+                     "python -m dice.shapes_world.demo -->")
+FLOW_REPORT_END = "<!-- end of the flow demo's output -->"
+# A demo_result.json's "world" -> its block's markers and the pages that show it.
+REPORT_BLOCKS = {"shapes": (REPORT_BEGIN, REPORT_END, ("README.md", "docs/shapes_world.md")),
+                 "shapes-flow": (FLOW_REPORT_BEGIN, FLOW_REPORT_END, ("docs/shapes_world.md",))}
 
 
 def render_report_block(text: str, result: dict) -> str:
-    """``text`` with the block between REPORT_BEGIN and REPORT_END replaced by the demo's report of ``result``."""
-    block = f"{REPORT_BEGIN}\n```\n{toy_report(result)}\n```\n{REPORT_END}"
-    pattern = re.compile(re.escape(REPORT_BEGIN) + ".*?" + re.escape(REPORT_END), flags=re.S)
+    """``text`` with the block between the markers of ``result``'s world (REPORT_BEGIN and REPORT_END for the epsilon
+    world) replaced by the demo's report of ``result``."""
+    begin, end, _ = REPORT_BLOCKS[result["world"]]
+    block = f"{begin}\n```\n{toy_report(result)}\n```\n{end}"
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), flags=re.S)
     if len(pattern.findall(text)) != 1:
         raise ValueError("expected one block of the demo's output")
     return pattern.sub(lambda _: block, text)
@@ -253,10 +300,11 @@ if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m dice.shapes_world.demo",
-                                     description="Write a demo_result.json's table into README.md and docs/shapes_world.md")
+                                     description="Write a demo_result.json's table into README.md and docs/shapes_world.md "
+                                     "(the flow world's: docs/shapes_world.md)")
     parser.add_argument("results", nargs="?", default="docs/shapes_world/demo_result.json")
     args = parser.parse_args()
     demo_result = json.loads(Path(args.results).read_text())
-    for markdown in (Path("README.md"), Path("docs/shapes_world.md")):
+    for markdown in map(Path, REPORT_BLOCKS[demo_result["world"]][2]):
         markdown.write_text(render_report_block(markdown.read_text(), demo_result))
         print(f"wrote the demo's table into {markdown}")

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..presets import SHAPES_WORLD_FLOW_GUIDANCE_SCALE, SHAPES_WORLD_FLOW_OPTIONS
 from ..testkit.tiny import _byte_symbols
 from .world import WORDS
 
@@ -151,15 +152,17 @@ FLOW_CLIP_TOKENS = 16
 # The pipeline's max_sequence_length: with text_encoder_3=None it appends this many all-zero "T5" rows.
 # SD3's default is 256; the rows are identical and the text tokens carry no position, so their number only
 # sets how much attention one constant token draws; 8 keeps the joint sequence short (64 image + 24 text
-# tokens) on a CPU. Sampling must pass the same value: the model never saw another.
-FLOW_T5_TOKENS = 8
+# tokens) on a CPU. Sampling must pass the same value: the model never saw another (dice.presets records it for
+# every entry point: the short name shapes-world-flow and the sd3 presets of the world carry it).
+FLOW_T5_TOKENS = SHAPES_WORLD_FLOW_OPTIONS["max_sequence_length"]
 # No timestep shift: SD3 trains its 256-pixel base at shift 1 and shifts (3.0) only for 1024-pixel images, where
 # a given sigma destroys less of the (more redundant) image; these are 32-pixel images of 16x16 latents. On
 # validation prompts, sampling with shift 3 gave the same CFG accuracy and FD (docs/shapes_world.md).
 FLOW_SHIFT = 1.0
 # CFG's scale on the flow world, chosen on validation prompts (seed 1) among 2, 3, 4, 5 and 7: accuracy is flat
-# from 3 to 7 (0.967-0.971), and 3 has the best Frechet distance (docs/shapes_world.md).
-FLOW_GUIDANCE_SCALE = 3.0
+# from 3 to 7 (0.967-0.971), and 3 has the best Frechet distance (docs/shapes_world.md). Also the teacher's w of the
+# sd3 presets of the world (dice.presets).
+FLOW_GUIDANCE_SCALE = SHAPES_WORLD_FLOW_GUIDANCE_SCALE
 
 
 def flow_clip_encoder(text_encoder):

@@ -32,6 +32,7 @@ DEFAULT_PIPELINE = ASSETS / "shapes-world"
 DEFAULT_EVALUATOR = ASSETS / "evaluator"
 DEFAULT_SHARPENER = ASSETS / "sharpener"  # the converged DICE sharpener of the shipped model
 DEFAULT_FLOW_PIPELINE = ASSETS / "shapes-world-flow"  # the flow-matching twin (StableDiffusion3Pipeline)
+DEFAULT_FLOW_SHARPENER = ASSETS / "sharpener-flow"  # the converged DICE sharpener of the flow-matching twin
 REFERENCE_RENDERS_PER_PROMPT = 4
 
 
