@@ -17,7 +17,7 @@ from huggingface_hub.errors import EntryNotFoundError
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .adapters import adapter_class
-from .presets import MODELS
+from .presets import MODELS, model_location
 
 HUB_WEIGHTS_NAME = constants.SAFETENSORS_SINGLE_FILE  # model.safetensors
 HUB_CONFIG_NAME = constants.CONFIG_NAME  # config.json
@@ -67,7 +67,11 @@ def model_card(config, *, repo_id: str | None = None, has_grid: bool = False, nu
         # The Hub accepts only model ids here; a local path is named in the text instead.
         base_model=config.base_model if on_hub else None, base_model_relation="adapter" if on_hub else None,
     )
-    pipeline = adapter_class(config.family).pipeline_class_name
+    family = adapter_class(config.family)
+    pipeline = family.pipeline_class_name
+    location = model_location(config.base_model) if short_name else config.base_model
+    # e.g. an SD3 model saved without T5 (the flow shapes world): only a folder here can say so
+    passed_as_none = list(family.components_to_pass(location, config.base_model_revision)) if Path(location).is_dir() else []
     target = repo_id or "<this repository id or folder>"
     size = f" ({num_parameters / 1e6:.2f}M parameters)" if num_parameters else ""
     lines = [
@@ -89,6 +93,7 @@ def model_card(config, *, repo_id: str | None = None, has_grid: bool = False, nu
           if config.family == "sd15" else []),
         f'pipe = {pipeline}.from_pretrained(' + (f'model_location("{config.base_model}")' if short_name else f'"{config.base_model}"')
         + (f', revision="{config.base_model_revision}"' if config.base_model_revision else "")
+        + "".join(f", {name}=None" for name in passed_as_none)
         + (", safety_checker=None)" if config.family == "sd15" else ")"),
         f'dice.apply(pipe, "{target}")',
         'image = pipe("a photo of a cat").images[0]',

@@ -232,3 +232,18 @@ def test_the_docs_show_the_committed_flow_demo_result():
     assert result["cpu_kernels"] == {"pinned": True, **PINNED_KERNELS, "aten_capability": "AVX2", "threads": 2}
     shipped = json.loads((DEFAULT_FLOW_SHARPENER / "recipe.json").read_text())
     assert result["methods"]["dice"]["training_samples"] == shipped["training_samples"]  # the sharpener shipped now
+
+
+def test_the_shipped_flow_sharpeners_model_card_loads_the_world_without_t5():
+    """The card's snippet is what a user pastes: the flow world lists T5 as absent, and the stock loader refuses that
+    folder unless text_encoder_3 / tokenizer_3 are passed as None (the epsilon world's card passes nothing of the kind)."""
+    from dice.checkpoint import load_sharpener
+    from dice.hub import model_card
+    from dice.shapes_world.scoring import DEFAULT_SHARPENER
+
+    sharpener, config = load_sharpener(str(DEFAULT_FLOW_SHARPENER))
+    flow_card = str(model_card(config, has_grid=True, num_parameters=sum(p.numel() for p in sharpener.parameters())))
+    assert 'from_pretrained(model_location("shapes-world-flow")' in flow_card
+    assert "text_encoder_3=None, tokenizer_3=None" in flow_card
+    assert flow_card == (DEFAULT_FLOW_SHARPENER / "README.md").read_text()  # the shipped card is the current one
+    assert "text_encoder_3" not in str(model_card(load_sharpener(str(DEFAULT_SHARPENER))[1]))

@@ -248,6 +248,12 @@ class Adapter:
         return None
 
     @classmethod
+    def components_to_pass(cls, model: str, revision: str | None = None) -> dict:
+        """Components the stock ``from_pretrained`` of ``model`` must be given explicitly (a model card's snippet names
+        them); none for most families."""
+        return {}
+
+    @classmethod
     def from_args(cls, args, torch_dtype: torch.dtype | None = None) -> "Adapter":
         options = {name: getattr(args, name, None) for name in cls.option_defaults}
         return cls.from_pretrained(

@@ -110,11 +110,15 @@ class SD3Adapter(KeepsT5Dtype, FlowMatchingAdapter):
         )
 
     @classmethod
-    def from_pretrained(cls, model, *, revision=None, components=None, **kwargs) -> "SD3Adapter":
-        # A folder saved without T5 lists text_encoder_3 / tokenizer_3 as [null, null], which the stock loader
-        # refuses unless told None: what the user of such a model would pass.
+    def components_to_pass(cls, model: str, revision: str | None = None) -> dict:
+        """A folder saved without T5 lists text_encoder_3 / tokenizer_3 as [null, null], which the stock loader
+        refuses unless told None: what the user of such a model would pass."""
         index = None if os.path.isfile(str(model)) or looks_like_file(str(model)) else read_model_index(str(model), revision)
-        absent = {name: None for name, entry in (index or {}).items() if entry == [None, None]}
+        return {name: None for name, entry in (index or {}).items() if entry == [None, None]}
+
+    @classmethod
+    def from_pretrained(cls, model, *, revision=None, components=None, **kwargs) -> "SD3Adapter":
+        absent = cls.components_to_pass(model, revision)
         return super().from_pretrained(model, revision=revision, components={**absent, **(components or {})}, **kwargs)
 
     @classmethod
