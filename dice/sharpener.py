@@ -34,13 +34,20 @@ class Sharpener(nn.Module):
         return x.view(batch, tokens, self.num_heads, -1).transpose(1, 2)
 
     def forward(self, c: torch.Tensor, u: torch.Tensor, u_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Residual for prompt embedding ``c`` [B, T, dim] given context ``u`` [B, T', dim].
+        """Residual for prompt embedding ``c`` [B, T, dim] given context ``u`` [B, T', dim], or one context
+        [1, T', dim] for the whole batch: projected once, it gives the same residuals for less work.
 
-        ``u_mask`` [B, T'] (1 = keep) hides padded context tokens (PixArt's T5 mask option).
+        ``u_mask`` [B or 1, T'] (1 = keep) hides padded context tokens (PixArt's T5 mask option).
         """
+        batch, tokens = c.shape[:2]
         hc, hu = F.relu(self.fc1(c)), F.relu(self.fc1(u))
         q, k, v = self._heads(self.to_q(hc)), self._heads(self.to_k(hu)), self._heads(self.to_v(hu))
+        one_context = len(u) == 1 < batch
+        if one_context:  # every prompt's queries in one sequence against the one context: [1, heads, B*T, head dim]
+            q = q.transpose(0, 1).reshape(1, self.num_heads, batch * tokens, -1)
         attn_mask = None if u_mask is None else u_mask.bool()[:, None, None, :]
         h = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        h = h.transpose(1, 2).reshape(c.shape[0], c.shape[1], self.inner_dim)
+        if one_context:
+            h = h.view(self.num_heads, batch, tokens, -1).transpose(0, 1)
+        h = h.transpose(1, 2).reshape(batch, tokens, self.inner_dim)
         return self.fc2(F.relu(self.to_out(h)))

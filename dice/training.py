@@ -102,7 +102,8 @@ def fit(accelerator, adapter, args, family: str, run_dir: Path, resume_from: Pat
 
     method = build_method(args.method, guidance_scale=args.guidance_scale, guidance_scale_range=args.guidance_scale_range,
                           omega_draw=args.omega_draw, omega_student_input=args.omega_student_input,
-                          inner_dim=args.sharpener_inner_dim, num_heads=args.sharpener_heads)
+                          inner_dim=args.sharpener_inner_dim, num_heads=args.sharpener_heads,
+                          project_u_once=args.project_u_once)
     set_seed(args.seed)  # the trained module's initial weights
     model = method.build(adapter)
     if args.gradient_checkpointing:

@@ -96,6 +96,7 @@ def test_training_refuses_bad_input_before_making_a_run_folder(tiny_model, tiny_
     refused(train, base + ["--sharpener_inner_dim", "100"], "--sharpener_inner_dim 100 is not divisible by --sharpener_heads 8")
     refused(train, base + ["--sharpener_heads", "0"], "--sharpener_heads", "'0'")
     refused(train, base + ["--method", "gd", "--sharpener_heads", "4"], "--method gd trains none")
+    refused(train, base + ["--method", "pnp", "--project_u_once"], "--method pnp trains none")
     refused(train, base + ["--report_to", "wandb"], "not installed")
     refused(train, base + ["--experiment", "3"], "--resume_from_checkpoint latest")
     refused(train, base + ["--resume_from_checkpoint", "latest"], "--experiment")

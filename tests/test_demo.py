@@ -94,7 +94,7 @@ def test_the_readme_shows_the_committed_demo_result():
     assert result["cpu_kernels"] == {"pinned": True, **PINNED_KERNELS, "aten_capability": "AVX2", "threads": 2}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 30, item 3, not met yet: the committed demo's trained-now row recovers 41% "
+@pytest.mark.xfail(strict=True, reason="issue 30, item 3, not met: the committed demo's trained-now row recovers 44.7% "
                    "(docs/shapes_world.md, the recipe); remove this mark when a recipe clears it")
 def test_the_trained_now_row_clears_40_percent_of_cfgs_gain_with_margin():
     assert json.loads(DEMO_RESULT.read_text())["cfg_gain_recovered_now"] >= 0.45

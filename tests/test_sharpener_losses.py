@@ -42,9 +42,37 @@ def test_context_mask_hides_padded_context_tokens():
     assert not torch.allclose(s(c, u), s(c, changed))
 
 
+def test_one_context_for_the_batch_gives_each_prompt_its_own_residual_and_gradients():
+    """u given once [1, T', dim] (--project_u_once) is the same function as u repeated for every prompt, masked or not."""
+    torch.manual_seed(0)
+    s = Sharpener(16, inner_dim=32, num_heads=4)
+    c, u, mask = torch.randn(3, 5, 16), torch.randn(1, 6, 16), torch.tensor([[1, 1, 1, 1, 0, 0]])
+    for u_mask, repeated_mask in ((None, None), (mask, mask.expand(3, -1))):
+        repeated = s(c, u.expand(3, -1, -1), repeated_mask)
+        grads = torch.autograd.grad(repeated.square().sum(), list(s.parameters()))
+        once = s(c, u, u_mask)
+        assert torch.allclose(once, repeated, atol=1e-6)
+        for g_once, g_repeated in zip(torch.autograd.grad(once.square().sum(), list(s.parameters())), grads):
+            assert torch.allclose(g_once, g_repeated, atol=1e-5)
+    assert not torch.allclose(s(c, u), s(c, u + 1))
+
+
+def test_project_u_once_takes_one_row_only_when_every_u_is_the_same():
+    from dice.adapters.base import Conditioning
+    from dice.methods.dice import one_row_if_all_equal
+
+    same = Conditioning(embeds=torch.ones(4, 3, 2), mask=torch.ones(4, 3, dtype=torch.long))
+    assert len(one_row_if_all_equal(same)) == 1 and one_row_if_all_equal(same).mask.shape == (1, 3)
+    differ = Conditioning(embeds=torch.ones(4, 3, 2).index_put_((torch.tensor([2]),), torch.zeros(3, 2)))
+    assert one_row_if_all_equal(differ) is differ
+    masks_differ = Conditioning(embeds=torch.ones(2, 3, 2), mask=torch.tensor([[1, 1, 1], [1, 1, 0]]))
+    assert one_row_if_all_equal(masks_differ) is masks_differ
+
+
 def test_cfg_combine():
     u, c = torch.randn(3, 4), torch.randn(3, 4)
-    assert torch.allclose(cfg_combine(u, c, 1.0), c)
+    # u + w (c - u) in float32: c back to within rounding (a draw near 0 fails allclose's default atol 1e-8)
+    assert torch.allclose(cfg_combine(u, c, 1.0), c, atol=1e-6)
     assert torch.allclose(cfg_combine(u, c, 0.0), u)
     assert torch.allclose(cfg_combine(u, c, 5.0), u + 5 * (c - u))
 

@@ -91,6 +91,12 @@ def sharpen(adapter: Adapter, sharpener: nn.Module, cond: Conditioning, uncond: 
     return cond.replace(embeds=embeds, pooled=pooled)
 
 
+def one_row_if_all_equal(uncond: Conditioning) -> Conditioning:
+    """``uncond``'s first row alone where every row is the same (u the empty prompt for every sample), else ``uncond``."""
+    fields = [x for x in (uncond.embeds, uncond.pooled, uncond.mask) if x is not None]
+    return uncond.select(slice(0, 1)) if all(torch.equal(x, x[:1].expand_as(x)) for x in fields) else uncond
+
+
 def sharpen_for_pipeline(
     adapter: Adapter, cond: Conditioning, uncond: Conditioning, sharpener: nn.Module | None = None, alpha: float = 1.0,
 ) -> tuple[Conditioning, Conditioning]:
@@ -114,14 +120,18 @@ class DiceMethod(Method):
     conditioned_on_scale = False
 
     def __init__(self, guidance_scale: float = GUIDANCE_SCALE, inner_dim: int = SHARPENER_INNER_DIM,
-                 num_heads: int = SHARPENER_HEADS):
+                 num_heads: int = SHARPENER_HEADS, project_u_once: bool = False):
+        """``project_u_once`` (training's --project_u_once): where every sample of a batch has the same u, the
+        sharpener projects it once for the batch; the same function, but other float rounding in the gradients."""
         super().__init__(guidance_scale)  # one w for every sample: the sharpener is distilled at one scale
-        self.inner_dim, self.num_heads = inner_dim, num_heads
+        self.inner_dim, self.num_heads, self.project_u_once = inner_dim, num_heads, project_u_once
 
     def build(self, adapter):
         return Sharpener(adapter.text_dim, self.inner_dim, self.num_heads).to(adapter.device)
 
     def student_noise(self, module, adapter, x_t, t, cond, uncond, guidance, sizes):
+        if self.project_u_once:
+            uncond = one_row_if_all_equal(uncond)
         sharpened = sharpen(adapter, module, cond.to(dtype=torch.float32), uncond.to(dtype=torch.float32))
         return adapter.predict_noise(x_t, t, sharpened.to(dtype=adapter.dtype), sizes)
 
