@@ -367,8 +367,9 @@ class Adapter:
 
     @property
     def resolution_multiple(self) -> int:
-        """Image sizes must be a multiple of this: one latent pixel per VAE factor."""
-        return self.vae_scale_factor
+        """Image sizes must be a multiple of this: one latent pixel per VAE factor, times the patch a transformer
+        denoiser cuts the latent into (a UNet has none)."""
+        return self.vae_scale_factor * (getattr(self.denoiser.config, "patch_size", None) or 1)
 
     @property
     def latent_channels(self) -> int:

@@ -85,11 +85,6 @@ class PixArtAdapter(KeepsT5Dtype, Adapter):
         adapter.text_cache_dir = getattr(args, "text_embedding_cache", None)
         return adapter
 
-    @property
-    def resolution_multiple(self) -> int:
-        # The transformer cuts the latent into patch_size x patch_size patches.
-        return self.vae_scale_factor * self.pipe.transformer.config.patch_size
-
     # ---- text side -------------------------------------------------------------------------
     @property
     def text_dim(self) -> int:

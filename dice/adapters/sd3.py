@@ -126,10 +126,6 @@ class SD3Adapter(KeepsT5Dtype, FlowMatchingAdapter):
         card = model_card(model)
         return card.guidance_scale if card else None
 
-    @property
-    def resolution_multiple(self) -> int:
-        return self.vae_scale_factor * self.pipe.transformer.config.patch_size
-
     # ---- text side -------------------------------------------------------------------------
     @property
     def text_dim(self) -> int:
