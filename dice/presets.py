@@ -81,7 +81,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         "paper": dict(_PAPER, resolution=sd3.MODEL_CARDS["sd3.5-medium"].resolution),
         "demo": _TINY,
         # The flow shapes world's, as the epsilon world's sd15 presets of the same names: "toy" its quick runs
-        # (train_sd3.py --preset toy; a `launch.sh table1` block for it is not written yet), "toy-demo" its demo
+        # (`bash launch.sh table1 toy-flow`), "toy-demo" its demo
         # (`bash launch.sh demo shapes-flow`), "shapes-world" its shipped sharpener (python -m dice.shapes_world
         # sharpener --family flow).
         "toy": dict(_FLOW_WORLD, **_FLOW_DICE, max_train_steps=600, checkpointing_steps=600, ema_decay=0.99),
@@ -129,9 +129,10 @@ MODEL_FAMILY_OPTIONS: dict[str, dict] = {
     name: {pixart_sigma.TRANSFORMER_OPTION: transformer}
     for name, (_, transformer, _) in pixart_sigma.MODELS.items() if transformer
 } | {"shapes-world-flow": SHAPES_WORLD_FLOW_OPTIONS}
-# Scaling's s per short name: Table 1's, the shapes world SD1.5's.
+# Scaling's s per short name: Table 1's, the shapes world SD1.5's; the flow world's (SD3 architecture, which the paper
+# has not) chosen on validation prompts of their own seed (benchmarks/flow_scaling.py, docs/shapes_world.md).
 EMBEDDING_SCALES = {**{name: m.embedding_scale for name, m in paper.MODELS.items() if m.embedding_scale},
-                    "shapes-world": paper.MODELS["sd15"].embedding_scale}
+                    "shapes-world": paper.MODELS["sd15"].embedding_scale, "shapes-world-flow": 1.6}
 
 
 def model_location(name: str) -> str:

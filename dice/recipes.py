@@ -2,7 +2,7 @@
 
     python -m dice.recipes model sd15|sdxl|pixart|dreamshaper|...|sdxl-vae|sd3.5-medium|pixart-sigma   # hub id of a named model
     python -m dice.recipes transformer pixart-sigma-512                      # hub id of a named model's own transformer
-    python -m dice.recipes embedding-scale sd15|dreamshaper|sdxl|pixart|shapes-world   # Scaling's s (Table 1)
+    python -m dice.recipes embedding-scale sd15|dreamshaper|sdxl|pixart|shapes-world|shapes-world-flow   # Scaling's s
     python -m dice.recipes guidance-scale [EXPERIMENT]                       # the CFG rows' w (Table 1), or the w an
                                                                              # experiment's teacher had (SD3: the model card's)
     python -m dice.recipes table1-preset sd15|dreamshaper|sdxl|pixart        # the preset of the run behind a block

@@ -165,14 +165,21 @@ def test_the_stock_pipelines_get_what_training_used(tiny_model, tiny_dataset, tm
         generate(adapter, ["a cat"], [0], trained=trained, cfg_scale=5.0, steps=1)
 
 
-def test_scaling_scales_every_token_but_clip_bos(tiny_model):
+def test_scaling_scales_every_token_but_clip_bos_and_the_pooled_vector_dice_rewrites(tiny_model):
+    """Scaling multiplies what DICE's sharpener may rewrite: every token but CLIP's BOS, and SD3's pooled vector where
+    it is sharpened (the default), not SDXL's, nor SD3's with --pooled_embedding keep."""
     from dice.methods.scaling import scale_prompt_embedding
 
-    for family in ("sd15", "sdxl", "pixart", "sd3"):
-        adapter = adapter_class(family).from_pretrained(str(tiny_model(family)))
+    for family, options, pooled_scaled in (("sd15", {}, False), ("sdxl", {}, False), ("pixart", {}, False), ("sd3", {}, True),
+                                           ("sd3", {"pooled_embedding": "keep"}, False)):
+        adapter = adapter_class(family).from_pretrained(str(tiny_model(family)), **options)
         cond = adapter.encode_prompts(["a red ball"])
         scaled = scale_prompt_embedding(adapter, cond, 1.5)
         first = 1 if family != "pixart" else 0
         torch.testing.assert_close(scaled.embeds[:, first:], 1.5 * cond.embeds[:, first:])
         assert torch.equal(scaled.embeds[:, :first], cond.embeds[:, :first])
-        assert scaled.pooled is cond.pooled and scaled.mask is cond.mask
+        assert scaled.mask is cond.mask
+        if pooled_scaled:
+            torch.testing.assert_close(scaled.pooled, 1.5 * cond.pooled)
+        else:
+            assert scaled.pooled is cond.pooled

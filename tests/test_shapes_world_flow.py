@@ -234,6 +234,18 @@ def test_the_docs_show_the_committed_flow_demo_result():
     assert result["methods"]["dice"]["training_samples"] == shipped["training_samples"]  # the sharpener shipped now
 
 
+def test_the_flow_worlds_scaling_s_is_the_one_validation_chose():
+    """`launch.sh table1 toy-flow`'s Scaling row: the s and the rule (tokens and SD3's pooled vector, what the library
+    scales on SD3 by default) that scored best on the validation prompts, as benchmarks/flow_scaling.py recorded."""
+    from dice.presets import EMBEDDING_SCALES
+
+    results = json.loads((DEFAULT_FLOW_PIPELINE.parents[3] / "benchmarks" / "results" / "flow_scaling-validation.json").read_text())
+    measured = {(rule, float(s)): point["accuracy"] for rule, points in results["rules"].items() for s, point in points.items()}
+    assert len(measured) >= 10 and max(measured, key=measured.get) == (results["chosen"]["rule"], results["chosen"]["s"])
+    assert results["chosen"] == {"rule": "tokens and pooled vector", "s": EMBEDDING_SCALES["shapes-world-flow"],
+                                 "by": "the highest validation accuracy"}
+
+
 def test_the_shipped_flow_sharpeners_model_card_loads_the_world_without_t5():
     """The card's snippet is what a user pastes: the flow world lists T5 as absent, and the stock loader refuses that
     folder unless text_encoder_3 / tokenizer_3 are passed as None (the epsilon world's card passes nothing of the kind)."""
