@@ -12,10 +12,11 @@
 #   bash launch.sh sample EXP_ID               DICE, CFG (w=5) and unguided on the 5k COCO prompts
 #   bash launch.sh eval SAMPLE_FOLDER...       FID, CLIP score, aesthetic score -> results/results.jsonl
 #   bash launch.sh table                       results/results.jsonl -> results/table.{md,csv,json,png}
-#   bash launch.sh table1 toy|sd15|dreamshaper|sdxl|pixart
+#   bash launch.sh table1 toy|toy-flow|sd15|dreamshaper|sdxl|pixart
 #                                              one block of Table 1, all six rows: trains DICE, GD and PnP, samples
 #                                              w=5, w=1, Scaling, GD, PnP, DICE, scores them -> results/table1-<block>.{md,csv,json,png}
-#                                              (toy: the shapes world on the CPU, no downloads; a rerun resumes)
+#                                              (toy: the shapes world on the CPU, no downloads; toy-flow: its flow-matching
+#                                              twin, SD3 architecture, w=3, no PnP; a rerun resumes)
 #   bash launch.sh ref                         FID reference statistics of COCO val2017 (512 px) -> $FID_REF
 #   bash launch.sh figures EXP_ID|toy          every figure of the paper for one experiment -> results/figures/<exp>/
 #                                              (toy: trains and analyses a sharpener of the shapes world, CPU, no downloads)
@@ -122,31 +123,33 @@ table1() {  # block: the six rows of one Table-1 block -> results/table1-<block>
   local family=sd15 model vae_model vae=() methods=(dice gd pnp) train sample base preset=toy
   case "$block" in
     toy) model=$REPO/dice/assets/shapes_world/shapes-world ;;
+    toy-flow) family=sd3; model=$REPO/dice/assets/shapes_world/shapes-world-flow; methods=(dice gd)
+      echo "the flow world (SD3 architecture): no PnP row (diffusers has no SD3 ControlNet made from the denoiser)" >&2 ;;
     sd15) model=$(model_of sd15) ;;
     dreamshaper) model=$(model_of dreamshaper) ;;
     sdxl) family=sdxl; model=$(model_of sdxl); vae_model=$(model_of sdxl-vae); vae=(--pretrained_vae_model_name_or_path="$vae_model") ;;
     pixart) family=pixart; model=$(model_of pixart); methods=(dice gd)
       echo "PixArt-alpha: no PnP row (diffusers has no PixArt ControlNet; README 'Table 1's other rows')" >&2 ;;
-    *) echo "error: unknown Table-1 block '$block'. Use toy, sd15, dreamshaper, sdxl or pixart" >&2; exit 2 ;;
+    *) echo "error: unknown Table-1 block '$block'. Use toy, toy-flow, sd15, dreamshaper, sdxl or pixart" >&2; exit 2 ;;
   esac
-  if [ "$block" != toy ]; then  # the run behind the published block (dice/paper.py TABLE1_PRESETS, docs/authors_code.md)
+  local toy=; [ "${block%-flow}" = toy ] && toy=1  # a shapes world: one CPU process, no downloads
+  if [ -z "$toy" ]; then  # the run behind the published block (dice/paper.py TABLE1_PRESETS, docs/authors_code.md)
     preset=$("$PYTHON" -m dice.recipes table1-preset "$block")
     echo "table1 $block: DICE, GD and PnP train with --preset $preset, the run that produced the published numbers" \
       "(docs/authors_code.md); the other: TRAIN_ARGS=\"--preset $([ "$preset" = authors ] && echo paper || echo authors)\"" \
       "(the paper's text; for DreamShaper add --negative_prompts=default, paper 4.1)" >&2
     ensure_ref  # before training: hours of training must not end at a missing reference
   fi
-  local s w  # Scaling's s per model and CFG's w: the paper's (dice/paper.py)
+  local s w  # Scaling's s per model (the paper's; the flow world's chosen on validation prompts, dice/presets.py)
   s=$("$PYTHON" -m dice.recipes embedding-scale "${block/toy/shapes-world}")
-  w=$("$PYTHON" -m dice.recipes guidance-scale)
-  if [ "$block" = toy ]; then  # one CPU process, the world's data, held-out prompts and evaluator
+  if [ -n "$toy" ]; then  # one CPU process, the world's data, held-out prompts and evaluator
     local data=data/shapes_world-train-4000 prompts=data/shapes_world-prompts-256.jsonl
     [ -f "$data/metadata.jsonl" ] || "$PYTHON" -m dice.shapes_world data --out "$data" --num_images 4000
     [ -f "$prompts" ] || "$PYTHON" -m dice.shapes_world prompts --out "$prompts" --num_prompts 256
-    train=("$PYTHON" "$REPO/train_sd15.py" --pretrained_model_name_or_path="$model" --train_data_dir="$data" --preset=toy
+    train=("$PYTHON" "$REPO/train_$family.py" --pretrained_model_name_or_path="$model" --train_data_dir="$data" --preset=toy
            --dataloader_num_workers=0 --validation_prompts "a red circle and a blue square" "a blue cross and a red triangle")
     sample=("$PYTHON" "$REPO/sample.py" --prompts="$prompts" --outdir="$out" --batch_gpu=64 ${TOY_PROMPTS:+--num_images="$TOY_PROMPTS"})
-    base=(--model_name=shapes-world)
+    base=(--model_name="${block/toy/shapes-world}")
   else
     train=("${LAUNCH[@]}" "$REPO/train_$family.py" --pretrained_model_name_or_path="$model" --train_data_dir="$COCO"
            --n_gpus="$NGPUS" --preset="$preset" "${vae[@]}")
@@ -156,15 +159,20 @@ table1() {  # block: the six rows of one Table-1 block -> results/table1-<block>
   for method in "${methods[@]}"; do
     train_once "table1-$block-$method" "${train[@]}" --method="$method"
   done
+  # CFG's w, and the ω GD and PnP are sampled at: the w DICE's teacher had (the paper's 5; the flow world's 3)
+  w=$("$PYTHON" -m dice.recipes guidance-scale "$(run_of "table1-$block-dice")")
   # shellcheck disable=SC2206
-  local sets=(${PROMPT_SETS:-coco5k}) set run
-  [ "$block" = toy ] && sets=("")  # the world's held-out prompts (in $sample)
+  local sets=(${PROMPT_SETS:-coco5k}) set run at
+  [ -n "$toy" ] && sets=("")  # the world's held-out prompts (in $sample)
   for set in "${sets[@]}"; do
     local on=(); [ -n "$set" ] && on=(--prompts="$set")
     "${sample[@]}" "${on[@]}" "${base[@]}" --cfg_scale="$w"
     "${sample[@]}" "${on[@]}" "${base[@]}"
     "${sample[@]}" "${on[@]}" "${base[@]}" --embedding_scale="$s"
-    for method in "${methods[@]}"; do "${sample[@]}" "${on[@]}" --model_path="$(run_of "table1-$block-$method")"; done
+    for method in "${methods[@]}"; do
+      at=(); [ "$method" = dice ] || at=(--gd_scale="$w")
+      "${sample[@]}" "${on[@]}" --model_path="$(run_of "table1-$block-$method")" "${at[@]}"
+    done
   done
   local folders=("$out"/*-cfg-w"$w"-20steps-* "$out"/*-unguided-20steps-* "$out"/*-scaling-s"$s"-20steps-*)
   for method in "${methods[@]}"; do
@@ -172,7 +180,7 @@ table1() {  # block: the six rows of one Table-1 block -> results/table1-<block>
     folders+=("$out"/*-"$method"-"$(basename "$run" | cut -c1-5)"-*)
   done
   rm -f "$results"  # this run's folders only (a folder of an earlier experiment stays out of the table)
-  if [ "$block" = toy ]; then
+  if [ -n "$toy" ]; then
     for folder in "${folders[@]}"; do "$PYTHON" "$REPO/evaluation/shapes_world.py" calc --images="$folder" --results="$results"; done
   else
     RESULTS=$results evaluate "${folders[@]}"
@@ -312,8 +320,11 @@ case "$1" in
   figures)
     if [ "${2:?experiment id or toy}" = toy ]; then OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 figures_toy; else figures "$2"; fi ;;
   table1)
-    block=${2:?block: toy, sd15, dreamshaper, sdxl or pixart}
-    if [ "$block" = toy ]; then OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 table1 toy; else table1 "$block"; fi ;;
+    block=${2:?block: toy, toy-flow, sd15, dreamshaper, sdxl or pixart}
+    case "$block" in
+      toy|toy-flow) OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 table1 "$block" ;;
+      *) table1 "$block" ;;
+    esac ;;
   rehearse)
     "$PYTHON" -m dice.testkit.rehearsal "${@:2}" ;;
 esac

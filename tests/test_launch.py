@@ -80,6 +80,27 @@ def test_a_rerun_of_a_block_continues_its_runs(tmp_path):
         assert f"--method={method} --resume_from_checkpoint=latest --experiment=exps/0000{k}-table1-toy-{method}" in call
 
 
+def test_the_flow_worlds_block_trains_dice_and_gd_and_samples_at_its_teachers_w(tmp_path):
+    """table1 toy-flow: the flow world (SD3 architecture) has no PnP row; its runs train with train_sd3.py; CFG's w and
+    GD's sampled ω are read from the DICE run's teacher once it is trained (3 there, not the paper's 5)."""
+    for k, method in enumerate(("dice", "gd")):
+        (tmp_path / "clean-checkout" / "exps" / f"0000{k}-table1-toy-flow-{method}").mkdir(parents=True)
+    calls = recorded(tmp_path, "table1", "toy-flow")
+    trains = [call for call in calls if call.startswith("train_")]
+    assert [call.split()[0] for call in trains] == ["train_sd3.py", "train_sd3.py"]
+    assert ["--method=dice" in trains[0], "--method=gd" in trains[1]] == [True, True]
+    assert all("shapes_world/shapes-world-flow" in call and "--preset=toy" in call for call in trains)
+    assert "-m dice.recipes embedding-scale shapes-world-flow" in calls
+    asked_w = calls.index("-m dice.recipes guidance-scale exps/00000-table1-toy-flow-dice")
+    assert asked_w > calls.index(trains[-1])  # after training: the teacher's w is in the DICE run
+    samples = [call for call in calls if call.startswith("sample.py")]
+    assert len(samples) == 5 and all("--outdir=samples/table1-toy-flow" in call for call in samples)
+    assert sum("--model_name=shapes-world-flow" in call for call in samples) == 3  # CFG, unguided, Scaling
+    dice_row, gd_row = samples[3:]
+    assert "--model_path=exps/00000-table1-toy-flow-dice" in dice_row and "--gd_scale" not in dice_row
+    assert "--model_path=exps/00001-table1-toy-flow-gd" in gd_row and "--gd_scale=" in gd_row
+
+
 def test_the_demos_reach_their_modules(tmp_path):
     """`bash launch.sh demo [family] [options]` and `demo-eval`: options pass through (the modules are tested themselves)."""
     assert recorded(tmp_path, "demo", "sdxl", "--num_prompts", "4") == ["-m dice.demo sdxl --num_prompts 4"]
