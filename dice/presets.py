@@ -87,10 +87,9 @@ PRESETS: dict[str, dict[str, dict]] = {
         "toy": dict(_FLOW_WORLD, **_FLOW_DICE, max_train_steps=600, checkpointing_steps=600, ema_decay=0.99),
         "toy-demo": dict(_FLOW_WORLD, **_FLOW_DICE, train_batch_size=64, max_train_steps=200, checkpointing_steps=200,
                          ema_decay=0.99),
-        # The shipped flow sharpener: the epsilon world's shipped recipe (batch 64, EMA 0.999) for the budget the
-        # shared machine left for it, 250 updates (the epsilon world's: 2,250; docs/shapes_world.md, DICE under flow matching).
-        # A constant learning rate: raising the updates continues this run unchanged (the command resumes).
-        "shapes-world": dict(_FLOW_WORLD, **_FLOW_DICE, train_batch_size=64, ema_decay=0.999, max_train_steps=250,
+        # The shipped flow sharpener: the epsilon world's shipped recipe (batch 64, EMA 0.999) and budget, 2,250 updates
+        # (docs/shapes_world.md, DICE under flow matching; first shipped at 250, then continued: the lr is constant).
+        "shapes-world": dict(_FLOW_WORLD, **_FLOW_DICE, train_batch_size=64, ema_decay=0.999, max_train_steps=2250,
                              checkpointing_steps=250),
     },
 }
