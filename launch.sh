@@ -294,7 +294,7 @@ case "${1:-}" in
     check_python
     mkdir -p "${WORKDIR:-$REPO}" && cd "${WORKDIR:-$REPO}" ;;
   *)
-    sed -n '2,32p' "$0"; exit 2 ;;
+    sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 2 ;;  # the comment block above: the usage
 esac
 
 case "$1" in

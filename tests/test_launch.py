@@ -42,6 +42,8 @@ def test_a_python_without_the_requirements_is_one_line(command, tmp_path):
 def test_no_command_prints_the_usage():
     proc = launch()
     assert proc.returncode == 2 and "bash launch.sh rehearse" in proc.stdout and "TRAIN_ARGS" in proc.stdout
+    header = [line for line in (REPO / "launch.sh").read_text().splitlines()[1:] if line.startswith("#")]
+    assert proc.stdout.splitlines() == header[:len(proc.stdout.splitlines())] and proc.stdout.rstrip().endswith("256 for table1, 128 for figures).")
 
 
 def recorded(tmp_path: Path, *args: str, **env: str) -> list[str]:
