@@ -162,7 +162,7 @@ table1() {  # block: the six rows of one Table-1 block -> results/table1-<block>
   # CFG's w, and the ω GD and PnP are sampled at: the w DICE's teacher had (the paper's 5; the flow world's 3)
   w=$("$PYTHON" -m dice.recipes guidance-scale "$(run_of "table1-$block-dice")")
   # shellcheck disable=SC2206
-  local sets=(${PROMPT_SETS:-coco5k}) set run at
+  local sets=(${PROMPT_SETS:-coco5k}) set run gd_scale
   [ -n "$toy" ] && sets=("")  # the world's held-out prompts (in $sample)
   for set in "${sets[@]}"; do
     local on=(); [ -n "$set" ] && on=(--prompts="$set")
@@ -170,8 +170,8 @@ table1() {  # block: the six rows of one Table-1 block -> results/table1-<block>
     "${sample[@]}" "${on[@]}" "${base[@]}"
     "${sample[@]}" "${on[@]}" "${base[@]}" --embedding_scale="$s"
     for method in "${methods[@]}"; do
-      at=(); [ "$method" = dice ] || at=(--gd_scale="$w")
-      "${sample[@]}" "${on[@]}" --model_path="$(run_of "table1-$block-$method")" "${at[@]}"
+      gd_scale=(); [ "$method" = dice ] || gd_scale=(--gd_scale="$w")  # GD and PnP replace CFG: sampled at ω = w
+      "${sample[@]}" "${on[@]}" --model_path="$(run_of "table1-$block-$method")" "${gd_scale[@]}"
     done
   done
   local folders=("$out"/*-cfg-w"$w"-20steps-* "$out"/*-unguided-20steps-* "$out"/*-scaling-s"$s"-20steps-*)
